@@ -1,0 +1,249 @@
+//! `owrun list`: the registry (and other pulled Hub repos) as a table or JSON.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{licenses_of, print_table, Ctx};
+use crate::cli::ListArgs;
+use crate::error::usage;
+use crate::license::{self, Commercial, License};
+use crate::registry::{format_params, ModelRef};
+use crate::store::{format_bytes, Snapshot};
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    repo: String,
+    revision: String,
+    family: String,
+    params: Option<u64>,
+    context: Option<u64>,
+    licenses: Vec<String>,
+    commercial: Commercial,
+    osi_approved: bool,
+    gated: bool,
+    description: String,
+    tags: Vec<String>,
+    pulled: bool,
+    size_on_disk: u64,
+}
+
+enum LicenseFilter {
+    Commercial,
+    Noncommercial,
+    Osi,
+    Id(String),
+}
+
+fn parse_filter(ctx: &Ctx, f: &str) -> Result<LicenseFilter> {
+    Ok(match f.to_ascii_lowercase().as_str() {
+        "commercial" => LicenseFilter::Commercial,
+        "noncommercial" | "non-commercial" => LicenseFilter::Noncommercial,
+        "osi" => LicenseFilter::Osi,
+        id => {
+            let used = ctx
+                .registry
+                .iter()
+                .any(|(_, e)| e.license_ids().iter().any(|l| l == id));
+            if !license::is_known(id) && !used && id != "unknown" {
+                return Err(usage(format!(
+                    "unknown license filter {f:?}: use commercial, noncommercial, osi, or a \
+                     license id from `owrun license list`"
+                )));
+            }
+            LicenseFilter::Id(id.to_string())
+        }
+    })
+}
+
+pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
+    let filter = args
+        .license
+        .as_deref()
+        .map(|f| parse_filter(ctx, f))
+        .transpose()?;
+    let store = ctx.store();
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for (name, entry) in ctx.registry.iter() {
+        let model = ModelRef::Registry {
+            name: name.clone(),
+            entry: entry.clone(),
+        };
+        let repo_store = store.repo(&entry.repo);
+        let snapshot = repo_store.complete_snapshot(&entry.revision);
+        seen.push((entry.repo.clone(), entry.revision.clone()));
+        rows.push(make_row(
+            &model,
+            snapshot.as_ref(),
+            repo_store.size_on_disk(),
+        ));
+    }
+    rows.extend(other_pulled_repos(ctx, &seen));
+
+    rows.retain(|r| {
+        let licenses: Vec<License> = r.licenses.iter().map(|id| license::lookup(id)).collect();
+        let keep_license = match &filter {
+            None => true,
+            Some(LicenseFilter::Commercial) => r.commercial.allows_commercial(),
+            Some(LicenseFilter::Noncommercial) => r.commercial == Commercial::NotAllowed,
+            Some(LicenseFilter::Osi) => licenses.iter().all(|l| l.osi_approved),
+            Some(LicenseFilter::Id(id)) => r.licenses.iter().any(|l| l == id),
+        };
+        let keep_family = args
+            .family
+            .as_deref()
+            .is_none_or(|f| r.family.eq_ignore_ascii_case(f));
+        keep_license && keep_family && (!args.pulled || r.pulled)
+    });
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "models": rows }))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("owrun: no models match");
+        return Ok(());
+    }
+    let mut table = vec![[
+        "NAME",
+        "FAMILY",
+        "PARAMS",
+        "LICENSE",
+        "COMMERCIAL",
+        "GATED",
+        "PULLED",
+        "ON DISK",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in &rows {
+        table.push(vec![
+            r.name.clone(),
+            r.family.clone(),
+            r.params.map(format_params).unwrap_or_else(|| "-".into()),
+            r.licenses.join("+"),
+            r.commercial.label().to_string(),
+            yes_no(r.gated).into(),
+            yes_no(r.pulled).into(),
+            if r.size_on_disk > 0 {
+                format_bytes(r.size_on_disk)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    print_table(&mut out, &table)?;
+    if rows.iter().any(|r| r.commercial == Commercial::Conditional) {
+        writeln!(
+            out,
+            "\n\"conditions\": commercial use is allowed with conditions; see `owrun show NAME --license`."
+        )?;
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn make_row(model: &ModelRef, snapshot: Option<&Snapshot>, size_on_disk: u64) -> Row {
+    let licenses = licenses_of(model, snapshot);
+    let (repo, revision) = model
+        .hub_repo()
+        .map(|(r, v)| (r.to_string(), v.to_string()))
+        .unwrap_or_default();
+    let (family, params, context, gated, description, tags) = match model {
+        ModelRef::Registry { entry, .. } => (
+            entry.family.clone(),
+            Some(entry.params),
+            Some(entry.context),
+            entry.gated,
+            entry.description.clone(),
+            entry.tags.clone(),
+        ),
+        _ => (
+            snapshot
+                .and_then(|s| model_type(&s.dir))
+                .unwrap_or_else(|| "-".into()),
+            None,
+            None,
+            false,
+            String::new(),
+            Vec::new(),
+        ),
+    };
+    Row {
+        name: model.display_name(),
+        repo,
+        revision,
+        family,
+        params,
+        context,
+        commercial: license::strictest(&licenses),
+        osi_approved: licenses.iter().all(|l| l.osi_approved),
+        licenses: licenses.into_iter().map(|l| l.id).collect(),
+        gated,
+        description,
+        tags,
+        pulled: snapshot.is_some(),
+        size_on_disk,
+    }
+}
+
+fn model_type(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("model_type")?.as_str().map(str::to_string)
+}
+
+/// Complete Hub repos in the store that no registry entry names, as `hf:owner/name` rows.
+fn other_pulled_repos(ctx: &Ctx, seen: &[(String, String)]) -> Vec<Row> {
+    let store = ctx.store();
+    let Ok(dirs) = std::fs::read_dir(store.root()) else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    let mut names: Vec<String> = dirs
+        .flatten()
+        .filter_map(|d| d.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    for folder in names {
+        let Some(rest) = folder.strip_prefix("models--") else {
+            continue;
+        };
+        let Some((owner, name)) = rest.split_once("--") else {
+            continue;
+        };
+        let repo = format!("{owner}/{name}");
+        let repo_store = store.repo(&repo);
+        let Ok(refs) = std::fs::read_dir(repo_store.dir().join("refs")) else {
+            continue;
+        };
+        for r in refs.flatten() {
+            let Some(revision) = r.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if seen.contains(&(repo.clone(), revision.clone())) {
+                continue;
+            }
+            if let Some(snapshot) = repo_store.complete_snapshot(&revision) {
+                let model = ModelRef::Hub {
+                    repo: repo.clone(),
+                    revision,
+                };
+                rows.push(make_row(&model, Some(&snapshot), repo_store.size_on_disk()));
+            }
+        }
+    }
+    rows
+}

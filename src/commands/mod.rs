@@ -1,0 +1,123 @@
+//! One module per subcommand. They share the [`Ctx`] (settings and registry) and nothing else.
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::license::{self, License};
+use crate::registry::{ModelRef, Registry};
+use crate::settings::Settings;
+use crate::store::{Snapshot, Store};
+
+mod license_cmd;
+mod list;
+mod pull;
+mod rm;
+mod show;
+
+/// What every command starts from.
+pub struct Ctx {
+    pub settings: Settings,
+    pub registry: Registry,
+}
+
+impl Ctx {
+    pub fn store(&self) -> Store {
+        Store::new(self.settings.hub_cache.clone())
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<ModelRef> {
+        crate::registry::resolve(&self.registry, name)
+    }
+
+    /// The folder a model runs from, if it is on disk and complete.
+    pub fn local_snapshot(&self, model: &ModelRef) -> Option<Snapshot> {
+        match model {
+            ModelRef::Local { path } => Some(Snapshot {
+                dir: path.clone(),
+                commit: None,
+            }),
+            _ => {
+                let (repo, revision) = model.hub_repo()?;
+                self.store().repo(repo).complete_snapshot(revision)
+            }
+        }
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let settings = Settings::from_env()?;
+    let mut explicit = Vec::new();
+    explicit.extend(settings.env_registry());
+    explicit.extend(cli.registry.iter().cloned());
+    let registry = Registry::load(&settings.user_registry(), &explicit)?;
+    let ctx = Ctx { settings, registry };
+    match cli.command {
+        Command::List(args) => list::run(&ctx, &args),
+        Command::Show(args) => show::run(&ctx, &args),
+        Command::Pull(args) => pull::run(&ctx, &args),
+        Command::Rm(args) => rm::run(&ctx, &args),
+        Command::License(cmd) => license_cmd::run(&ctx, cmd),
+    }
+}
+
+/// The key acceptances of this model are recorded under: its Hub repo, or its directory.
+pub fn acceptance_key(model: &ModelRef) -> String {
+    match model {
+        ModelRef::Local { path } => std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        _ => model
+            .hub_repo()
+            .map(|(r, _)| r.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The license terms that apply to a model: the registry's ids, plus the license its model card
+/// declares when the card is on disk and says something else. A model with neither is "unknown".
+pub fn licenses_of(model: &ModelRef, snapshot: Option<&Snapshot>) -> Vec<License> {
+    let mut ids: Vec<String> = match model {
+        ModelRef::Registry { entry, .. } => entry.license_ids(),
+        _ => Vec::new(),
+    };
+    if let Some(card_id) = snapshot
+        .and_then(|s| std::fs::read_to_string(s.dir.join("README.md")).ok())
+        .and_then(|text| license::license_from_model_card(&text))
+    {
+        if !ids.contains(&card_id) {
+            ids.push(card_id);
+        }
+    }
+    if ids.is_empty() {
+        ids.push("unknown".into());
+    }
+    ids.iter().map(|id| license::lookup(id)).collect()
+}
+
+/// Print a table with left-aligned columns, the header first.
+pub fn print_table(out: &mut impl std::io::Write, rows: &[Vec<String>]) -> std::io::Result<()> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `owrun show NAME`: everything owrun knows about one model, from the registry and the disk.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{acceptance_key, licenses_of, Ctx};
+use crate::cli::ShowArgs;
+use crate::license::{wrap, Acceptances, License};
+use crate::registry::{format_params, ModelRef};
+use crate::store::format_bytes;
+
+pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
+    let model = ctx.resolve(&args.model)?;
+    let repo_store = model.hub_repo().map(|(r, _)| ctx.store().repo(r));
+    // A partial snapshot is shown too (with what is missing); the license card may be in it.
+    let snapshot = match &model {
+        ModelRef::Local { .. } => ctx.local_snapshot(&model),
+        _ => model
+            .hub_repo()
+            .and_then(|(r, rev)| ctx.store().repo(r).snapshot(rev)),
+    };
+    let licenses = licenses_of(&model, snapshot.as_ref());
+    let acceptances = Acceptances::load(&ctx.settings)?;
+    let key = acceptance_key(&model);
+    let accepted = |l: &License| acceptances.find(&l.id, &key).map(|a| a.date.clone());
+
+    let files: Vec<(String, u64)> = snapshot
+        .as_ref()
+        .map(|s| list_files(&s.dir))
+        .unwrap_or_default();
+    let missing = snapshot
+        .as_ref()
+        .map(|s| crate::store::missing_files(&s.dir))
+        .unwrap_or_default();
+    let pulled = snapshot.is_some() && missing.is_empty();
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let entry = match &model {
+            ModelRef::Registry { entry, .. } => serde_json::to_value(entry)?,
+            _ => serde_json::Value::Null,
+        };
+        let doc = json!({
+            "name": model.display_name(),
+            "repo": model.hub_repo().map(|(r, _)| r),
+            "revision": model.hub_repo().map(|(_, v)| v),
+            "registry": entry,
+            "pulled": pulled,
+            "commit": snapshot.as_ref().and_then(|s| s.commit.clone()),
+            "location": snapshot.as_ref().map(|s| s.dir.display().to_string()),
+            "files": files.iter().map(|(n, s)| json!({"name": n, "size": s})).collect::<Vec<_>>(),
+            "missing_files": missing,
+            "size_on_disk": repo_store.as_ref().map(|r| r.size_on_disk()),
+            "licenses": licenses.iter().map(|l| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                v["accepted"] = json!(accepted(l));
+                v
+            }).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+
+    if !args.license {
+        writeln!(out, "name:         {}", model.display_name())?;
+        if let ModelRef::Registry { entry, .. } = &model {
+            writeln!(out, "description:  {}", entry.description)?;
+        }
+        if let Some((repo, revision)) = model.hub_repo() {
+            writeln!(
+                out,
+                "repo:         {repo}  ({}/{repo})",
+                ctx.settings.endpoint
+            )?;
+            writeln!(out, "revision:     {revision}")?;
+        }
+        match snapshot.as_ref().and_then(|s| s.commit.as_deref()) {
+            Some(c) => writeln!(out, "commit:       {c} (on disk)")?,
+            None if model.hub_repo().is_some() => writeln!(out, "commit:       not pulled")?,
+            None => {}
+        }
+        if let ModelRef::Registry { entry, .. } = &model {
+            writeln!(out, "family:       {}", entry.family)?;
+            writeln!(out, "parameters:   {}", format_params(entry.params))?;
+            writeln!(out, "context:      {} tokens", entry.context)?;
+            writeln!(
+                out,
+                "gated:        {}",
+                if entry.gated {
+                    "yes (needs a Hugging Face account that accepted the terms, and HF_TOKEN)"
+                } else {
+                    "no"
+                }
+            )?;
+            if !entry.tags.is_empty() {
+                writeln!(out, "tags:         {}", entry.tags.join(", "))?;
+            }
+        }
+    }
+    for l in &licenses {
+        writeln!(out, "license:      {} ({})", l.name, l.id)?;
+        let commercial = match l.commercial {
+            crate::license::Commercial::Allowed => "allowed",
+            crate::license::Commercial::Conditional => "allowed, with conditions",
+            crate::license::Commercial::NotAllowed => "not allowed",
+            crate::license::Commercial::Unknown => "unknown (treated as not allowed)",
+        };
+        writeln!(out, "  commercial use: {commercial}")?;
+        writeln!(
+            out,
+            "  OSI approved:   {}",
+            if l.osi_approved { "yes" } else { "no" }
+        )?;
+        let acceptance = match (l.needs_acceptance, accepted(l)) {
+            (_, Some(date)) => format!("accepted on {date}"),
+            (true, None) => "required before first use, not yet accepted".into(),
+            (false, None) => "not required".into(),
+        };
+        writeln!(out, "  acceptance:     {acceptance}")?;
+        if !l.url.is_empty() {
+            writeln!(out, "  terms:          {}", l.url)?;
+        }
+        writeln!(out, "{}", wrap(&l.summary, 96, "  "))?;
+    }
+    if args.license {
+        return Ok(());
+    }
+    match &snapshot {
+        Some(s) => {
+            writeln!(out, "location:     {}", s.dir.display())?;
+            if !missing.is_empty() {
+                writeln!(
+                    out,
+                    "incomplete:   missing {} (run `owrun pull {}`)",
+                    missing.join(", "),
+                    model.display_name()
+                )?;
+            }
+            writeln!(out, "files:")?;
+            let width = files.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+            for (name, size) in &files {
+                writeln!(out, "  {name:width$}  {:>9}", format_bytes(*size))?;
+            }
+            let total: u64 = files.iter().map(|(_, s)| s).sum();
+            writeln!(out, "  {:width$}  {:>9}", "total", format_bytes(total))?;
+        }
+        None => writeln!(
+            out,
+            "location:     not on disk (run `owrun pull {}`)",
+            model.display_name()
+        )?,
+    }
+    Ok(())
+}
+
+/// Files of a model folder (following the store's symlinks), with sizes, sorted by name.
+fn list_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            if name.starts_with('.') {
+                return None;
+            }
+            let meta = std::fs::metadata(e.path()).ok()?;
+            meta.is_file().then_some((name, meta.len()))
+        })
+        .collect();
+    files.sort();
+    files
+}

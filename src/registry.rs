@@ -1,0 +1,369 @@
+//! The model registry: short names → Hub repos, with what owrun knows about each.
+//!
+//! The built-in registry is `models.toml` at the repository root, embedded in the binary. Users
+//! extend or override it with `$OWRUN_HOME/models.toml`, the file named by `OWRUN_MODELS`, and
+//! `--registry FILE` (in that order; a later file's entry replaces an earlier one of the same
+//! name as a whole).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{usage, Fatal};
+
+pub const BUILTIN_REGISTRY: &str = include_str!("../models.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Hugging Face repo id, `owner/name`.
+    pub repo: String,
+    /// Branch, tag or commit (default `main`).
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// Architecture family (llama, mistral, mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3).
+    pub family: String,
+    /// Parameter count.
+    pub params: u64,
+    /// Context length in tokens.
+    pub context: u64,
+    /// License id from the catalogue (`owrun license list`).
+    pub license: String,
+    /// Licenses of the model this one was derived from, whose terms also apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_licenses: Vec<String>,
+    /// Whether the Hub repo is gated (needs an account, accepted terms and HF_TOKEN).
+    #[serde(default)]
+    pub gated: bool,
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_revision() -> String {
+    "main".to_string()
+}
+
+impl ModelEntry {
+    /// Every license id whose terms apply, the model's own first.
+    pub fn license_ids(&self) -> Vec<String> {
+        std::iter::once(&self.license)
+            .chain(&self.upstream_licenses)
+            .cloned()
+            .collect()
+    }
+
+    /// The most restrictive commercial-use verdict among the licenses that apply.
+    #[cfg(test)]
+    pub fn commercial(&self) -> crate::license::Commercial {
+        let licenses: Vec<_> = self
+            .license_ids()
+            .iter()
+            .map(|id| crate::license::lookup(id))
+            .collect();
+        crate::license::strictest(&licenses)
+    }
+
+    fn validate(&self, name: &str, path: &str) -> Result<()> {
+        let bad = |what: &str| usage(format!("{path}: model {name:?}: {what}"));
+        if !is_repo_id(&self.repo) {
+            return Err(bad(&format!(
+                "repo {:?} is not of the form owner/name",
+                self.repo
+            )));
+        }
+        if self.revision.trim().is_empty() {
+            return Err(bad("revision is empty"));
+        }
+        if self.family.trim().is_empty() {
+            return Err(bad("family is empty"));
+        }
+        if self.license.trim().is_empty() {
+            return Err(bad(
+                "license is empty (use \"unknown\" if you do not know it)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    models: BTreeMap<String, ModelEntry>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    entries: BTreeMap<String, ModelEntry>,
+}
+
+impl Registry {
+    /// The built-in registry plus every overlay file that exists, in order. A file named
+    /// explicitly (OWRUN_MODELS, --registry) must exist.
+    pub fn load(user_file: &Path, explicit: &[PathBuf]) -> Result<Self> {
+        let mut reg = Registry::default();
+        reg.merge_str(BUILTIN_REGISTRY, "models.toml (built in)")?;
+        if user_file.exists() {
+            reg.merge_file(user_file)?;
+        }
+        for path in explicit {
+            if !path.exists() {
+                return Err(usage(format!(
+                    "registry file {} does not exist",
+                    path.display()
+                )));
+            }
+            reg.merge_file(path)?;
+        }
+        Ok(reg)
+    }
+
+    fn merge_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read registry file {}", path.display()))?;
+        self.merge_str(&text, &path.display().to_string())
+    }
+
+    /// Parse one file completely before changing anything, so a malformed file leaves the
+    /// registry as it was.
+    fn merge_str(&mut self, text: &str, origin: &str) -> Result<()> {
+        let file: RegistryFile = toml::from_str(text)
+            .map_err(|e| Fatal::Usage(describe_toml_error(Path::new(origin), text, &e)))?;
+        for (name, entry) in &file.models {
+            if !is_valid_name(name) {
+                return Err(usage(format!(
+                    "{origin}: model name {name:?} may only use letters, digits, '.', '-' and '_'"
+                )));
+            }
+            entry.validate(name, origin)?;
+        }
+        self.entries.extend(file.models);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelEntry> {
+        self.entries.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &ModelEntry)> {
+        self.entries.iter()
+    }
+
+    /// Up to three registry names close to `name`, best first.
+    pub fn suggestions(&self, name: &str) -> Vec<String> {
+        let lower = name.to_ascii_lowercase();
+        let mut scored: Vec<(f64, &String)> = self
+            .entries
+            .keys()
+            .map(|k| {
+                let mut s = strsim::jaro_winkler(&lower, k);
+                if k.contains(&lower) || lower.contains(k.as_str()) {
+                    s += 0.2;
+                }
+                (s, k)
+            })
+            .filter(|(s, _)| *s >= 0.8)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        scored.into_iter().take(3).map(|(_, k)| k.clone()).collect()
+    }
+}
+
+/// What a model name on the command line refers to.
+#[derive(Debug, Clone)]
+pub enum ModelRef {
+    /// A registry entry.
+    Registry { name: String, entry: ModelEntry },
+    /// `hf:owner/name[@revision]`: any Hub repo.
+    Hub { repo: String, revision: String },
+    /// A local directory in Hugging Face layout.
+    Local { path: PathBuf },
+}
+
+impl ModelRef {
+    /// The name to show the user.
+    pub fn display_name(&self) -> String {
+        match self {
+            ModelRef::Registry { name, .. } => name.clone(),
+            ModelRef::Hub { repo, revision } if revision == "main" => format!("hf:{repo}"),
+            ModelRef::Hub { repo, revision } => format!("hf:{repo}@{revision}"),
+            ModelRef::Local { path } => path.display().to_string(),
+        }
+    }
+
+    /// Hub repo and revision, when the model comes from the Hub.
+    pub fn hub_repo(&self) -> Option<(&str, &str)> {
+        match self {
+            ModelRef::Registry { entry, .. } => Some((&entry.repo, &entry.revision)),
+            ModelRef::Hub { repo, revision } => Some((repo, revision)),
+            ModelRef::Local { .. } => None,
+        }
+    }
+}
+
+/// Resolve a name from the command line: `hf:owner/name[@rev]`, a directory, or a registry name.
+pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
+    if let Some(rest) = name.strip_prefix("hf:") {
+        let (repo, revision) = match rest.split_once('@') {
+            Some((r, rev)) if !rev.is_empty() => (r, rev),
+            Some(_) => return Err(usage(format!("{name:?}: empty revision after '@'"))),
+            None => (rest, "main"),
+        };
+        if !is_repo_id(repo) {
+            return Err(usage(format!(
+                "{name:?}: expected hf:owner/name or hf:owner/name@revision"
+            )));
+        }
+        return Ok(ModelRef::Hub {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+        });
+    }
+    if let Some(entry) = registry.get(name) {
+        return Ok(ModelRef::Registry {
+            name: name.to_string(),
+            entry: entry.clone(),
+        });
+    }
+    let path = Path::new(name);
+    let looks_like_path = name.contains('/')
+        || name.contains(std::path::MAIN_SEPARATOR)
+        || name.starts_with('.')
+        || name.starts_with('~');
+    if path.is_dir() {
+        return Ok(ModelRef::Local {
+            path: path.to_path_buf(),
+        });
+    }
+    if looks_like_path {
+        let hint = if is_repo_id(name) && !name.starts_with('.') {
+            format!(" (for the Hub repo, write hf:{name})")
+        } else {
+            String::new()
+        };
+        return Err(usage(format!(
+            "{name:?} is not a directory{hint}; a model is a registry name (see `owrun list`), \
+             hf:owner/name, or a local directory in Hugging Face layout"
+        )));
+    }
+    let suggestions = registry.suggestions(name);
+    let mut msg = format!("unknown model {name:?}");
+    if !suggestions.is_empty() {
+        msg.push_str(&format!("; did you mean {}?", suggestions.join(", ")));
+    }
+    msg.push_str("\nSee `owrun list` for known models, or use hf:owner/name for any Hub repo.");
+    Err(usage(msg))
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// `owner/name` with the characters the Hub allows in each part.
+pub fn is_repo_id(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// "path:line:column: message" for a TOML parse error.
+pub fn describe_toml_error(path: &Path, text: &str, err: &toml::de::Error) -> String {
+    let msg = err.message();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{}:{line}:{col}: {msg}", path.display())
+        }
+        None => format!("{}: {msg}", path.display()),
+    }
+}
+
+/// Human parameter count: 135M, 1.5B, 46.7B.
+pub fn format_params(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        let b = n as f64 / 1e9;
+        if b >= 10.0 {
+            format!("{b:.0}B")
+        } else {
+            format!("{b:.1}B")
+        }
+    } else {
+        format!("{}M", (n as f64 / 1e6).round() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license;
+
+    #[test]
+    fn builtin_registry_parses_and_uses_known_licenses() {
+        let reg = Registry::load(Path::new("/nonexistent/models.toml"), &[]).unwrap();
+        assert!(reg.iter().count() >= 25);
+        for (name, e) in reg.iter() {
+            for id in e.license_ids() {
+                assert!(license::is_known(&id), "{name}: unknown license {id}");
+            }
+        }
+        let noncommercial = reg
+            .iter()
+            .filter(|(_, e)| e.commercial() == license::Commercial::NotAllowed)
+            .count();
+        assert!(noncommercial >= 2);
+    }
+
+    #[test]
+    fn resolve_forms() {
+        let reg = Registry::load(Path::new("/nonexistent"), &[]).unwrap();
+        match resolve(&reg, "hf:Qwen/Qwen2.5-0.5B@v1").unwrap() {
+            ModelRef::Hub { repo, revision } => {
+                assert_eq!(repo, "Qwen/Qwen2.5-0.5B");
+                assert_eq!(revision, "v1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            resolve(&reg, "smollm2-135m").unwrap(),
+            ModelRef::Registry { .. }
+        ));
+        let err = resolve(&reg, "smollm2-135").unwrap_err().to_string();
+        assert!(err.contains("did you mean smollm2-135m"), "{err}");
+        let err = resolve(&reg, "hf:nope").unwrap_err().to_string();
+        assert!(err.contains("hf:owner/name"), "{err}");
+        let err = resolve(&reg, "Qwen/Qwen2.5-0.5B").unwrap_err().to_string();
+        assert!(err.contains("hf:Qwen/Qwen2.5-0.5B"), "{err}");
+    }
+
+    #[test]
+    fn toml_errors_have_line_and_column() {
+        let text = "[models.x]\nrepo = \"a/b\"\nparams = oops\n";
+        let err = toml::from_str::<RegistryFile>(text).unwrap_err();
+        let msg = describe_toml_error(Path::new("f.toml"), text, &err);
+        assert!(msg.starts_with("f.toml:3:10:"), "{msg}");
+    }
+
+    #[test]
+    fn params_formatting() {
+        assert_eq!(format_params(135_000_000), "135M");
+        assert_eq!(format_params(1_540_000_000), "1.5B");
+        assert_eq!(format_params(46_700_000_000), "47B");
+    }
+}

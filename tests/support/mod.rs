@@ -1,0 +1,171 @@
+//! Shared test helpers: a sandboxed environment for the owrun binary, and the fake hub.
+
+#![allow(dead_code)]
+
+pub mod hub;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A fresh OWRUN_HOME and HF_HOME for one test, pointed at a hub.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl Sandbox {
+    pub fn new(endpoint: &str) -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    pub fn owrun_home(&self) -> PathBuf {
+        self.dir.path().join("owrun")
+    }
+
+    pub fn hf_home(&self) -> PathBuf {
+        self.dir.path().join("hf")
+    }
+
+    pub fn hub_cache(&self) -> PathBuf {
+        self.hf_home().join("hub")
+    }
+
+    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.hub_cache()
+            .join(format!("models--{}", repo.replace('/', "--")))
+    }
+
+    /// `owrun` with a clean environment: nothing of the user's HF or owrun settings leaks in.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_owrun"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HF_") || k.starts_with("OWRUN_") || k == "NO_COLOR" {
+                c.env_remove(&k);
+            }
+        }
+        c.env("OWRUN_HOME", self.owrun_home())
+            .env("HF_HOME", self.hf_home())
+            .env("HF_ENDPOINT", &self.endpoint)
+            .env("OWRUN_RETRY_BASE_MS", "10")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd().args(args).output().expect("run owrun"))
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.cmd();
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().expect("run owrun"))
+    }
+
+    /// Write a registry overlay file and return its path.
+    pub fn registry_file(&self, name: &str, toml: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, toml).unwrap();
+        p
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn fails_with(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so fixtures need no files in the repo.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A small model repo as the Hub would hold it, with files owrun must not fetch.
+pub fn model_repo(id: &str, license: &str, weights_len: usize) -> hub::RepoFixture {
+    hub::RepoFixture::new(id)
+        .file(
+            "config.json",
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama"}"#,
+        )
+        .file("tokenizer.json", r#"{"version":"1.0"}"#)
+        .file("generation_config.json", r#"{"eos_token_id":2}"#)
+        .file(
+            "README.md",
+            format!("---\nlicense: {license}\nlanguage: en\n---\n# {id}\n"),
+        )
+        .file("model.safetensors", noise(weights_len, weights_len as u64))
+        .file("pytorch_model.bin", noise(1000, 7))
+        .file("original/consolidated.00.pth", noise(1000, 8))
+}
+
+/// Path of `../shared/models/<name>` beside the checkout, if present. Absent on a user's clone:
+/// tests then skip loudly, but CI (CI=true) must have it.
+pub fn shared_model(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("shared")
+        .join("models")
+        .join(name);
+    if p.join("config.json").exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but {} is missing", p.display());
+    }
+    eprintln!(
+        "\n*** SKIPPED: {} not found; this test needs ../shared/models/{name} beside the checkout ***\n",
+        p.display()
+    );
+    None
+}
