@@ -50,6 +50,8 @@ pub enum Command {
     /// License catalogue and acceptances
     #[command(subcommand)]
     License(LicenseCommand),
+    /// Generate text from a prompt (argument, stdin, or both) and stream it to stdout
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -121,4 +123,82 @@ pub enum LicenseCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Registry name, hf:owner/name[@revision], or a local directory (pulled first if needed)
+    pub model: String,
+    /// The prompt; with text on stdin too, stdin comes first, then this
+    #[arg(num_args = 0..)]
+    pub prompt: Vec<String>,
+    /// System prompt
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// A JSON array of {role, content} messages to start from (multi-turn prompts)
+    #[arg(long, value_name = "FILE")]
+    pub messages: Option<PathBuf>,
+    /// Send the prompt as it is, without the model's chat template
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Print one JSON document (text, token ids, finish reason, usage, timings) instead of
+    /// streaming text
+    #[arg(long)]
+    pub json: bool,
+    /// Print timings on stderr after the answer
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Accept the model's license without asking (the acceptance is recorded)
+    #[arg(long)]
+    pub accept_license: bool,
+}
+
+/// Sampling flags; unset ones come from the model's generation_config.json.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// Randomness; 0 picks the most likely token every time (greedy)
+    #[arg(long, short = 't', value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Sample among the K most likely tokens (0: all)
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities add up to P (1: all)
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one (0: off)
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1: off)
+    #[arg(long, value_name = "X")]
+    pub repeat_penalty: Option<f32>,
+    /// How many recent tokens --repeat-penalty looks at
+    #[arg(long, value_name = "N")]
+    pub repeat_last_n: Option<usize>,
+    /// Random seed: the same seed and settings give the same output
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Stop after N new tokens (default: at the end of the context window)
+    #[arg(long, short = 'n', value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Stop when this text appears (repeatable); it is not printed
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+/// Where and how the model runs.
+#[derive(Debug, Args, Clone)]
+pub struct LoadArgs {
+    /// auto (a GPU if this build has one and it is present), cpu, cuda, cuda:N or metal
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: String,
+    /// auto, f32, f16 or bf16 (auto: the checkpoint's own on GPU; f32 on CPU unless it is f16)
+    #[arg(long, default_value = "auto", value_name = "DTYPE")]
+    pub dtype: String,
+    /// CPU threads (default: all cores)
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod engine;
 mod error;
 mod hub;
 mod license;

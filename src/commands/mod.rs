@@ -10,8 +10,9 @@ use crate::store::{Snapshot, Store};
 
 mod license_cmd;
 mod list;
-mod pull;
+pub mod pull;
 mod rm;
+mod run;
 mod show;
 
 /// What every command starts from.
@@ -57,6 +58,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Pull(args) => pull::run(&ctx, &args),
         Command::Rm(args) => rm::run(&ctx, &args),
         Command::License(cmd) => license_cmd::run(&ctx, cmd),
+        Command::Run(args) => run::run(&ctx, &args),
     }
 }
 

@@ -1,0 +1,275 @@
+//! `owrun run MODEL [PROMPT]`: one prompt in, generated text streamed to stdout.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{acceptance_key, licenses_of, pull, Ctx};
+use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
+use crate::engine::generate::{generate, GenerateParams};
+use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::engine::template::Message;
+use crate::engine::{Engine, LoadOptions};
+use crate::error::usage;
+use crate::license::{self, GateRequest};
+use crate::registry::ModelRef;
+
+pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
+    if args.raw && (args.system.is_some() || args.messages.is_some()) {
+        return Err(usage(
+            "--raw sends the prompt as it is: it cannot be combined with --system or --messages",
+        ));
+    }
+    let prompt = read_prompt(&args.prompt)?;
+    let mut messages = match &args.messages {
+        Some(path) => read_messages(path)?,
+        None => Vec::new(),
+    };
+    if let Some(system) = &args.system {
+        messages.retain(|m| m.role != "system");
+        messages.insert(
+            0,
+            Message {
+                role: "system".into(),
+                content: system.clone(),
+            },
+        );
+    }
+    if !prompt.is_empty() {
+        messages.push(Message {
+            role: "user".into(),
+            content: prompt.clone(),
+        });
+    }
+    if !messages.iter().any(|m| m.role == "user") {
+        return Err(usage(
+            "no prompt: give it as an argument, on stdin, or in --messages",
+        ));
+    }
+
+    let model = ctx.resolve(&args.model)?;
+    let dir = ready_model(ctx, &model, args.accept_license)?;
+    let engine = load_engine(&dir, &args.load)?;
+
+    let tokens = match engine.template.as_ref().filter(|_| !args.raw) {
+        Some(template) => {
+            let (text, folded) = template.render_chat(&messages)?;
+            if folded {
+                eprintln!(
+                    "owrun: note: this model's chat template has no system role; the system \
+                     prompt was put at the start of the first user message"
+                );
+            }
+            engine.encode(&text, false)?
+        }
+        None => {
+            // No template (or --raw): the conversation's text, as it is.
+            let text = messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            engine.encode(&text, true)?
+        }
+    };
+    let context = engine.config.context;
+    if tokens.len() >= context {
+        return Err(usage(format!(
+            "the prompt is {} tokens, but {} has a context window of {context} tokens: shorten \
+             it by at least {} tokens",
+            tokens.len(),
+            model.display_name(),
+            tokens.len() + 1 - context
+        )));
+    }
+
+    let sampling = sampling_params(engine.sampling.clone(), &args.sampling);
+    let mut sampler = Sampler::new(sampling);
+    let eos = engine.eos.clone();
+    let params = GenerateParams {
+        max_tokens: args.sampling.max_tokens,
+        stop: &args.sampling.stop,
+        eos: &eos,
+        context,
+    };
+    let mut out = std::io::stdout().lock();
+    let stream = !args.json;
+    let mut emit = |text: &str| -> Result<()> {
+        if stream {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    };
+    let mut model_engine = engine;
+    let gen = generate(
+        model_engine.model.as_mut(),
+        &model_engine.tokenizer,
+        &mut sampler,
+        &tokens,
+        &params,
+        &mut emit,
+    )?;
+    let mut timings = gen.timings.clone();
+    timings.load_s = model_engine.load_s;
+    if args.json {
+        let doc = json!({
+            "model": model.display_name(),
+            "text": gen.text,
+            "reasoning": null,
+            "tokens": gen.tokens,
+            "prompt_tokens": tokens,
+            "finish_reason": gen.finish,
+            "usage": {"prompt_tokens": tokens.len(), "completion_tokens": gen.tokens.len()},
+            "timings": timings,
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else if std::io::stdout().is_terminal() && !gen.text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    out.flush()?;
+    if args.verbose {
+        eprintln!(
+            "owrun: {:?} {:?}: {} prompt tokens, {} generated ({:?}); load {:.2}s, time to first \
+             token {:.3}s, prefill {:.1} tok/s, decode {:.1} tok/s",
+            model_engine.device.location(),
+            model_engine.dtype,
+            tokens.len(),
+            gen.tokens.len(),
+            gen.finish,
+            timings.load_s,
+            timings.time_to_first_token_s,
+            timings.prefill_tokens_per_s,
+            timings.decode_tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+/// The folder to run from: a local directory, or the store's snapshot (pulled first, through
+/// the license gate, when it is not complete). A pulled model still passes the gate.
+pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<PathBuf> {
+    if let Some(snapshot) = ctx.local_snapshot(model) {
+        let missing = crate::store::missing_files(&snapshot.dir);
+        if !missing.is_empty() {
+            return Err(usage(format!(
+                "{} cannot run: it lacks {}",
+                snapshot.dir.display(),
+                missing.join(", ")
+            )));
+        }
+        let licenses = licenses_of(model, Some(&snapshot));
+        match model {
+            // Files the user already has: only a declared commercial use is checked.
+            ModelRef::Local { .. } => {
+                license::check_declared_use(&ctx.settings, &model.display_name(), &licenses)?
+            }
+            _ => license::gate(
+                &ctx.settings,
+                &GateRequest {
+                    display_name: &model.display_name(),
+                    model_key: &acceptance_key(model),
+                    licenses,
+                    force_acceptance: Vec::new(),
+                    accept_flag: accept_license,
+                },
+            )?,
+        }
+        return Ok(snapshot.dir);
+    }
+    eprintln!(
+        "owrun: {} is not pulled yet; pulling it",
+        model.display_name()
+    );
+    pull::pull(ctx, model, accept_license)
+}
+
+pub fn load_engine(dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
+    if let Some(n) = load.threads {
+        if n == 0 {
+            return Err(usage("--threads must be at least 1"));
+        }
+        // candle's CPU kernels size their thread pools from this variable on first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    Engine::load(
+        dir,
+        &LoadOptions {
+            device: load.device.clone(),
+            dtype: load.dtype.clone(),
+        },
+    )
+    .with_context(|| format!("cannot load the model in {}", dir.display()))
+}
+
+/// The model's defaults, overridden by the flags the user gave.
+pub fn sampling_params(mut p: SamplingParams, a: &SamplingArgs) -> SamplingParams {
+    if let Some(v) = a.temperature {
+        p.temperature = v;
+    }
+    if let Some(v) = a.top_k {
+        p.top_k = v;
+    }
+    if let Some(v) = a.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = a.min_p {
+        p.min_p = v;
+    }
+    if let Some(v) = a.repeat_penalty {
+        p.repeat_penalty = v;
+    }
+    if let Some(v) = a.repeat_last_n {
+        p.repeat_last_n = v;
+    }
+    if let Some(v) = a.seed {
+        p.seed = v;
+    }
+    p
+}
+
+/// Stdin (when it is not a terminal), then the argument words.
+fn read_prompt(words: &[String]) -> Result<String> {
+    let mut parts = Vec::new();
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .context("cannot read the prompt from stdin")?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if !text.is_empty() {
+            parts.push(text.to_string());
+        }
+    }
+    if !words.is_empty() {
+        parts.push(words.join(" "));
+    }
+    Ok(parts.join("\n\n"))
+}
+
+fn read_messages(path: &std::path::Path) -> Result<Vec<Message>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let messages: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
+        usage(format!(
+            "{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}",
+            path.display()
+        ))
+    })?;
+    for m in &messages {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+            return Err(usage(format!(
+                "{}: unknown role {:?} (expected system, user, assistant or tool)",
+                path.display(),
+                m.role
+            )));
+        }
+    }
+    Ok(messages)
+}

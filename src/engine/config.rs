@@ -1,0 +1,132 @@
+//! config.json, normalised once so that every architecture adapter reads the same keys.
+//!
+//! Files written by transformers 5 move `rope_theta` / `rope_scaling` under `rope_parameters`;
+//! candle reads the old keys and would silently fall back to defaults, so they are moved back
+//! here. A rope scaling owrun cannot honour is an error rather than wrong tokens.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub model_type: String,
+    pub architecture: String,
+    /// Context length (max_position_embeddings).
+    pub context: usize,
+    pub eos_token_ids: Vec<u32>,
+    /// The normalised JSON, for the architecture's own config struct.
+    pub raw: Value,
+}
+
+impl ModelConfig {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let raw: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_value(raw).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_value(mut raw: Value) -> Result<Self> {
+        let Some(obj) = raw.as_object_mut() else {
+            bail!("config.json is not a JSON object");
+        };
+        // transformers 5: rope_parameters {rope_theta, rope_type, factor, ...}
+        if let Some(Value::Object(rp)) = obj.remove("rope_parameters") {
+            if let Some(theta) = rp.get("rope_theta") {
+                obj.entry("rope_theta").or_insert(theta.clone());
+            }
+            let rope_type = rp
+                .get("rope_type")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if rope_type != "default" {
+                obj.insert("rope_scaling".into(), Value::Object(rp.clone()));
+            }
+        }
+        // Older files spell the rope type `type`.
+        if let Some(Value::Object(rs)) = obj.get_mut("rope_scaling") {
+            if !rs.contains_key("rope_type") {
+                if let Some(t) = rs.get("type").cloned() {
+                    rs.insert("rope_type".into(), t);
+                }
+            }
+        }
+        let model_type = obj
+            .get("model_type")
+            .and_then(Value::as_str)
+            .context("config.json has no model_type")?
+            .to_string();
+        let architecture = obj
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .unwrap_or(&model_type)
+            .to_string();
+        if model_type == "llama" {
+            if let Some(Value::Object(rs)) = obj.get("rope_scaling") {
+                let t = rs.get("rope_type").and_then(Value::as_str).unwrap_or("");
+                if t != "llama3" && t != "default" {
+                    bail!("rope scaling {t:?} is not supported for llama (only llama3)");
+                }
+            }
+        }
+        let context = obj
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .unwrap_or(2048) as usize;
+        let eos_token_ids = token_ids(obj.get("eos_token_id"));
+        Ok(ModelConfig {
+            model_type,
+            architecture,
+            context,
+            eos_token_ids,
+            raw,
+        })
+    }
+}
+
+/// An id or a list of ids (config.json and generation_config.json use both).
+pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|v| v as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformers5_rope_parameters_are_moved_back() {
+        let c = ModelConfig::from_value(serde_json::json!({
+            "model_type": "llama",
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192},
+            "eos_token_id": [128001, 128008]
+        }))
+        .unwrap();
+        assert_eq!(c.raw["rope_theta"], 500000.0);
+        assert_eq!(c.raw["rope_scaling"]["rope_type"], "llama3");
+        assert_eq!(c.eos_token_ids, [128001, 128008]);
+    }
+
+    #[test]
+    fn unsupported_rope_scaling_is_an_error() {
+        let err = ModelConfig::from_value(serde_json::json!({
+            "model_type": "llama", "rope_scaling": {"type": "dynamic", "factor": 2.0}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("dynamic"));
+    }
+}

@@ -1,0 +1,215 @@
+//! The generation loop shared by every front end: prefill, then one token at a time until an
+//! end-of-sequence token, a stop string, the token limit or the end of the context.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use super::detok::Detokenizer;
+use super::model::Model;
+use super::sampler::Sampler;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// The token limit or the end of the context window.
+    Length,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub load_s: f64,
+    pub time_to_first_token_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+    pub timings: Timings,
+}
+
+pub struct GenerateParams<'a> {
+    /// Upper bound on new tokens (the context window bounds it too).
+    pub max_tokens: Option<usize>,
+    pub stop: &'a [String],
+    pub eos: &'a [u32],
+    /// Context window in tokens.
+    pub context: usize,
+}
+
+/// Generate after `prompt` (which the model has not seen), calling `emit` with text as soon as
+/// it is final. Returns everything generated.
+pub fn generate(
+    model: &mut dyn Model,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    params: &GenerateParams,
+    emit: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
+    let started = Instant::now();
+    let mut history = prompt.to_vec();
+    let mut detok = Detokenizer::new(tokenizer, prompt);
+    let mut stops = StopMatcher::new(params.stop);
+    let mut tokens = Vec::new();
+    let mut timings = Timings::default();
+    let room = params.context.saturating_sub(prompt.len());
+    let limit = params.max_tokens.map_or(room, |m| m.min(room));
+
+    let mut logits = model.forward(prompt, 0)?;
+    let prefill_s = started.elapsed().as_secs_f64();
+    timings.prefill_tokens_per_s = prompt.len() as f64 / prefill_s.max(1e-9);
+    let decode_started = Instant::now();
+    let mut finish = Finish::Length;
+    while tokens.len() < limit {
+        let next = sampler.sample(&mut logits, &history);
+        if tokens.is_empty() {
+            timings.time_to_first_token_s = started.elapsed().as_secs_f64();
+        }
+        if params.eos.contains(&next) {
+            finish = Finish::Stop;
+            break;
+        }
+        tokens.push(next);
+        history.push(next);
+        let piece = detok.push(next)?;
+        let (ready, stopped) = stops.feed(&piece);
+        if !ready.is_empty() {
+            emit(&ready)?;
+        }
+        if stopped {
+            finish = Finish::Stop;
+            break;
+        }
+        if tokens.len() >= limit {
+            break;
+        }
+        logits = model.forward(&[next], history.len() - 1)?;
+    }
+    if finish == Finish::Length || !stops.stopped {
+        let rest = detok.finish()?;
+        let (ready, _) = stops.feed(&rest);
+        let tail = format!("{ready}{}", stops.flush());
+        if !tail.is_empty() {
+            emit(&tail)?;
+        }
+    }
+    // Decode speed counts the tokens produced after the first (the first came from prefill).
+    let decoded = tokens.len().saturating_sub(1);
+    let decode_s = decode_started.elapsed().as_secs_f64();
+    timings.decode_tokens_per_s = if decoded > 0 {
+        decoded as f64 / decode_s.max(1e-9)
+    } else {
+        0.0
+    };
+    Ok(Generation {
+        text: stops.emitted,
+        tokens,
+        finish,
+        timings,
+    })
+}
+
+/// Holds back text that could be the start of a stop string, and cuts at the first stop string.
+struct StopMatcher<'a> {
+    stop: &'a [String],
+    pending: String,
+    emitted: String,
+    stopped: bool,
+}
+
+impl<'a> StopMatcher<'a> {
+    fn new(stop: &'a [String]) -> Self {
+        StopMatcher {
+            stop,
+            pending: String::new(),
+            emitted: String::new(),
+            stopped: false,
+        }
+    }
+
+    /// Add text; returns what may be shown now, and whether a stop string was found.
+    fn feed(&mut self, text: &str) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.pending.push_str(text);
+        let first_stop = self
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            let out = self.pending[..at].to_string();
+            self.emitted.push_str(&out);
+            self.pending.clear();
+            self.stopped = true;
+            return (out, true);
+        }
+        // Keep the longest tail that is a prefix of some stop string.
+        let keep = self
+            .stop
+            .iter()
+            .map(|s| {
+                (1..s.len().min(self.pending.len() + 1))
+                    .rev()
+                    .find(|&n| {
+                        s.is_char_boundary(n)
+                            && self.pending.is_char_boundary(self.pending.len() - n)
+                            && self.pending.ends_with(&s[..n])
+                    })
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        self.emitted.push_str(&out);
+        (out, false)
+    }
+
+    fn flush(&mut self) -> String {
+        let out = std::mem::take(&mut self.pending);
+        self.emitted.push_str(&out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_cut_and_prefixes_held_back() {
+        let stop = vec!["END".to_string(), "\n\n".to_string()];
+        let mut m = StopMatcher::new(&stop);
+        assert_eq!(m.feed("hello E"), ("hello ".into(), false));
+        assert_eq!(m.feed("N"), ("".into(), false));
+        assert_eq!(m.feed("Dless"), ("".into(), true));
+        assert_eq!(m.emitted, "hello ");
+
+        let mut m = StopMatcher::new(&stop);
+        assert_eq!(m.feed("a\n"), ("a".into(), false));
+        assert_eq!(m.feed("b"), ("\nb".into(), false));
+        assert_eq!(m.flush(), "");
+        assert_eq!(m.emitted, "a\nb");
+    }
+
+    #[test]
+    fn stop_matching_respects_utf8() {
+        let stop = vec!["é!".to_string()];
+        let mut m = StopMatcher::new(&stop);
+        assert_eq!(m.feed("café"), ("caf".into(), false));
+        assert_eq!(m.feed("?"), ("é?".into(), false));
+    }
+}

@@ -1,0 +1,174 @@
+//! Chat templates: the model's own Jinja, rendered with minijinja the way transformers'
+//! `apply_chat_template` does (trim_blocks, lstrip_blocks, `raise_exception`, `strftime_now`,
+//! Python string methods).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+pub struct ChatTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
+fn token_text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+impl ChatTemplate {
+    /// The template of a model folder: chat_template.jinja, else tokenizer_config.json's
+    /// `chat_template` (a string, or a list of named templates of which "default" is used).
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc: Value = match std::fs::read_to_string(&tc_path) {
+            Ok(t) => serde_json::from_str(&t)
+                .with_context(|| format!("{} is not valid JSON", tc_path.display()))?,
+            Err(_) => Value::Null,
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let source = if jinja.exists() {
+            Some(
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("cannot read {}", jinja.display()))?,
+            )
+        } else {
+            match tc.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .or_else(|| list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                _ => None,
+            }
+        };
+        Ok(source.map(|source| ChatTemplate {
+            source,
+            bos_token: token_text(tc.get("bos_token")),
+            eos_token: token_text(tc.get("eos_token")),
+        }))
+    }
+
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .expect("default delimiters are valid"),
+        );
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
+            Ok(jiff::Zoned::now().strftime(&fmt).to_string())
+        });
+        env.add_template("chat", &self.source)
+            .context("the model's chat template does not parse")?;
+        let tmpl = env.get_template("chat")?;
+        let out = tmpl.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })?;
+        Ok(out)
+    }
+
+    /// Render, folding a system message into the first user turn when the template rejects the
+    /// system role (Gemma). Returns the text and whether the system prompt was folded.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<(String, bool)> {
+        match self.render(messages, true) {
+            Ok(text) => Ok((text, false)),
+            Err(e) if messages.first().is_some_and(|m| m.role == "system") => {
+                let folded = fold_system(messages);
+                let text = self
+                    .render(&folded, true)
+                    .map_err(|_| e)
+                    .context("cannot render the chat template")?;
+                Ok((text, true))
+            }
+            Err(e) => Err(e).context("cannot render the chat template"),
+        }
+    }
+}
+
+fn fold_system(messages: &[Message]) -> Vec<Message> {
+    let system = &messages[0].content;
+    let mut rest: Vec<Message> = messages[1..].to_vec();
+    match rest.iter_mut().find(|m| m.role == "user") {
+        Some(first_user) => first_user.content = format!("{system}\n\n{}", first_user.content),
+        None => rest.insert(
+            0,
+            Message {
+                role: "user".into(),
+                content: system.clone(),
+            },
+        ),
+    }
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpl(source: &str) -> ChatTemplate {
+        ChatTemplate {
+            source: source.into(),
+            bos_token: "<s>".into(),
+            eos_token: "</s>".into(),
+        }
+    }
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn renders_like_transformers_with_trim_and_python_methods() {
+        let t = tmpl(
+            "{{ bos_token }}{% for m in messages %}\n<|{{ m.role }}|>{{ m.content.strip() }}\n{% endfor %}\n{% if add_generation_prompt %}<|assistant|>{% endif %}",
+        );
+        let out = t.render(&[msg("user", " hi ")], true).unwrap();
+        assert_eq!(out, "<s><|user|>hi\n<|assistant|>");
+    }
+
+    #[test]
+    fn a_template_that_rejects_system_gets_it_folded() {
+        let t = tmpl(
+            "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}",
+        );
+        let (out, folded) = t
+            .render_chat(&[msg("system", "Be brief."), msg("user", "Hi")])
+            .unwrap();
+        assert!(folded);
+        assert_eq!(out, "[user]Be brief.\n\nHi");
+    }
+}

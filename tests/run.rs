@@ -1,0 +1,301 @@
+//! `owrun run` end to end on ../shared/models/stories260K, a real trained TinyStories Llama,
+//! against its expected greedy generations (recorded with transformers).
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use support::hub::{FakeHub, RepoFixture};
+use support::{shared_model, Sandbox};
+
+fn sandbox() -> Sandbox {
+    Sandbox::new("http://127.0.0.1:9")
+}
+
+fn stories() -> Option<String> {
+    shared_model("stories260K").map(|p| p.to_str().unwrap().to_string())
+}
+
+fn expected(model: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(format!("{model}/expected_generations.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["generations"].as_array().unwrap().clone()
+}
+
+fn json_run(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let r = sb.run(args);
+    r.ok();
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn greedy_generations_match_transformers_token_for_token() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    for g in expected(&m) {
+        let prompt = g["prompt"].as_str().unwrap();
+        let out = json_run(&sb, &["run", &m, prompt, "-n", "40", "-t", "0", "--json"]);
+        assert_eq!(
+            ids(&out["prompt_tokens"]),
+            ids(&g["prompt_ids"]),
+            "{prompt}"
+        );
+        assert_eq!(ids(&out["tokens"]), ids(&g["new_token_ids"]), "{prompt}");
+        assert_eq!(out["text"], g["continuation"], "{prompt}");
+        assert_eq!(out["finish_reason"], "length");
+        assert_eq!(out["usage"]["completion_tokens"], 40);
+
+        // Streamed text is exactly the final text.
+        let r = sb.run(&["run", &m, prompt, "-n", "40", "-t", "0"]);
+        r.ok();
+        assert_eq!(r.stdout, g["continuation"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn generation_stops_at_the_end_token() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let out = json_run(&sb, &["run", &m, "Once upon a time", "-t", "0", "--json"]);
+    assert_eq!(out["finish_reason"], "stop", "{out}");
+    let n = out["tokens"].as_array().unwrap().len();
+    assert!(n > 40 && n < 500, "{n} tokens");
+    // The end token itself is neither in the tokens nor in the text.
+    assert!(!ids(&out["tokens"]).contains(&2));
+    assert!(!out["text"].as_str().unwrap().contains("</s>"));
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_not_printed() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let r = sb.run(&["run", &m, "Once upon a time", "-t", "0", "--stop", "Lily"]);
+    r.ok();
+    assert_eq!(r.stdout, ", there was a little girl named ");
+    let out = json_run(
+        &sb,
+        &[
+            "run",
+            &m,
+            "Once upon a time",
+            "-t",
+            "0",
+            "--stop",
+            "Lily",
+            "--json",
+        ],
+    );
+    assert_eq!(out["finish_reason"], "stop");
+    assert_eq!(out["text"], ", there was a little girl named ");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_output() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let sample = |seed: &str| {
+        let r = sb.run(&[
+            "run",
+            &m,
+            "Once upon a time",
+            "-n",
+            "30",
+            "-t",
+            "1.0",
+            "--seed",
+            seed,
+        ]);
+        r.ok();
+        r.stdout.clone()
+    };
+    let a = sample("42");
+    assert_eq!(a, sample("42"));
+    assert_ne!(a, sample("43"));
+    assert_ne!(
+        a,
+        sb.run(&["run", &m, "Once upon a time", "-n", "30", "-t", "0"])
+            .stdout
+    );
+}
+
+#[test]
+fn the_prompt_comes_from_stdin_then_the_argument() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let run_with_stdin = |stdin: &str, args: &[&str]| {
+        let mut child = sb
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let piped = run_with_stdin("Once upon a time\n", &["run", &m, "-n", "40", "-t", "0"]);
+    assert_eq!(piped, expected(&m)[0]["continuation"].as_str().unwrap());
+
+    let both = run_with_stdin(
+        "Once upon a time",
+        &["run", &m, "there was", "-n", "5", "-t", "0", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&both).unwrap();
+    let alone = json_run(
+        &sb,
+        &[
+            "run",
+            &m,
+            "Once upon a time\n\nthere was",
+            "-n",
+            "5",
+            "-t",
+            "0",
+            "--json",
+        ],
+    );
+    assert_eq!(v["prompt_tokens"], alone["prompt_tokens"]);
+
+    sb.run(&["run", &m]).fails_with(2, "no prompt");
+}
+
+#[test]
+fn a_closed_stdout_ends_generation_quietly() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = sb
+        .cmd()
+        .args(["run", &m, "Once upon a time", "-t", "0"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // And through a real `head`.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' run '{m}' 'Once upon a time' -t 0 | head -c 20",
+            env!("CARGO_BIN_EXE_owrun")
+        ))
+        .envs(sb.cmd().get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b", there was a little");
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_fails_before_any_work() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let long = "the dog ran to the park. ".repeat(120);
+    let r = sb.run(&["run", &m, &long]);
+    r.fails_with(2, "context window of 512 tokens");
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    sb.run(&["run", &m, "hi", "--device", "tpu"])
+        .fails_with(2, "expected auto, cpu, cuda");
+    sb.run(&["run", &m, "hi", "--dtype", "int3"])
+        .fails_with(2, "--dtype");
+    sb.run(&["run", &m, "hi", "--raw", "--system", "x"])
+        .fails_with(2, "--raw");
+    let bad = sb.dir.path().join("msgs.json");
+    std::fs::write(&bad, r#"[{"role":"wizard","content":"hi"}]"#).unwrap();
+    sb.run(&["run", &m, "--messages", bad.to_str().unwrap()])
+        .fails_with(2, "unknown role");
+
+    // An architecture owrun does not run yet is named, not a crash.
+    let dir = sb.dir.path().join("mamba");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(format!("{m}/{f}"), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type":"mamba","architectures":["MambaForCausalLM"]}"#,
+    )
+    .unwrap();
+    sb.run(&["run", dir.to_str().unwrap(), "hi"]).fails_with(
+        1,
+        "architecture \"mamba\" (MambaForCausalLM) is not supported",
+    );
+    // A folder without weights says what it lacks.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    sb.run(&["run", dir.to_str().unwrap(), "hi"])
+        .fails_with(2, "lacks model.safetensors");
+}
+
+#[test]
+fn a_hub_model_is_pulled_through_the_gate_then_run() {
+    let Some(m) = stories() else { return };
+    let hub = FakeHub::start();
+    hub.add_repo(RepoFixture::from_dir("karpathy/stories260K", std::path::Path::new(&m)).unwrap());
+    let sb = Sandbox::new(&hub.url);
+    let r = sb.run(&[
+        "run",
+        "hf:karpathy/stories260K",
+        "Once upon a time",
+        "-n",
+        "40",
+        "-t",
+        "0",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("not pulled yet"), "{}", r.stderr);
+    assert_eq!(r.stdout, expected(&m)[0]["continuation"].as_str().unwrap());
+    // Offline now: it runs from the store.
+    hub.clear_log();
+    let r = sb.run_env(
+        &[
+            "run",
+            "hf:karpathy/stories260K",
+            "Once upon a time",
+            "-n",
+            "40",
+            "-t",
+            "0",
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    r.ok();
+    assert!(hub.log().is_empty());
+}
