@@ -52,6 +52,8 @@ pub enum Command {
     License(LicenseCommand),
     /// Generate text from a prompt (argument, stdin, or both) and stream it to stdout
     Run(Box<RunArgs>),
+    /// Measure prefill and decode speed (tokens/s), reported like llama-bench
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -201,4 +203,27 @@ pub struct LoadArgs {
     /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Registry name, hf:owner/name[@revision], or a local directory (must be pulled)
+    pub model: String,
+    /// Prompt length for the prefill test, in tokens
+    #[arg(short = 'p', long, default_value_t = 128, value_name = "N")]
+    pub prompt_tokens: usize,
+    /// Tokens to generate for the decode test
+    #[arg(short = 'n', long, default_value_t = 64, value_name = "N")]
+    pub gen_tokens: usize,
+    /// Repetitions of each test
+    #[arg(short = 'r', long, default_value_t = 3, value_name = "N")]
+    pub repetitions: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Print one JSON document
+    #[arg(long)]
+    pub json: bool,
+    /// Accept the model's license without asking (the acceptance is recorded)
+    #[arg(long)]
+    pub accept_license: bool,
 }

@@ -299,3 +299,25 @@ fn a_hub_model_is_pulled_through_the_gate_then_run() {
     r.ok();
     assert!(hub.log().is_empty());
 }
+
+#[test]
+fn bench_reports_prefill_and_decode_speed() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let v = json_run(
+        &sb,
+        &["bench", &m, "-p", "32", "-n", "16", "-r", "2", "--json"],
+    );
+    let tests = v["tests"].as_array().unwrap();
+    assert_eq!(tests[0]["test"], "pp32");
+    assert_eq!(tests[1]["test"], "tg16");
+    for t in tests {
+        assert_eq!(t["samples"].as_array().unwrap().len(), 2);
+        assert!(t["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let r = sb.run(&["bench", &m, "-p", "32", "-n", "16", "-r", "1"]);
+    r.ok();
+    assert!(r.stdout.contains("pp32") && r.stdout.contains("tg16") && r.stdout.contains("±"));
+    sb.run(&["bench", &m, "-p", "500", "-n", "100"])
+        .fails_with(2, "exceeds the model's context of 512");
+}

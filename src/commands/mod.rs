@@ -8,6 +8,7 @@ use crate::registry::{ModelRef, Registry};
 use crate::settings::Settings;
 use crate::store::{Snapshot, Store};
 
+mod bench;
 mod license_cmd;
 mod list;
 pub mod pull;
@@ -59,6 +60,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Rm(args) => rm::run(&ctx, &args),
         Command::License(cmd) => license_cmd::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, &args),
+        Command::Bench(args) => bench::run(&ctx, &args),
     }
 }
 

@@ -14,6 +14,8 @@ pub trait Model {
     /// Run `tokens` (new tokens only) starting at position `pos` of the sequence and return the
     /// logits (f32, vocab-sized) for the next token after the last of them.
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
+    /// Forget the sequence: the next forward starts a new one at position 0.
+    fn reset(&mut self) -> Result<()>;
 }
 
 /// Build the model for `config` from the safetensors files, memory-mapped.
@@ -51,6 +53,8 @@ fn describe(weights: &[std::path::PathBuf]) -> String {
 struct Llama {
     model: llama::Llama,
     cache: llama::Cache,
+    config: llama::Config,
+    dtype: DType,
     device: Device,
 }
 
@@ -77,6 +81,8 @@ impl Llama {
         Ok(Llama {
             model,
             cache,
+            config,
+            dtype,
             device: device.clone(),
         })
     }
@@ -87,5 +93,10 @@ impl Model for Llama {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let logits = self.model.forward(&input, pos, &mut self.cache)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        self.cache = llama::Cache::new(true, self.dtype, &self.config, &self.device)?;
+        Ok(())
     }
 }

@@ -1,0 +1,108 @@
+//! `owrun bench`: prefill and decode speed, reported the way llama-bench does (pp N / tg N,
+//! mean ± standard deviation over repetitions), so numbers compare across runners.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::run::{load_engine, ready_model};
+use super::{print_table, Ctx};
+use crate::cli::BenchArgs;
+use crate::error::usage;
+
+pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
+    if args.repetitions == 0 || args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        return Err(usage("-p, -n and -r must be at least 1"));
+    }
+    let model = ctx.resolve(&args.model)?;
+    let dir = ready_model(ctx, &model, args.accept_license)?;
+    let mut engine = load_engine(&dir, &args.load)?;
+    let context = engine.config.context;
+    if args.prompt_tokens + args.gen_tokens > context {
+        return Err(usage(format!(
+            "-p {} plus -n {} exceeds the model's context of {context} tokens",
+            args.prompt_tokens, args.gen_tokens
+        )));
+    }
+    // A fixed, non-special token sequence spread over the vocabulary.
+    let vocab = engine.tokenizer.get_vocab_size(true).max(4) as u64;
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
+        .map(|i| (3 + (i * 7919) % (vocab - 3)) as u32)
+        .collect();
+
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..args.repetitions {
+        engine.model.reset()?;
+        let t = Instant::now();
+        engine.model.forward(&prompt, 0)?;
+        pp.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
+
+        // Decode from a one-token prompt, as llama-bench's tg test does.
+        engine.model.reset()?;
+        let mut logits = engine.model.forward(&prompt[..1], 0)?;
+        let t = Instant::now();
+        for pos in 1..=args.gen_tokens {
+            let next = argmax(&logits);
+            logits = engine.model.forward(&[next], pos)?;
+        }
+        tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let (pp_mean, pp_sd) = mean_sd(&pp);
+    let (tg_mean, tg_sd) = mean_sd(&tg);
+    let backend = format!("{:?}", engine.device.location()).to_lowercase();
+    let dtype = format!("{:?}", engine.dtype).to_lowercase();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = json!({
+            "model": model.display_name(),
+            "backend": backend,
+            "dtype": dtype,
+            "repetitions": args.repetitions,
+            "tests": [
+                {"test": format!("pp{}", args.prompt_tokens), "tokens_per_s": pp_mean, "sd": pp_sd, "samples": pp},
+                {"test": format!("tg{}", args.gen_tokens), "tokens_per_s": tg_mean, "sd": tg_sd, "samples": tg},
+            ],
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let mut rows = vec![["model", "backend", "dtype", "test", "t/s"]
+        .map(String::from)
+        .to_vec()];
+    for (test, mean, sd) in [
+        (format!("pp{}", args.prompt_tokens), pp_mean, pp_sd),
+        (format!("tg{}", args.gen_tokens), tg_mean, tg_sd),
+    ] {
+        rows.push(vec![
+            model.display_name(),
+            backend.clone(),
+            dtype.clone(),
+            test,
+            format!("{mean:.2} ± {sd:.2}"),
+        ]);
+    }
+    print_table(&mut out, &rows)?;
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
