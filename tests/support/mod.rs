@@ -67,6 +67,18 @@ impl Sandbox {
         Run::from(c.output().expect("run owrun"))
     }
 
+    /// Run with a stdout whose reader is already gone (as with `| head -0`): owrun must end
+    /// quietly with exit code 0.
+    #[track_caller]
+    pub fn assert_quiet_on_closed_stdout(&self, args: &[&str]) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = self.cmd().args(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+
     /// Write a registry overlay file and return its path.
     pub fn registry_file(&self, name: &str, toml: &str) -> PathBuf {
         let p = self.dir.path().join(name);
