@@ -586,3 +586,68 @@ fn local_directories_have_nothing_to_pull() {
     sb.run(&["rm", dir.to_str().unwrap()])
         .fails_with(2, "directory of yours");
 }
+
+/// Run owrun on a pseudo-terminal (util-linux `script`), typing `answer` at its prompt.
+fn run_on_terminal(sb: &Sandbox, args: &str, answer: &str) -> Option<support::Run> {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("*** SKIPPED: util-linux `script` is not installed ***");
+        return None;
+    }
+    // `script` runs owrun with the sandbox's environment (set and removed variables alike).
+    let mut child = std::process::Command::new("script");
+    for (k, v) in sb.cmd().get_envs() {
+        match v {
+            Some(v) => child.env(k, v),
+            None => child.env_remove(k),
+        };
+    }
+    let cmdline = format!("'{}' {args}", env!("CARGO_BIN_EXE_owrun"));
+    let mut proc = child
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = proc.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(answer.as_bytes()).unwrap();
+    drop(stdin);
+    let out = proc.wait_with_output().unwrap();
+    Some(support::Run::from(out))
+}
+
+#[test]
+fn on_a_terminal_the_license_is_shown_and_asked_for() {
+    let hub = hub_with(vec![model_repo("acme/llama", "llama3.2", 10_000)]);
+    let sb = Sandbox::new(&hub.url);
+    let reg = registry_for(&sb, "ll", "acme/llama", "llama3.2");
+    let Some(r) = run_on_terminal(&sb, &format!("--registry '{reg}' pull ll"), "n\n") else {
+        return;
+    };
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    // A terminal merges the streams: the terms and the question were shown.
+    assert!(r.stdout.contains("700 million"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Do you accept these terms? [y/N]"),
+        "{}",
+        r.stdout
+    );
+    assert!(!sb.repo_dir("acme/llama").exists());
+
+    let r = run_on_terminal(&sb, &format!("--registry '{reg}' pull ll"), "y\n").unwrap();
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let text = std::fs::read_to_string(sb.owrun_home().join("accepted-licenses.json")).unwrap();
+    assert!(text.contains("llama3.2"), "{text}");
+    assert!(snapshot_file(
+        &sb,
+        &model_repo("acme/llama", "llama3.2", 10_000),
+        "model.safetensors"
+    )
+    .exists());
+}
