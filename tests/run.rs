@@ -303,3 +303,67 @@ fn bench_reports_prefill_and_decode_speed() {
     sb.run(&["bench", &m, "-p", "500", "-n", "100"])
         .fails_with(2, "exceeds the model's context of 512");
 }
+
+fn fixture_dirs() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("expected.json").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
+    let sb = sandbox();
+    let dirs = fixture_dirs();
+    assert!(dirs.len() >= 9);
+    for dir in dirs {
+        let d = dir.to_str().unwrap();
+        let exp: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let family = exp["family"].as_str().unwrap();
+
+        let plain = &exp["plain"];
+        let prompt = plain["prompt"].as_str().unwrap();
+        let out = json_run(&sb, &["run", d, prompt, "--raw", "-t", "0", "-n", "12", "--json"]);
+        assert_eq!(ids(&out["prompt_tokens"]), ids(&plain["prompt_ids"]), "{family}");
+        assert_eq!(ids(&out["tokens"]), ids(&plain["new_token_ids"]), "{family}");
+        assert_eq!(out["text"], plain["text"], "{family}");
+
+        let chat = &exp["chat"];
+        let msgs = exp["chat_messages"].as_array().unwrap();
+        let user = msgs[1]["content"].as_str().unwrap();
+        let system = msgs[0]["content"].as_str().unwrap();
+        let mut args = vec!["run", d, user, "-t", "0", "-n", "12", "--json"];
+        if exp["system_folded"] != true {
+            args.extend(["--system", system]);
+        }
+        let out = json_run(&sb, &args);
+        assert_eq!(ids(&out["prompt_tokens"]), ids(&chat["prompt_ids"]), "{family} chat");
+        assert_eq!(ids(&out["tokens"]), ids(&chat["new_token_ids"]), "{family} chat");
+        // Streaming prints the same text.
+        args.retain(|a| *a != "--json");
+        let r = sb.run(&args);
+        r.ok();
+        assert_eq!(r.stdout, chat["text"].as_str().unwrap(), "{family} chat stream");
+    }
+}
+
+#[test]
+fn a_system_prompt_is_folded_into_the_first_turn_when_the_template_has_no_system_role() {
+    let sb = sandbox();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma");
+    let d = dir.to_str().unwrap();
+    let r = sb.run(&["run", d, "Hi", "--system", "Be brief.", "-n", "1", "-t", "0", "--json"]);
+    r.ok();
+    assert_eq!(r.stderr.matches("has no system role").count(), 1, "{}", r.stderr);
+    // The same ids as a user turn that starts with the system text.
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let folded = json_run(&sb, &["run", d, "Be brief.\n\nHi", "-n", "1", "-t", "0", "--json"]);
+    assert_eq!(v["prompt_tokens"], folded["prompt_tokens"]);
+}

@@ -6,6 +6,8 @@ pub mod config;
 pub mod detok;
 pub mod generate;
 pub mod model;
+#[cfg(test)]
+mod parity_tests;
 pub mod sampler;
 pub mod template;
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::llama;
+use candle_transformers::models::{
+    gemma, gemma2, gemma3, llama, mistral, mixtral, phi3, qwen2, qwen3,
+};
 
 use super::config::ModelConfig;
 
@@ -29,12 +31,148 @@ pub fn load(
     // mapped, and the store's files are only ever replaced by rename, never rewritten in place.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
         .with_context(|| format!("cannot map weights {}", describe(weights)))?;
-    match config.model_type.as_str() {
-        "llama" => Ok(Box::new(Llama::load(config, vb, dtype, device)?)),
+    let cfg = &config.raw;
+    let model: Box<dyn Model> = match config.model_type.as_str() {
+        "llama" => Box::new(Llama::load(config, vb, dtype, device)?),
+        "mistral" => {
+            let c: mistral::Config = parse(cfg, "Mistral")?;
+            Box::new(Candle::new(mistral::Model::new(&c, vb)?, device))
+        }
+        "mixtral" => {
+            let c: mixtral::Config = parse(cfg, "Mixtral")?;
+            Box::new(Mixtral {
+                model: Candle::new(mixtral::Model::new(&c, vb.clone())?, device),
+                config: c,
+                vb,
+            })
+        }
+        "phi3" => {
+            let c: phi3::Config = parse(cfg, "Phi-3")?;
+            Box::new(Candle::new(phi3::Model::new(&c, vb)?, device))
+        }
+        "gemma" => {
+            let c: gemma::Config = parse(cfg, "Gemma")?;
+            Box::new(Candle::new(gemma::Model::new(false, &c, vb)?, device))
+        }
+        "gemma2" => {
+            let c: gemma2::Config = parse(cfg, "Gemma 2")?;
+            Box::new(Candle::new(gemma2::Model::new(false, &c, vb)?, device))
+        }
+        "gemma3" | "gemma3_text" => {
+            let c: gemma3::Config = parse(cfg, "Gemma 3")?;
+            let mut m = Candle::new(gemma3::Model::new(false, &c, vb)?, device);
+            // candle's gemma3 cannot run several tokens at once on CPU ("slice-set only
+            // supports contiguous tensors"): feed the prompt one token at a time there.
+            m.one_token_at_a_time = device.is_cpu();
+            Box::new(m)
+        }
+        "qwen2" => {
+            let c: qwen2::Config = parse(cfg, "Qwen2")?;
+            Box::new(Candle::new(qwen2::ModelForCausalLM::new(&c, vb)?, device))
+        }
+        "qwen3" => {
+            let c: qwen3::Config = parse(cfg, "Qwen3")?;
+            Box::new(Candle::new(qwen3::ModelForCausalLM::new(&c, vb)?, device))
+        }
         other => bail!(
-            "architecture {other:?} ({}) is not supported yet; supported: llama",
+            "architecture {other:?} ({}) is not supported yet; supported: llama, mistral, \
+             mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3",
             config.architecture
         ),
+    };
+    Ok(model)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, family: &str) -> Result<T> {
+    serde_json::from_value(raw.clone())
+        .with_context(|| format!("config.json is not a valid {family} config"))
+}
+
+/// What candle-transformers' causal LMs (other than Llama) have in common.
+trait CandleLm {
+    fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor>;
+    fn clear_kv_cache(&mut self);
+}
+
+macro_rules! candle_lm {
+    ($($t:ty),*) => {$(
+        impl CandleLm for $t {
+            fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+                <$t>::forward(self, input, pos)
+            }
+            fn clear_kv_cache(&mut self) {
+                <$t>::clear_kv_cache(self)
+            }
+        }
+    )*};
+}
+candle_lm!(
+    mistral::Model,
+    phi3::Model,
+    gemma::Model,
+    gemma2::Model,
+    gemma3::Model,
+    qwen2::ModelForCausalLM,
+    qwen3::ModelForCausalLM
+);
+
+impl CandleLm for mixtral::Model {
+    fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        mixtral::Model::forward(self, input, pos)
+    }
+    fn clear_kv_cache(&mut self) {
+        // candle's Mixtral has no cache reset; the Mixtral adapter rebuilds the model instead.
+    }
+}
+
+struct Candle<M> {
+    model: M,
+    device: Device,
+    one_token_at_a_time: bool,
+}
+
+impl<M: CandleLm> Candle<M> {
+    fn new(model: M, device: &Device) -> Self {
+        Candle {
+            model,
+            device: device.clone(),
+            one_token_at_a_time: false,
+        }
+    }
+}
+
+impl<M: CandleLm> Model for Candle<M> {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        let mut logits = None;
+        let chunk = if self.one_token_at_a_time { 1 } else { tokens.len().max(1) };
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            let input = Tensor::new(part, &self.device)?.unsqueeze(0)?;
+            logits = Some(self.model.forward(&input, pos + i * chunk)?);
+        }
+        let logits = logits.context("forward over no tokens")?;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        self.model.clear_kv_cache();
+        Ok(())
+    }
+}
+
+struct Mixtral {
+    model: Candle<mixtral::Model>,
+    config: mixtral::Config,
+    vb: VarBuilder<'static>,
+}
+
+impl Model for Mixtral {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        self.model.forward(tokens, pos)
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        self.model.model = mixtral::Model::new(&self.config, self.vb.clone())?;
+        Ok(())
     }
 }
 
