@@ -330,9 +330,20 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
 
         let plain = &exp["plain"];
         let prompt = plain["prompt"].as_str().unwrap();
-        let out = json_run(&sb, &["run", d, prompt, "--raw", "-t", "0", "-n", "12", "--json"]);
-        assert_eq!(ids(&out["prompt_tokens"]), ids(&plain["prompt_ids"]), "{family}");
-        assert_eq!(ids(&out["tokens"]), ids(&plain["new_token_ids"]), "{family}");
+        let out = json_run(
+            &sb,
+            &["run", d, prompt, "--raw", "-t", "0", "-n", "12", "--json"],
+        );
+        assert_eq!(
+            ids(&out["prompt_tokens"]),
+            ids(&plain["prompt_ids"]),
+            "{family}"
+        );
+        assert_eq!(
+            ids(&out["tokens"]),
+            ids(&plain["new_token_ids"]),
+            "{family}"
+        );
         assert_eq!(out["text"], plain["text"], "{family}");
 
         let chat = &exp["chat"];
@@ -344,13 +355,25 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
             args.extend(["--system", system]);
         }
         let out = json_run(&sb, &args);
-        assert_eq!(ids(&out["prompt_tokens"]), ids(&chat["prompt_ids"]), "{family} chat");
-        assert_eq!(ids(&out["tokens"]), ids(&chat["new_token_ids"]), "{family} chat");
+        assert_eq!(
+            ids(&out["prompt_tokens"]),
+            ids(&chat["prompt_ids"]),
+            "{family} chat"
+        );
+        assert_eq!(
+            ids(&out["tokens"]),
+            ids(&chat["new_token_ids"]),
+            "{family} chat"
+        );
         // Streaming prints the same text.
         args.retain(|a| *a != "--json");
         let r = sb.run(&args);
         r.ok();
-        assert_eq!(r.stdout, chat["text"].as_str().unwrap(), "{family} chat stream");
+        assert_eq!(
+            r.stdout,
+            chat["text"].as_str().unwrap(),
+            "{family} chat stream"
+        );
     }
 }
 
@@ -359,11 +382,30 @@ fn a_system_prompt_is_folded_into_the_first_turn_when_the_template_has_no_system
     let sb = sandbox();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma");
     let d = dir.to_str().unwrap();
-    let r = sb.run(&["run", d, "Hi", "--system", "Be brief.", "-n", "1", "-t", "0", "--json"]);
+    let r = sb.run(&[
+        "run",
+        d,
+        "Hi",
+        "--system",
+        "Be brief.",
+        "-n",
+        "1",
+        "-t",
+        "0",
+        "--json",
+    ]);
     r.ok();
-    assert_eq!(r.stderr.matches("has no system role").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("has no system role").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     // The same ids as a user turn that starts with the system text.
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let folded = json_run(&sb, &["run", d, "Be brief.\n\nHi", "-n", "1", "-t", "0", "--json"]);
+    let folded = json_run(
+        &sb,
+        &["run", d, "Be brief.\n\nHi", "-n", "1", "-t", "0", "--json"],
+    );
     assert_eq!(v["prompt_tokens"], folded["prompt_tokens"]);
 }

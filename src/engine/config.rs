@@ -50,7 +50,10 @@ impl ModelConfig {
             if let Some(f) = main.get("partial_rotary_factor") {
                 obj.entry("partial_rotary_factor").or_insert(f.clone());
             }
-            let rope_type = main.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+            let rope_type = main
+                .get("rope_type")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
             if rope_type != "default" {
                 obj.insert("rope_scaling".into(), Value::Object(main.clone()));
             }

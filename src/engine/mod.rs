@@ -10,6 +10,7 @@ pub mod model;
 mod parity_tests;
 pub mod sampler;
 pub mod template;
+pub mod windowed;
 
 use std::path::Path;
 use std::time::Instant;

@@ -5,11 +5,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{
-    gemma, gemma2, gemma3, llama, mistral, mixtral, phi3, qwen2, qwen3,
-};
+use candle_transformers::models::{gemma, gemma3, llama, mixtral, phi3, qwen2, qwen3};
 
 use super::config::ModelConfig;
+use super::windowed::{Flavour, Windowed};
 
 /// A causal language model with a KV cache.
 pub trait Model {
@@ -34,10 +33,13 @@ pub fn load(
     let cfg = &config.raw;
     let model: Box<dyn Model> = match config.model_type.as_str() {
         "llama" => Box::new(Llama::load(config, vb, dtype, device)?),
-        "mistral" => {
-            let c: mistral::Config = parse(cfg, "Mistral")?;
-            Box::new(Candle::new(mistral::Model::new(&c, vb)?, device))
-        }
+        // owrun's own implementation: candle's does not enforce the sliding window.
+        "mistral" => Box::new(Windowed::load(
+            Flavour::Mistral,
+            parse(cfg, "Mistral")?,
+            vb,
+            device,
+        )?),
         "mixtral" => {
             let c: mixtral::Config = parse(cfg, "Mixtral")?;
             Box::new(Mixtral {
@@ -54,10 +56,12 @@ pub fn load(
             let c: gemma::Config = parse(cfg, "Gemma")?;
             Box::new(Candle::new(gemma::Model::new(false, &c, vb)?, device))
         }
-        "gemma2" => {
-            let c: gemma2::Config = parse(cfg, "Gemma 2")?;
-            Box::new(Candle::new(gemma2::Model::new(false, &c, vb)?, device))
-        }
+        "gemma2" => Box::new(Windowed::load(
+            Flavour::Gemma2,
+            parse(cfg, "Gemma 2")?,
+            vb,
+            device,
+        )?),
         "gemma3" | "gemma3_text" => {
             let c: gemma3::Config = parse(cfg, "Gemma 3")?;
             let mut m = Candle::new(gemma3::Model::new(false, &c, vb)?, device);
@@ -107,10 +111,8 @@ macro_rules! candle_lm {
     )*};
 }
 candle_lm!(
-    mistral::Model,
     phi3::Model,
     gemma::Model,
-    gemma2::Model,
     gemma3::Model,
     qwen2::ModelForCausalLM,
     qwen3::ModelForCausalLM
@@ -144,13 +146,20 @@ impl<M: CandleLm> Candle<M> {
 impl<M: CandleLm> Model for Candle<M> {
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
         let mut logits = None;
-        let chunk = if self.one_token_at_a_time { 1 } else { tokens.len().max(1) };
+        let chunk = if self.one_token_at_a_time {
+            1
+        } else {
+            tokens.len().max(1)
+        };
         for (i, part) in tokens.chunks(chunk).enumerate() {
             let input = Tensor::new(part, &self.device)?.unsqueeze(0)?;
             logits = Some(self.model.forward(&input, pos + i * chunk)?);
         }
         let logits = logits.context("forward over no tokens")?;
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        Ok(logits
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
     }
 
     fn reset(&mut self) -> Result<()> {

@@ -78,7 +78,11 @@ fn every_family_matches_transformers() {
         let prompt = engine
             .encode(plain["prompt"].as_str().unwrap(), true)
             .unwrap();
-        assert_eq!(prompt, ids(&plain["prompt_ids"]), "{family}: plain prompt ids");
+        assert_eq!(
+            prompt,
+            ids(&plain["prompt_ids"]),
+            "{family}: plain prompt ids"
+        );
 
         // Chat prompt: the template renders exactly as apply_chat_template.
         let chat = &exp["chat"];
@@ -89,9 +93,17 @@ fn every_family_matches_transformers() {
         }
         let template = engine.template.as_ref().expect("fixture has a template");
         let rendered = template.render(&messages, true).unwrap();
-        assert_eq!(rendered, chat["rendered"].as_str().unwrap(), "{family}: rendered chat");
+        assert_eq!(
+            rendered,
+            chat["rendered"].as_str().unwrap(),
+            "{family}: rendered chat"
+        );
         let chat_prompt = engine.encode(&rendered, false).unwrap();
-        assert_eq!(chat_prompt, ids(&chat["prompt_ids"]), "{family}: chat prompt ids");
+        assert_eq!(
+            chat_prompt,
+            ids(&chat["prompt_ids"]),
+            "{family}: chat prompt ids"
+        );
 
         for (what, case, prompt) in [("plain", plain, prompt), ("chat", chat, chat_prompt)] {
             engine.model.reset().unwrap();
@@ -108,11 +120,103 @@ fn every_family_matches_transformers() {
                 .zip(&want)
                 .map(|(a, b)| (*a as f64 - b).abs())
                 .fold(0.0, f64::max);
-            assert!(max_diff < 1e-3, "{family} {what}: logits differ by {max_diff}");
+            assert!(
+                max_diff < 1e-3,
+                "{family} {what}: logits differ by {max_diff}"
+            );
 
             engine.model.reset().unwrap();
             let tokens = greedy(&mut engine, &prompt, 12);
-            assert_eq!(tokens, ids(&case["new_token_ids"]), "{family} {what}: greedy tokens");
+            assert_eq!(
+                tokens,
+                ids(&case["new_token_ids"]),
+                "{family} {what}: greedy tokens"
+            );
         }
+    }
+}
+
+/// Why Mistral and Gemma 2 are owrun's own code: once a sequence is longer than the sliding
+/// window, candle-transformers' versions stop agreeing with transformers (owrun's agree: see
+/// `every_family_matches_transformers`).
+#[test]
+fn candle_mistral_and_gemma2_ignore_the_sliding_window() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+    use candle_transformers::models::{gemma2, mistral};
+
+    enum Candle {
+        Mistral(mistral::Model),
+        Gemma2(gemma2::Model),
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for family in ["mistral", "gemma2"] {
+        let dir = root.join(family);
+        let exp: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let config = super::config::ModelConfig::load(&dir).unwrap();
+        let weights = [dir.join("model.safetensors")];
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }
+            .unwrap();
+        let mut model = if family == "mistral" {
+            Candle::Mistral(
+                mistral::Model::new(&serde_json::from_value(config.raw.clone()).unwrap(), vb)
+                    .unwrap(),
+            )
+        } else {
+            Candle::Gemma2(
+                gemma2::Model::new(
+                    false,
+                    &serde_json::from_value(config.raw.clone()).unwrap(),
+                    vb,
+                )
+                .unwrap(),
+            )
+        };
+        let mut differs = false;
+        for case in ["plain", "chat"] {
+            let prompt = ids(&exp[case]["prompt_ids"]);
+            let want = ids(&exp[case]["new_token_ids"]);
+            let mut got = Vec::new();
+            let mut input = prompt.clone();
+            let mut pos = 0;
+            match &mut model {
+                Candle::Mistral(m) => m.clear_kv_cache(),
+                Candle::Gemma2(m) => m.clear_kv_cache(),
+            }
+            while got.len() < want.len() {
+                let x = Tensor::new(input.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let logits = match &mut model {
+                    Candle::Mistral(m) => m.forward(&x, pos),
+                    Candle::Gemma2(m) => m.forward(&x, pos),
+                }
+                .unwrap();
+                let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+                if got.is_empty() {
+                    let first = exp[case]["first_logits"].as_array().unwrap();
+                    let drift = logits
+                        .iter()
+                        .zip(first)
+                        .map(|(a, b)| (*a as f64 - b.as_f64().unwrap()).abs())
+                        .fold(0.0, f64::max);
+                    differs |= drift > 1e-2;
+                }
+                let next = (0..logits.len())
+                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                    .unwrap() as u32;
+                pos += input.len();
+                got.push(next);
+                input = vec![next];
+            }
+            differs |= got != want;
+        }
+        assert!(
+            differs,
+            "{family}: candle now agrees with transformers; drop owrun's copy?"
+        );
     }
 }
