@@ -143,6 +143,9 @@ pub struct RunArgs {
     /// Send the prompt as it is, without the model's chat template
     #[arg(long)]
     pub raw: bool,
+    /// Do not print a reasoning model's thinking, only its answer
+    #[arg(long)]
+    pub hide_thinking: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]

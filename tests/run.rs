@@ -365,15 +365,31 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
             ids(&chat["new_token_ids"]),
             "{family} chat"
         );
-        // Streaming prints the same text.
+        // Streaming prints the same text; a reasoning model's pre-filled thinking is marked.
+        let thinking = chat["rendered"].as_str().unwrap().ends_with("<think>\n");
+        let text = chat["text"].as_str().unwrap();
+        if thinking {
+            assert_eq!(out["reasoning"], text.trim(), "{family} chat reasoning");
+            assert_eq!(out["text"], "", "{family}: no answer outside <think>");
+        } else {
+            assert_eq!(out["text"], text, "{family} chat text");
+            assert!(out["reasoning"].is_null());
+        }
         args.retain(|a| *a != "--json");
         let r = sb.run(&args);
         r.ok();
-        assert_eq!(
-            r.stdout,
-            chat["text"].as_str().unwrap(),
-            "{family} chat stream"
-        );
+        let shown = if thinking {
+            format!("<think>{text}")
+        } else {
+            text.to_string()
+        };
+        assert_eq!(r.stdout, shown, "{family} chat stream");
+        if thinking {
+            args.push("--hide-thinking");
+            let r = sb.run(&args);
+            r.ok();
+            assert_eq!(r.stdout, "", "{family}: --hide-thinking");
+        }
     }
 }
 

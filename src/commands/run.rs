@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{acceptance_key, licenses_of, pull, Ctx};
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
 use crate::engine::generate::{generate, GenerateParams};
+use crate::engine::reasoning::{Piece, Splitter};
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::template::Message;
 use crate::engine::{Engine, LoadOptions};
@@ -53,7 +54,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
     let dir = ready_model(ctx, &model, args.accept_license)?;
     let engine = load_engine(&dir, &args.load)?;
 
-    let tokens = match engine.template.as_ref().filter(|_| !args.raw) {
+    let (tokens, thinking_prefilled) = match engine.template.as_ref().filter(|_| !args.raw) {
         Some(template) => {
             let (text, folded) = template.render_chat(&messages)?;
             if folded {
@@ -62,7 +63,10 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
                      prompt was put at the start of the first user message"
                 );
             }
-            engine.encode(&text, false)?
+            (
+                engine.encode(&text, false)?,
+                Splitter::prompt_opens_thinking(&text),
+            )
         }
         None => {
             // No template (or --raw): the conversation's text, as it is.
@@ -71,7 +75,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
                 .map(|m| m.content.as_str())
                 .collect::<Vec<_>>()
                 .join("\n\n");
-            engine.encode(&text, true)?
+            (engine.encode(&text, true)?, false)
         }
     };
     let context = engine.config.context;
@@ -95,11 +99,15 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         context,
     };
     let mut out = std::io::stdout().lock();
-    let stream = !args.json;
+    let mut shown = Shown::new(
+        !args.json,
+        args.hide_thinking,
+        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    );
+    let mut splitter = Splitter::new(thinking_prefilled);
     let mut emit = |text: &str| -> Result<()> {
-        if stream {
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
+        for piece in splitter.feed(text) {
+            shown.show(&mut out, piece)?;
         }
         Ok(())
     };
@@ -112,13 +120,17 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         &params,
         &mut emit,
     )?;
+    for piece in splitter.finish() {
+        shown.show(&mut out, piece)?;
+    }
+    shown.end(&mut out)?;
     let mut timings = gen.timings.clone();
     timings.load_s = model_engine.load_s;
     if args.json {
         let doc = json!({
             "model": model.display_name(),
-            "text": gen.text,
-            "reasoning": null,
+            "text": shown.answer,
+            "reasoning": shown.reasoning_seen.then(|| shown.reasoning.trim().to_string()),
             "tokens": gen.tokens,
             "prompt_tokens": tokens,
             "finish_reason": gen.finish,
@@ -127,7 +139,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
-    } else if std::io::stdout().is_terminal() && !gen.text.ends_with('\n') {
+    } else if std::io::stdout().is_terminal() && !shown.answer.ends_with('\n') {
         writeln!(out)?;
     }
     out.flush()?;
@@ -272,4 +284,76 @@ fn read_messages(path: &std::path::Path) -> Result<Vec<Message>> {
         }
     }
     Ok(messages)
+}
+
+/// Prints reasoning and answer as they stream, and keeps both for the JSON document.
+/// Reasoning is dimmed on a colour terminal and wrapped in `<think>…</think>` elsewhere, so a
+/// pipe gets the model's text as it wrote it.
+struct Shown {
+    stream: bool,
+    hide_thinking: bool,
+    colour: bool,
+    reasoning: String,
+    reasoning_seen: bool,
+    answer: String,
+    in_reasoning: bool,
+}
+
+impl Shown {
+    fn new(stream: bool, hide_thinking: bool, colour: bool) -> Self {
+        Shown {
+            stream,
+            hide_thinking,
+            colour,
+            reasoning: String::new(),
+            reasoning_seen: false,
+            answer: String::new(),
+            in_reasoning: false,
+        }
+    }
+
+    fn show(&mut self, out: &mut impl Write, piece: Piece) -> Result<()> {
+        let print_reasoning = self.stream && !self.hide_thinking;
+        match piece {
+            Piece::Reasoning(text) => {
+                self.reasoning_seen = true;
+                self.reasoning.push_str(&text);
+                if print_reasoning {
+                    if !self.in_reasoning {
+                        out.write_all(if self.colour { b"\x1b[2m" } else { b"<think>" })?;
+                    }
+                    out.write_all(text.as_bytes())?;
+                }
+                self.in_reasoning = true;
+            }
+            Piece::Answer(text) => {
+                self.close_reasoning(out)?;
+                self.answer.push_str(&text);
+                if self.stream {
+                    out.write_all(text.as_bytes())?;
+                }
+            }
+        }
+        if self.stream {
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn close_reasoning(&mut self, out: &mut impl Write) -> Result<()> {
+        if self.in_reasoning && self.stream && !self.hide_thinking {
+            out.write_all(if self.colour { b"\x1b[0m" } else { b"</think>" })?;
+        }
+        self.in_reasoning = false;
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut impl Write) -> Result<()> {
+        // A colour left on would bleed into the shell prompt.
+        if self.colour && self.in_reasoning && self.stream && !self.hide_thinking {
+            out.write_all(b"\x1b[0m")?;
+        }
+        self.in_reasoning = false;
+        Ok(())
+    }
 }

@@ -30,7 +30,6 @@ pub struct Timings {
 
 #[derive(Debug, Clone)]
 pub struct Generation {
-    pub text: String,
     pub tokens: Vec<u32>,
     pub finish: Finish,
     pub timings: Timings,
@@ -111,7 +110,6 @@ pub fn generate(
         0.0
     };
     Ok(Generation {
-        text: stops.emitted,
         tokens,
         finish,
         timings,
@@ -122,7 +120,6 @@ pub fn generate(
 struct StopMatcher<'a> {
     stop: &'a [String],
     pending: String,
-    emitted: String,
     stopped: bool,
 }
 
@@ -131,7 +128,6 @@ impl<'a> StopMatcher<'a> {
         StopMatcher {
             stop,
             pending: String::new(),
-            emitted: String::new(),
             stopped: false,
         }
     }
@@ -150,7 +146,6 @@ impl<'a> StopMatcher<'a> {
             .min();
         if let Some(at) = first_stop {
             let out = self.pending[..at].to_string();
-            self.emitted.push_str(&out);
             self.pending.clear();
             self.stopped = true;
             return (out, true);
@@ -174,14 +169,11 @@ impl<'a> StopMatcher<'a> {
         let cut = self.pending.len() - keep;
         let out = self.pending[..cut].to_string();
         self.pending.drain(..cut);
-        self.emitted.push_str(&out);
         (out, false)
     }
 
     fn flush(&mut self) -> String {
-        let out = std::mem::take(&mut self.pending);
-        self.emitted.push_str(&out);
-        out
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -196,13 +188,12 @@ mod tests {
         assert_eq!(m.feed("hello E"), ("hello ".into(), false));
         assert_eq!(m.feed("N"), ("".into(), false));
         assert_eq!(m.feed("Dless"), ("".into(), true));
-        assert_eq!(m.emitted, "hello ");
+        assert_eq!(m.feed("more"), ("".into(), true));
 
         let mut m = StopMatcher::new(&stop);
         assert_eq!(m.feed("a\n"), ("a".into(), false));
         assert_eq!(m.feed("b"), ("\nb".into(), false));
         assert_eq!(m.flush(), "");
-        assert_eq!(m.emitted, "a\nb");
     }
 
     #[test]

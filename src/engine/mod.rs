@@ -8,6 +8,7 @@ pub mod generate;
 pub mod model;
 #[cfg(test)]
 mod parity_tests;
+pub mod reasoning;
 pub mod sampler;
 pub mod template;
 pub mod windowed;
