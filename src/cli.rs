@@ -52,6 +52,8 @@ pub enum Command {
     License(LicenseCommand),
     /// Generate text from a prompt (argument, stdin, or both) and stream it to stdout
     Run(Box<RunArgs>),
+    /// Talk with a model in the terminal (or answer stdin line by line)
+    Chat(Box<ChatArgs>),
     /// Measure prefill and decode speed (tokens/s), reported like llama-bench
     Bench(BenchArgs),
 }
@@ -226,6 +228,38 @@ pub struct BenchArgs {
     /// Print one JSON document
     #[arg(long)]
     pub json: bool,
+    /// Accept the model's license without asking (the acceptance is recorded)
+    #[arg(long)]
+    pub accept_license: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+IN THE CHAT:
+  A line of \"\"\" starts and ends a multi-line message. Ctrl-C stops an answer (what was
+  said so far stays in the conversation); Ctrl-D or /exit leaves. /help lists the commands:
+  /system, /set, /show, /clear, /save, /load, /stats, /exit.
+
+When stdin is not a terminal, each line is a user message and only the answers are printed.")]
+pub struct ChatArgs {
+    /// Registry name, hf:owner/name[@revision], or a local directory (pulled first if needed)
+    pub model: String,
+    /// System prompt
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Do not print a reasoning model's thinking, only its answer
+    #[arg(long)]
+    pub hide_thinking: bool,
+    /// Do not read or write the input history ($OWRUN_HOME/chat_history)
+    #[arg(long)]
+    pub no_history: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Print timings on stderr after each answer
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Accept the model's license without asking (the acceptance is recorded)
     #[arg(long)]
     pub accept_license: bool,

@@ -149,6 +149,10 @@ impl Settings {
         env_nonempty("OWRUN_MODELS").map(PathBuf::from)
     }
 
+    pub fn chat_history_file(&self) -> PathBuf {
+        self.data_dir.join("chat_history")
+    }
+
     pub fn accepted_licenses_file(&self) -> PathBuf {
         self.data_dir.join("accepted-licenses.json")
     }

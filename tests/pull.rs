@@ -597,14 +597,7 @@ fn run_on_terminal(sb: &Sandbox, args: &str, answer: &str) -> Option<support::Ru
         eprintln!("*** SKIPPED: util-linux `script` is not installed ***");
         return None;
     }
-    // `script` runs owrun with the sandbox's environment (set and removed variables alike).
-    let mut child = std::process::Command::new("script");
-    for (k, v) in sb.cmd().get_envs() {
-        match v {
-            Some(v) => child.env(k, v),
-            None => child.env_remove(k),
-        };
-    }
+    let mut child = sb.program("script");
     let cmdline = format!("'{}' {args}", env!("CARGO_BIN_EXE_owrun"));
     let mut proc = child
         .args(["-qec", &cmdline, "/dev/null"])

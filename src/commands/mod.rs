@@ -9,6 +9,8 @@ use crate::settings::Settings;
 use crate::store::{Snapshot, Store};
 
 mod bench;
+mod chat;
+mod display;
 mod license_cmd;
 mod list;
 pub mod pull;
@@ -61,6 +63,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::License(cmd) => license_cmd::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, &args),
         Command::Bench(args) => bench::run(&ctx, &args),
+        Command::Chat(args) => chat::run(&ctx, &args),
     }
 }
 

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use super::display::Shown;
 use super::{acceptance_key, licenses_of, pull, Ctx};
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
 use crate::engine::generate::{generate, GenerateParams};
-use crate::engine::reasoning::{Piece, Splitter};
+use crate::engine::reasoning::Splitter;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::template::Message;
 use crate::engine::{Engine, LoadOptions};
@@ -97,6 +98,8 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         stop: &args.sampling.stop,
         eos: &eos,
         context,
+        start: 0,
+        cancel: None,
     };
     let mut out = std::io::stdout().lock();
     let mut shown = Shown::new(
@@ -265,7 +268,7 @@ fn read_prompt(words: &[String]) -> Result<String> {
     Ok(parts.join("\n\n"))
 }
 
-fn read_messages(path: &std::path::Path) -> Result<Vec<Message>> {
+pub fn read_messages(path: &std::path::Path) -> Result<Vec<Message>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let messages: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
@@ -284,76 +287,4 @@ fn read_messages(path: &std::path::Path) -> Result<Vec<Message>> {
         }
     }
     Ok(messages)
-}
-
-/// Prints reasoning and answer as they stream, and keeps both for the JSON document.
-/// Reasoning is dimmed on a colour terminal and wrapped in `<think>…</think>` elsewhere, so a
-/// pipe gets the model's text as it wrote it.
-struct Shown {
-    stream: bool,
-    hide_thinking: bool,
-    colour: bool,
-    reasoning: String,
-    reasoning_seen: bool,
-    answer: String,
-    in_reasoning: bool,
-}
-
-impl Shown {
-    fn new(stream: bool, hide_thinking: bool, colour: bool) -> Self {
-        Shown {
-            stream,
-            hide_thinking,
-            colour,
-            reasoning: String::new(),
-            reasoning_seen: false,
-            answer: String::new(),
-            in_reasoning: false,
-        }
-    }
-
-    fn show(&mut self, out: &mut impl Write, piece: Piece) -> Result<()> {
-        let print_reasoning = self.stream && !self.hide_thinking;
-        match piece {
-            Piece::Reasoning(text) => {
-                self.reasoning_seen = true;
-                self.reasoning.push_str(&text);
-                if print_reasoning {
-                    if !self.in_reasoning {
-                        out.write_all(if self.colour { b"\x1b[2m" } else { b"<think>" })?;
-                    }
-                    out.write_all(text.as_bytes())?;
-                }
-                self.in_reasoning = true;
-            }
-            Piece::Answer(text) => {
-                self.close_reasoning(out)?;
-                self.answer.push_str(&text);
-                if self.stream {
-                    out.write_all(text.as_bytes())?;
-                }
-            }
-        }
-        if self.stream {
-            out.flush()?;
-        }
-        Ok(())
-    }
-
-    fn close_reasoning(&mut self, out: &mut impl Write) -> Result<()> {
-        if self.in_reasoning && self.stream && !self.hide_thinking {
-            out.write_all(if self.colour { b"\x1b[0m" } else { b"</think>" })?;
-        }
-        self.in_reasoning = false;
-        Ok(())
-    }
-
-    fn end(&mut self, out: &mut impl Write) -> Result<()> {
-        // A colour left on would bleed into the shell prompt.
-        if self.colour && self.in_reasoning && self.stream && !self.hide_thinking {
-            out.write_all(b"\x1b[0m")?;
-        }
-        self.in_reasoning = false;
-        Ok(())
-    }
 }

@@ -1,6 +1,7 @@
 //! The generation loop shared by every front end: prefill, then one token at a time until an
 //! end-of-sequence token, a stop string, the token limit or the end of the context.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -18,6 +19,8 @@ pub enum Finish {
     Stop,
     /// The token limit or the end of the context window.
     Length,
+    /// The user interrupted it (Ctrl-C in a chat).
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -31,6 +34,11 @@ pub struct Timings {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub tokens: Vec<u32>,
+    /// How many of `tokens` the model has been fed (is in its KV cache): the last one sampled
+    /// is not fed when generation ends on the token limit or a stop string.
+    pub fed: usize,
+    /// Generation ended on a stop string (whose tokens are in `tokens` but not in the text).
+    pub hit_stop_string: bool,
     pub finish: Finish,
     pub timings: Timings,
 }
@@ -42,6 +50,10 @@ pub struct GenerateParams<'a> {
     pub eos: &'a [u32],
     /// Context window in tokens.
     pub context: usize,
+    /// Position of the first prompt token: how many tokens the model's cache already holds.
+    pub start: usize,
+    /// Set from elsewhere (a Ctrl-C handler) to stop after the current token.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// Generate after `prompt` (which the model has not seen), calling `emit` with text as soon as
@@ -60,15 +72,20 @@ pub fn generate(
     let mut stops = StopMatcher::new(params.stop);
     let mut tokens = Vec::new();
     let mut timings = Timings::default();
-    let room = params.context.saturating_sub(prompt.len());
+    let room = params.context.saturating_sub(params.start + prompt.len());
     let limit = params.max_tokens.map_or(room, |m| m.min(room));
 
-    let mut logits = model.forward(prompt, 0)?;
+    let mut logits = model.forward(prompt, params.start)?;
     let prefill_s = started.elapsed().as_secs_f64();
     timings.prefill_tokens_per_s = prompt.len() as f64 / prefill_s.max(1e-9);
     let decode_started = Instant::now();
     let mut finish = Finish::Length;
+    let mut fed = 0;
     while tokens.len() < limit {
+        if params.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            finish = Finish::Cancelled;
+            break;
+        }
         let next = sampler.sample(&mut logits, &history);
         if tokens.is_empty() {
             timings.time_to_first_token_s = started.elapsed().as_secs_f64();
@@ -91,7 +108,8 @@ pub fn generate(
         if tokens.len() >= limit {
             break;
         }
-        logits = model.forward(&[next], history.len() - 1)?;
+        logits = model.forward(&[next], params.start + history.len() - 1)?;
+        fed += 1;
     }
     if finish == Finish::Length || !stops.stopped {
         let rest = detok.finish()?;
@@ -111,6 +129,8 @@ pub fn generate(
     };
     Ok(Generation {
         tokens,
+        fed,
+        hit_stop_string: stops.stopped,
         finish,
         timings,
     })

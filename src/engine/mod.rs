@@ -10,6 +10,7 @@ pub mod model;
 mod parity_tests;
 pub mod reasoning;
 pub mod sampler;
+pub mod session;
 pub mod template;
 pub mod windowed;
 

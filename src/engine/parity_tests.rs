@@ -44,6 +44,8 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         stop: &[],
         eos: &eos,
         context: engine.config.context,
+        start: 0,
+        cancel: None,
     };
     generate(
         engine.model.as_mut(),

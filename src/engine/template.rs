@@ -161,6 +161,26 @@ mod tests {
     }
 
     #[test]
+    fn templates_load_from_a_named_list_or_a_jinja_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("tokenizer_config.json"),
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                "chat_template": [{"name": "tool_use", "template": "T"},
+                                  {"name": "default", "template": "D{{ bos_token }}"}]}"#,
+        )
+        .unwrap();
+        let t = ChatTemplate::load(d.path()).unwrap().unwrap();
+        assert_eq!(t.render(&[], true).unwrap(), "D<s>");
+        std::fs::write(d.path().join("chat_template.jinja"), "J{{ eos_token }}").unwrap();
+        let t = ChatTemplate::load(d.path()).unwrap().unwrap();
+        assert_eq!(t.render(&[], true).unwrap(), "J</s>");
+        std::fs::write(d.path().join("tokenizer_config.json"), "{}").unwrap();
+        std::fs::remove_file(d.path().join("chat_template.jinja")).unwrap();
+        assert!(ChatTemplate::load(d.path()).unwrap().is_none());
+    }
+
+    #[test]
     fn a_template_that_rejects_system_gets_it_folded() {
         let t = tmpl(
             "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}",

@@ -38,9 +38,17 @@ impl Sandbox {
             .join(format!("models--{}", repo.replace('/', "--")))
     }
 
-    /// `owrun` with a clean environment: nothing of the user's HF or owrun settings leaks in.
+    /// `owrun` with a clean environment (see [`Sandbox::program`]) and no stdin.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_owrun"));
+        let mut c = self.program(env!("CARGO_BIN_EXE_owrun"));
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// A program with the sandbox's environment: nothing of the user's HF or owrun settings
+    /// leaks in. Its stdio is left alone (for pseudo-terminals).
+    pub fn program(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         for (k, _) in std::env::vars() {
             if k.starts_with("HF_") || k.starts_with("OWRUN_") || k == "NO_COLOR" {
                 c.env_remove(&k);
@@ -49,8 +57,7 @@ impl Sandbox {
         c.env("OWRUN_HOME", self.owrun_home())
             .env("HF_HOME", self.hf_home())
             .env("HF_ENDPOINT", &self.endpoint)
-            .env("OWRUN_RETRY_BASE_MS", "10")
-            .stdin(std::process::Stdio::null());
+            .env("OWRUN_RETRY_BASE_MS", "10");
         c
     }
 

@@ -1,0 +1,79 @@
+//! Showing generated text: reasoning apart from the answer, as it streams.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::engine::reasoning::Piece;
+
+/// Prints reasoning and answer as they stream, and keeps both for the JSON document.
+/// Reasoning is dimmed on a colour terminal and wrapped in `<think>…</think>` elsewhere, so a
+/// pipe gets the model's text as it wrote it.
+pub struct Shown {
+    stream: bool,
+    hide_thinking: bool,
+    colour: bool,
+    pub reasoning: String,
+    pub reasoning_seen: bool,
+    pub answer: String,
+    in_reasoning: bool,
+}
+
+impl Shown {
+    pub fn new(stream: bool, hide_thinking: bool, colour: bool) -> Self {
+        Shown {
+            stream,
+            hide_thinking,
+            colour,
+            reasoning: String::new(),
+            reasoning_seen: false,
+            answer: String::new(),
+            in_reasoning: false,
+        }
+    }
+
+    pub fn show(&mut self, out: &mut impl Write, piece: Piece) -> Result<()> {
+        let print_reasoning = self.stream && !self.hide_thinking;
+        match piece {
+            Piece::Reasoning(text) => {
+                self.reasoning_seen = true;
+                self.reasoning.push_str(&text);
+                if print_reasoning {
+                    if !self.in_reasoning {
+                        out.write_all(if self.colour { b"\x1b[2m" } else { b"<think>" })?;
+                    }
+                    out.write_all(text.as_bytes())?;
+                }
+                self.in_reasoning = true;
+            }
+            Piece::Answer(text) => {
+                self.close_reasoning(out)?;
+                self.answer.push_str(&text);
+                if self.stream {
+                    out.write_all(text.as_bytes())?;
+                }
+            }
+        }
+        if self.stream {
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn close_reasoning(&mut self, out: &mut impl Write) -> Result<()> {
+        if self.in_reasoning && self.stream && !self.hide_thinking {
+            out.write_all(if self.colour { b"\x1b[0m" } else { b"</think>" })?;
+        }
+        self.in_reasoning = false;
+        Ok(())
+    }
+
+    pub fn end(&mut self, out: &mut impl Write) -> Result<()> {
+        // A colour left on would bleed into the shell prompt.
+        if self.colour && self.in_reasoning && self.stream && !self.hide_thinking {
+            out.write_all(b"\x1b[0m")?;
+        }
+        self.in_reasoning = false;
+        Ok(())
+    }
+}
