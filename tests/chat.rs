@@ -23,6 +23,8 @@ fn spawn_chat(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> expectrl::se
     cmd.env("NO_COLOR", "1");
     let mut s = Session::spawn(cmd).expect("spawn owrun chat on a pty");
     s.set_expect_timeout(Some(Duration::from_secs(60)));
+    s.expect("Ctrl-D to leave").unwrap();
+    s.expect(">>> ").unwrap();
     s
 }
 
@@ -47,7 +49,6 @@ fn a_conversation_in_a_terminal() {
     let Some(m) = stories() else { return };
     let sb = Sandbox::new("http://127.0.0.1:9");
     let mut s = spawn_chat(&sb, &[&m, "-t", "0", "-n", "20"], &[]);
-    s.expect("Ctrl-D to leave").unwrap();
 
     // Turn one: the same answer `owrun run` gives.
     let expected = first_answer(&m, "Once upon a time", "20");
@@ -110,7 +111,6 @@ fn ctrl_c_stops_an_answer_and_keeps_it() {
         &[&m, "-t", "0", "-n", "300", "--no-history"],
         &[("OWRUN_TEST_TOKEN_DELAY_MS", "30")],
     );
-    s.expect("Ctrl-D to leave").unwrap();
     s.send_line("Once upon a time").unwrap();
     s.expect("there was").unwrap();
     s.send(ControlCode::EndOfText).unwrap();
@@ -156,7 +156,6 @@ fn save_clear_load_and_continue() {
         &[&m, "-t", "0", "-n", "10", "--system", "Stories."],
         &[],
     );
-    s.expect("Ctrl-D to leave").unwrap();
     say(&mut s, "Once upon a time", "\n");
     say(
         &mut s,
