@@ -65,9 +65,11 @@ pub fn load(
         "gemma3" | "gemma3_text" => {
             let c: gemma3::Config = parse(cfg, "Gemma 3")?;
             let mut m = Candle::new(gemma3::Model::new(false, &c, vb)?, device);
-            // candle's gemma3 cannot run several tokens at once on CPU ("slice-set only
-            // supports contiguous tensors"): feed the prompt one token at a time there.
-            m.one_token_at_a_time = device.is_cpu();
+            // candle's gemma3 is only right for a multi-token forward that ends within the
+            // sliding window (past it: wrong logits, or a shape error when the cache already
+            // holds tokens; tests/fixtures/models/gemma3 shows it). Past the window, feed
+            // tokens one at a time.
+            m.multi_token_limit = cfg["sliding_window"].as_u64().map(|w| w.max(1) as usize);
             Box::new(m)
         }
         "qwen2" => {
@@ -130,7 +132,8 @@ impl CandleLm for mixtral::Model {
 struct Candle<M> {
     model: M,
     device: Device,
-    one_token_at_a_time: bool,
+    /// Multi-token forwards only while they end within this many positions (None: always).
+    multi_token_limit: Option<usize>,
 }
 
 impl<M: CandleLm> Candle<M> {
@@ -138,7 +141,7 @@ impl<M: CandleLm> Candle<M> {
         Candle {
             model,
             device: device.clone(),
-            one_token_at_a_time: false,
+            multi_token_limit: None,
         }
     }
 }
@@ -146,14 +149,18 @@ impl<M: CandleLm> Candle<M> {
 impl<M: CandleLm> Model for Candle<M> {
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
         let mut logits = None;
-        let chunk = if self.one_token_at_a_time {
-            1
-        } else {
-            tokens.len().max(1)
-        };
-        for (i, part) in tokens.chunks(chunk).enumerate() {
+        let mut done = 0;
+        while done < tokens.len() {
+            let at = pos + done;
+            let left = tokens.len() - done;
+            let take = match self.multi_token_limit {
+                Some(limit) if at + left > limit => limit.saturating_sub(at).max(1),
+                _ => left,
+            };
+            let part = &tokens[done..done + take];
             let input = Tensor::new(part, &self.device)?.unsqueeze(0)?;
-            logits = Some(self.model.forward(&input, pos + i * chunk)?);
+            logits = Some(self.model.forward(&input, at)?);
+            done += take;
         }
         let logits = logits.context("forward over no tokens")?;
         Ok(logits

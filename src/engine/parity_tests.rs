@@ -138,21 +138,22 @@ fn every_family_matches_transformers() {
     }
 }
 
-/// Why Mistral and Gemma 2 are owrun's own code: once a sequence is longer than the sliding
-/// window, candle-transformers' versions stop agreeing with transformers (owrun's agree: see
-/// `every_family_matches_transformers`).
+/// Why Mistral and Gemma 2 are owrun's own code, and why Gemma 3's prompt is fed in pieces:
+/// once a sequence is longer than the sliding window, candle-transformers' versions used
+/// directly stop agreeing with transformers (owrun's agree: `every_family_matches_transformers`).
 #[test]
-fn candle_mistral_and_gemma2_ignore_the_sliding_window() {
+fn candle_gets_sliding_windows_wrong() {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::VarBuilder;
-    use candle_transformers::models::{gemma2, mistral};
+    use candle_transformers::models::{gemma2, gemma3, mistral};
 
     enum Candle {
         Mistral(mistral::Model),
         Gemma2(gemma2::Model),
+        Gemma3(gemma3::Model),
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    for family in ["mistral", "gemma2"] {
+    for family in ["mistral", "gemma2", "gemma3"] {
         let dir = root.join(family);
         let exp: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
@@ -186,6 +187,7 @@ fn candle_mistral_and_gemma2_ignore_the_sliding_window() {
             match &mut model {
                 Candle::Mistral(m) => m.clear_kv_cache(),
                 Candle::Gemma2(m) => m.clear_kv_cache(),
+                Candle::Gemma3(m) => m.clear_kv_cache(),
             }
             while got.len() < want.len() {
                 let x = Tensor::new(input.as_slice(), &Device::Cpu)
@@ -195,6 +197,7 @@ fn candle_mistral_and_gemma2_ignore_the_sliding_window() {
                 let logits = match &mut model {
                     Candle::Mistral(m) => m.forward(&x, pos),
                     Candle::Gemma2(m) => m.forward(&x, pos),
+                    Candle::Gemma3(m) => m.forward(&x, pos),
                 }
                 .unwrap();
                 let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
