@@ -162,20 +162,17 @@ fn candle_gets_sliding_windows_wrong() {
         let weights = [dir.join("model.safetensors")];
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }
             .unwrap();
-        let mut model = if family == "mistral" {
-            Candle::Mistral(
-                mistral::Model::new(&serde_json::from_value(config.raw.clone()).unwrap(), vb)
-                    .unwrap(),
-            )
-        } else {
-            Candle::Gemma2(
-                gemma2::Model::new(
-                    false,
-                    &serde_json::from_value(config.raw.clone()).unwrap(),
-                    vb,
-                )
-                .unwrap(),
-            )
+        let raw = config.raw.clone();
+        let mut model = match family {
+            "mistral" => Candle::Mistral(
+                mistral::Model::new(&serde_json::from_value(raw).unwrap(), vb).unwrap(),
+            ),
+            "gemma2" => Candle::Gemma2(
+                gemma2::Model::new(false, &serde_json::from_value(raw).unwrap(), vb).unwrap(),
+            ),
+            _ => Candle::Gemma3(
+                gemma3::Model::new(false, &serde_json::from_value(raw).unwrap(), vb).unwrap(),
+            ),
         };
         let mut differs = false;
         for case in ["plain", "chat"] {
