@@ -33,7 +33,7 @@ def add(a, b):
 The system prompt says: be brief. The assistant answers the user politely and stops at the end.
 """
 
-# Sliding windows (Mistral, Gemma 2, Gemma 3) are 16 tokens, shorter than the chat prompt, so the
+# Sliding windows (Mistral, Phi-3, Gemma 2, Gemma 3) are 16 tokens, shorter than the chat prompt, so the
 # chat case checks that attention really is limited to the window, in prefill and in decoding.
 GENERAL = dict(
     hidden_size=64,
@@ -133,7 +133,7 @@ FAMILIES = {
                 "sp", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
                 "sp", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
-    "phi3": ("Phi3Config", dict(pad_token_id=0),
+    "phi3": ("Phi3Config", dict(pad_token_id=0, sliding_window=16),
              "sp", ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", ["</s>", "<|end|>"], PHI3_TEMPLATE),
     "gemma": ("GemmaConfig", dict(head_dim=16, hidden_activation="gelu_pytorch_tanh"),
               "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
@@ -210,8 +210,13 @@ def run(model, fast, eos):
     for name, ids in [("plain", plain_ids), ("chat", list(chat_ids))]:
         logits, new, m = greedy(model, ids, eos_ids)
         margins += m
+        # The continuation as a reader sees it: the full decode minus the prompt's (decoding the
+        # new tokens alone would drop a SentencePiece leading space).
+        prompt_text = fast.decode(ids, skip_special_tokens=True)
+        full_text = fast.decode(ids + new, skip_special_tokens=True)
+        assert full_text.startswith(prompt_text)
         rec[name] = {"prompt_ids": ids, "first_logits": [round(v, 6) for v in logits], "new_token_ids": new,
-                     "text": fast.decode(new, skip_special_tokens=True)}
+                     "text": full_text[len(prompt_text):]}
     rec["plain"]["prompt"] = PLAIN_PROMPT
     rec["chat"]["rendered"] = chat_text
     rec["min_margin"] = min(margins)

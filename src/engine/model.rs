@@ -48,6 +48,14 @@ pub fn load(
                 vb,
             })
         }
+        // A Phi-3 with a real sliding window (Phi-3-mini-4k) needs owrun's own attention;
+        // the LongRoPE / partial-rotary ones (Phi-3.5, Phi-4-mini) have no effective window.
+        "phi3" if phi3_needs_window(cfg) => Box::new(Windowed::load(
+            Flavour::Phi3,
+            parse(cfg, "Phi-3")?,
+            vb,
+            device,
+        )?),
         "phi3" => {
             let c: phi3::Config = parse(cfg, "Phi-3")?;
             Box::new(Candle::new(phi3::Model::new(&c, vb)?, device))
@@ -87,6 +95,13 @@ pub fn load(
         ),
     };
     Ok(model)
+}
+
+fn phi3_needs_window(cfg: &serde_json::Value) -> bool {
+    let window = cfg["sliding_window"].as_u64();
+    let max_pos = cfg["max_position_embeddings"].as_u64().unwrap_or(0);
+    let partial = cfg["partial_rotary_factor"].as_f64().unwrap_or(1.0);
+    window.is_some_and(|w| w < max_pos) && cfg["rope_scaling"].is_null() && partial == 1.0
 }
 
 fn parse<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, family: &str) -> Result<T> {

@@ -138,22 +138,24 @@ fn every_family_matches_transformers() {
     }
 }
 
-/// Why Mistral and Gemma 2 are owrun's own code, and why Gemma 3's prompt is fed in pieces:
+/// Why Mistral, Phi-3 (with a window) and Gemma 2 are owrun's own code, and why Gemma 3's
+/// prompt is fed in pieces:
 /// once a sequence is longer than the sliding window, candle-transformers' versions used
 /// directly stop agreeing with transformers (owrun's agree: `every_family_matches_transformers`).
 #[test]
 fn candle_gets_sliding_windows_wrong() {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::VarBuilder;
-    use candle_transformers::models::{gemma2, gemma3, mistral};
+    use candle_transformers::models::{gemma2, gemma3, mistral, phi3};
 
     enum Candle {
         Mistral(mistral::Model),
         Gemma2(gemma2::Model),
         Gemma3(gemma3::Model),
+        Phi3(phi3::Model),
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    for family in ["mistral", "gemma2", "gemma3"] {
+    for family in ["mistral", "phi3", "gemma2", "gemma3"] {
         let dir = root.join(family);
         let exp: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
@@ -167,6 +169,9 @@ fn candle_gets_sliding_windows_wrong() {
             "mistral" => Candle::Mistral(
                 mistral::Model::new(&serde_json::from_value(raw).unwrap(), vb).unwrap(),
             ),
+            "phi3" => {
+                Candle::Phi3(phi3::Model::new(&serde_json::from_value(raw).unwrap(), vb).unwrap())
+            }
             "gemma2" => Candle::Gemma2(
                 gemma2::Model::new(false, &serde_json::from_value(raw).unwrap(), vb).unwrap(),
             ),
@@ -185,6 +190,7 @@ fn candle_gets_sliding_windows_wrong() {
                 Candle::Mistral(m) => m.clear_kv_cache(),
                 Candle::Gemma2(m) => m.clear_kv_cache(),
                 Candle::Gemma3(m) => m.clear_kv_cache(),
+                Candle::Phi3(m) => m.clear_kv_cache(),
             }
             while got.len() < want.len() {
                 let x = Tensor::new(input.as_slice(), &Device::Cpu)
@@ -195,6 +201,7 @@ fn candle_gets_sliding_windows_wrong() {
                     Candle::Mistral(m) => m.forward(&x, pos),
                     Candle::Gemma2(m) => m.forward(&x, pos),
                     Candle::Gemma3(m) => m.forward(&x, pos),
+                    Candle::Phi3(m) => m.forward(&x, pos),
                 }
                 .unwrap();
                 let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();

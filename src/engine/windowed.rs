@@ -1,7 +1,7 @@
-//! Mistral and Gemma 2 with their sliding-window attention done right.
+//! Mistral, Gemma 2 and Phi-3 with their sliding-window attention done right.
 //!
-//! candle-transformers 0.11 gets both wrong: its Mistral masks one key too many in prefill and
-//! none at all while decoding, and its Gemma 2 never applies the window. Both then drift from
+//! candle-transformers 0.11 gets all three wrong: its Mistral masks one key too many in prefill
+//! and none at all while decoding, and its Gemma 2 and Phi-3 never apply the window. Both then drift from
 //! transformers as soon as a sequence is longer than the window (4096 tokens for Mistral 7B
 //! v0.1 and Gemma 2). This is owrun's own implementation of the two architectures, following
 //! transformers' modeling code: a query at position i sees keys j with i - windowsize < j <= i.
@@ -43,6 +43,9 @@ pub struct Config {
 pub enum Flavour {
     Mistral,
     Gemma2,
+    /// Phi-3 with a sliding window (Phi-3-mini-4k: 2047 tokens): Mistral's shape with fused
+    /// qkv_proj and gate_up_proj weights.
+    Phi3,
 }
 
 struct Norm {
@@ -117,14 +120,41 @@ impl Windowed {
             let mlp = lv.pp("mlp");
             let gemma = flavour == Flavour::Gemma2;
             let norm = |name: &str| Norm::load(lv.pp(name), h, eps, flavour);
+            let (q_out, kv_out, im) = (
+                cfg.num_attention_heads * head_dim,
+                kv * head_dim,
+                cfg.intermediate_size,
+            );
+            let (q, k, v, gate, up) = if flavour == Flavour::Phi3 {
+                let qkv = at.pp("qkv_proj").get((q_out + 2 * kv_out, h), "weight")?;
+                let gate_up = mlp.pp("gate_up_proj").get((2 * im, h), "weight")?;
+                let part = |w: &Tensor, from: usize, n: usize| -> Result<Linear> {
+                    Ok(Linear::new(w.narrow(0, from, n)?.contiguous()?, None))
+                };
+                (
+                    part(&qkv, 0, q_out)?,
+                    part(&qkv, q_out, kv_out)?,
+                    part(&qkv, q_out + kv_out, kv_out)?,
+                    part(&gate_up, 0, im)?,
+                    part(&gate_up, im, im)?,
+                )
+            } else {
+                (
+                    linear(at.pp("q_proj"), h, q_out)?,
+                    linear(at.pp("k_proj"), h, kv_out)?,
+                    linear(at.pp("v_proj"), h, kv_out)?,
+                    linear(mlp.pp("gate_proj"), h, im)?,
+                    linear(mlp.pp("up_proj"), h, im)?,
+                )
+            };
             layers.push(Layer {
-                q: linear(at.pp("q_proj"), h, cfg.num_attention_heads * head_dim)?,
-                k: linear(at.pp("k_proj"), h, kv * head_dim)?,
-                v: linear(at.pp("v_proj"), h, kv * head_dim)?,
-                o: linear(at.pp("o_proj"), cfg.num_attention_heads * head_dim, h)?,
-                gate: linear(mlp.pp("gate_proj"), h, cfg.intermediate_size)?,
-                up: linear(mlp.pp("up_proj"), h, cfg.intermediate_size)?,
-                down: linear(mlp.pp("down_proj"), cfg.intermediate_size, h)?,
+                q,
+                k,
+                v,
+                o: linear(at.pp("o_proj"), q_out, h)?,
+                gate,
+                up,
+                down: linear(mlp.pp("down_proj"), im, h)?,
                 input_norm: norm("input_layernorm")?,
                 post_attn_norm: norm("post_attention_layernorm")?,
                 pre_mlp_norm: gemma
@@ -135,7 +165,7 @@ impl Windowed {
                     .transpose()?,
                 // Gemma 2 alternates: even layers local (sliding), odd layers global.
                 window: match flavour {
-                    Flavour::Mistral => cfg.sliding_window,
+                    Flavour::Mistral | Flavour::Phi3 => cfg.sliding_window,
                     Flavour::Gemma2 if i % 2 == 0 => cfg.sliding_window,
                     Flavour::Gemma2 => None,
                 },
@@ -165,7 +195,7 @@ impl Windowed {
             cos,
             sin,
             act: match flavour {
-                Flavour::Mistral => Activation::Silu,
+                Flavour::Mistral | Flavour::Phi3 => Activation::Silu,
                 Flavour::Gemma2 => Activation::GeluPytorchTanh,
             },
             device: device.clone(),
@@ -246,7 +276,7 @@ impl Windowed {
             let a = self.attention(li, &h, pos)?;
             let layer = &self.layers[li];
             x = match self.flavour {
-                Flavour::Mistral => {
+                Flavour::Mistral | Flavour::Phi3 => {
                     let x = (x + a)?;
                     let h = layer.post_attn_norm.forward(&x)?;
                     let m = mlp(layer, &h, self.act)?;
