@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use expectrl::{ControlCode, Expect, Session};
@@ -190,22 +188,9 @@ fn save_clear_load_and_continue() {
 }
 
 fn chat_piped(sb: &Sandbox, args: &[&str], input: &str) -> support::Run {
-    let mut child = sb
-        .cmd()
-        .arg("chat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    support::Run::from(child.wait_with_output().unwrap())
+    let mut all = vec!["chat"];
+    all.extend_from_slice(args);
+    sb.run_with_stdin(&all, input)
 }
 
 #[test]

@@ -3,9 +3,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::Stdio;
-
 use support::hub::{FakeHub, RepoFixture};
 use support::{shared_model, Sandbox};
 
@@ -132,27 +129,9 @@ fn the_prompt_comes_from_stdin_then_the_argument() {
     let Some(m) = stories() else { return };
     let sb = sandbox();
     let run_with_stdin = |stdin: &str, args: &[&str]| {
-        let mut child = sb
-            .cmd()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let r = sb.run_with_stdin(args, stdin);
+        r.ok();
+        r.stdout
     };
     let piped = run_with_stdin("Once upon a time\n", &["run", &m, "-n", "40", "-t", "0"]);
     assert_eq!(piped, expected(&m)[0]["continuation"].as_str().unwrap());

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rustyline::error::ReadlineError;
 
-use super::display::Shown;
+use super::display::{generate_shown, Shown};
 use super::run::{load_engine, read_messages, ready_model, sampling_params};
 use super::{licenses_of, Ctx};
 use crate::cli::ChatArgs;
-use crate::engine::generate::{generate, Finish, GenerateParams, Timings};
+use crate::engine::generate::{Finish, GenerateParams, Timings};
 use crate::engine::reasoning::Splitter;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::session::Session;
@@ -340,34 +340,23 @@ impl Chat {
         };
         let mut out = std::io::stdout().lock();
         let mut shown = Shown::new(true, self.hide_thinking, self.colour);
-        let mut splitter = Splitter::new(Splitter::prompt_opens_thinking(&turn.text));
         let mut raw = String::new();
         let delay = self.delay;
-        let mut emit = |text: &str| -> Result<()> {
-            if let Some(d) = delay {
-                std::thread::sleep(d);
-            }
-            raw.push_str(text);
-            for piece in splitter.feed(text) {
-                shown.show(&mut out, piece)?;
-            }
-            Ok(())
-        };
-        let Engine {
-            model, tokenizer, ..
-        } = &mut self.engine;
-        let gen = generate(
-            model.as_mut(),
-            tokenizer,
+        let gen = generate_shown(
+            &mut self.engine,
             &mut sampler,
             &turn.tokens,
             &params,
-            &mut emit,
+            Splitter::prompt_opens_thinking(&turn.text),
+            &mut shown,
+            &mut out,
+            &mut |text| {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                raw.push_str(text);
+            },
         )?;
-        for piece in splitter.finish() {
-            shown.show(&mut out, piece)?;
-        }
-        shown.end(&mut out)?;
         if !shown.answer.ends_with('\n') {
             writeln!(out)?;
         }

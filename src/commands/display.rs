@@ -4,7 +4,48 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::engine::reasoning::Piece;
+use crate::engine::generate::{generate, GenerateParams, Generation};
+use crate::engine::reasoning::{Piece, Splitter};
+use crate::engine::sampler::Sampler;
+use crate::engine::Engine;
+
+/// Generate after `prompt` and show the text as it comes: through the reasoning splitter into
+/// `shown`. `on_text` sees every piece of raw text first (chat keeps it for its cache).
+pub fn generate_shown(
+    engine: &mut Engine,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    params: &GenerateParams,
+    thinking_prefilled: bool,
+    shown: &mut Shown,
+    out: &mut impl Write,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let mut splitter = Splitter::new(thinking_prefilled);
+    let mut emit = |text: &str| -> Result<()> {
+        on_text(text);
+        for piece in splitter.feed(text) {
+            shown.show(out, piece)?;
+        }
+        Ok(())
+    };
+    let Engine {
+        model, tokenizer, ..
+    } = engine;
+    let gen = generate(
+        model.as_mut(),
+        tokenizer,
+        sampler,
+        prompt,
+        params,
+        &mut emit,
+    )?;
+    for piece in splitter.finish() {
+        shown.show(out, piece)?;
+    }
+    shown.end(out)?;
+    Ok(gen)
+}
 
 /// Prints reasoning and answer as they stream, and keeps both for the JSON document.
 /// Reasoning is dimmed on a colour terminal and wrapped in `<think>…</think>` elsewhere, so a

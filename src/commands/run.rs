@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::display::Shown;
+use super::display::{generate_shown, Shown};
 use super::{acceptance_key, licenses_of, pull, Ctx};
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
-use crate::engine::generate::{generate, GenerateParams};
+use crate::engine::generate::GenerateParams;
 use crate::engine::reasoning::Splitter;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::template::Message;
@@ -107,28 +107,19 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         args.hide_thinking,
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     );
-    let mut splitter = Splitter::new(thinking_prefilled);
-    let mut emit = |text: &str| -> Result<()> {
-        for piece in splitter.feed(text) {
-            shown.show(&mut out, piece)?;
-        }
-        Ok(())
-    };
-    let mut model_engine = engine;
-    let gen = generate(
-        model_engine.model.as_mut(),
-        &model_engine.tokenizer,
+    let mut engine = engine;
+    let gen = generate_shown(
+        &mut engine,
         &mut sampler,
         &tokens,
         &params,
-        &mut emit,
+        thinking_prefilled,
+        &mut shown,
+        &mut out,
+        &mut |_| {},
     )?;
-    for piece in splitter.finish() {
-        shown.show(&mut out, piece)?;
-    }
-    shown.end(&mut out)?;
     let mut timings = gen.timings.clone();
-    timings.load_s = model_engine.load_s;
+    timings.load_s = engine.load_s;
     if args.json {
         let doc = json!({
             "model": model.display_name(),
@@ -150,8 +141,8 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         eprintln!(
             "owrun: {:?} {:?}: {} prompt tokens, {} generated ({:?}); load {:.2}s, time to first \
              token {:.3}s, prefill {:.1} tok/s, decode {:.1} tok/s",
-            model_engine.device.location(),
-            model_engine.dtype,
+            engine.device.location(),
+            engine.dtype,
             tokens.len(),
             gen.tokens.len(),
             gen.finish,

@@ -65,6 +65,20 @@ impl Sandbox {
         Run::from(self.cmd().args(args).output().expect("run owrun"))
     }
 
+    /// Run with `stdin` written to standard input.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run owrun");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        Run::from(child.wait_with_output().expect("run owrun"))
+    }
+
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut c = self.cmd();
         c.args(args);
