@@ -339,7 +339,12 @@ impl Chat {
             cancel: Some(&self.cancel),
         };
         let mut out = std::io::stdout().lock();
-        let mut shown = Shown::new(true, self.hide_thinking, self.colour);
+        let mut shown = Shown::new(
+            true,
+            self.hide_thinking,
+            self.colour,
+            Splitter::prompt_opens_thinking(&turn.text),
+        );
         let mut raw = String::new();
         let delay = self.delay;
         let gen = generate_shown(
@@ -347,7 +352,6 @@ impl Chat {
             &mut sampler,
             &turn.tokens,
             &params,
-            Splitter::prompt_opens_thinking(&turn.text),
             &mut shown,
             &mut out,
             &mut |text| {

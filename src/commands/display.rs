@@ -16,18 +16,13 @@ pub fn generate_shown(
     sampler: &mut Sampler,
     prompt: &[u32],
     params: &GenerateParams,
-    thinking_prefilled: bool,
     shown: &mut Shown,
     out: &mut impl Write,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
-    let mut splitter = Splitter::new(thinking_prefilled);
     let mut emit = |text: &str| -> Result<()> {
         on_text(text);
-        for piece in splitter.feed(text) {
-            shown.show(out, piece)?;
-        }
-        Ok(())
+        shown.feed(out, text)
     };
     let Engine {
         model, tokenizer, ..
@@ -40,10 +35,7 @@ pub fn generate_shown(
         params,
         &mut emit,
     )?;
-    for piece in splitter.finish() {
-        shown.show(out, piece)?;
-    }
-    shown.end(out)?;
+    shown.finish(out)?;
     Ok(gen)
 }
 
@@ -58,11 +50,14 @@ pub struct Shown {
     pub reasoning_seen: bool,
     pub answer: String,
     in_reasoning: bool,
+    splitter: Splitter,
 }
 
 impl Shown {
-    pub fn new(stream: bool, hide_thinking: bool, colour: bool) -> Self {
+    /// `thinking_prefilled`: the prompt left the model inside an opened `<think>`.
+    pub fn new(stream: bool, hide_thinking: bool, colour: bool, thinking_prefilled: bool) -> Self {
         Shown {
+            splitter: Splitter::new(thinking_prefilled),
             stream,
             hide_thinking,
             colour,
@@ -73,7 +68,23 @@ impl Shown {
         }
     }
 
-    pub fn show(&mut self, out: &mut impl Write, piece: Piece) -> Result<()> {
+    /// Generated text, split into reasoning and answer and shown.
+    pub fn feed(&mut self, out: &mut impl Write, text: &str) -> Result<()> {
+        for piece in self.splitter.feed(text) {
+            self.show(out, piece)?;
+        }
+        Ok(())
+    }
+
+    /// Generation is over: show what the splitter held back, and end any colour.
+    pub fn finish(&mut self, out: &mut impl Write) -> Result<()> {
+        for piece in self.splitter.finish() {
+            self.show(out, piece)?;
+        }
+        self.end(out)
+    }
+
+    fn show(&mut self, out: &mut impl Write, piece: Piece) -> Result<()> {
         let print_reasoning = self.stream && !self.hide_thinking;
         match piece {
             Piece::Reasoning(text) => {
@@ -109,7 +120,7 @@ impl Shown {
         Ok(())
     }
 
-    pub fn end(&mut self, out: &mut impl Write) -> Result<()> {
+    fn end(&mut self, out: &mut impl Write) -> Result<()> {
         // A colour left on would bleed into the shell prompt.
         if self.colour && self.in_reasoning && self.stream && !self.hide_thinking {
             out.write_all(b"\x1b[0m")?;

@@ -106,6 +106,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         !args.json,
         args.hide_thinking,
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        thinking_prefilled,
     );
     let mut engine = engine;
     let gen = generate_shown(
@@ -113,7 +114,6 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         &mut sampler,
         &tokens,
         &params,
-        thinking_prefilled,
         &mut shown,
         &mut out,
         &mut |_| {},
