@@ -125,6 +125,9 @@ pub struct Logged {
 #[derive(Default)]
 struct State {
     repos: HashMap<String, RepoFixture>,
+    /// Computed once when a repo is added: its commit, and each file's (sha256, git sha1).
+    commits: HashMap<String, String>,
+    hashes: HashMap<(String, String), (String, String)>,
     tokens: Vec<String>,
     faults: Faults,
     log: Vec<Logged>,
@@ -164,11 +167,15 @@ impl FakeHub {
     }
 
     pub fn add_repo(&self, repo: RepoFixture) {
-        self.state
-            .lock()
-            .unwrap()
-            .repos
-            .insert(repo.id.clone(), repo);
+        let mut st = self.state.lock().unwrap();
+        st.commits.insert(repo.id.clone(), repo.commit());
+        for (name, content) in &repo.files {
+            st.hashes.insert(
+                (repo.id.clone(), name.clone()),
+                (sha256_hex(content), git_sha1_hex(content)),
+            );
+        }
+        st.repos.insert(repo.id.clone(), repo);
     }
 
     pub fn add_token(&self, token: &str) {
@@ -254,12 +261,15 @@ impl FakeHub {
             let Some(sha) = path.strip_prefix("/blobs/") else {
                 return Reply::error(404, "", "no such blob");
             };
-            let found = st.repos.values().find_map(|r| {
-                r.files
-                    .iter()
-                    .find(|(_, c)| sha256_hex(c) == sha)
-                    .map(|(n, c)| (n.clone(), c.clone()))
-            });
+            let found = st
+                .hashes
+                .iter()
+                .find(|(_, (sha256, _))| sha256 == sha)
+                .map(|((repo, name), _)| (repo.clone(), name.clone()))
+                .and_then(|(repo, name)| {
+                    let content = st.repos[&repo].files.iter().find(|(n, _)| *n == name)?;
+                    Some((name, content.1.clone()))
+                });
             return match found {
                 Some((name, content)) => {
                     let r = Reply::file(&st.faults, &name, content, headers);
@@ -280,11 +290,11 @@ impl FakeHub {
             let Some(repo) = st.repos.get(repo_id) else {
                 return Reply::error(401, "RepoNotFound", "Repository not found");
             };
-            let commit = repo.commit();
+            let commit = &st.commits[repo_id];
             if revision != "main" && revision != commit {
                 return Reply::error(404, "RevisionNotFound", "Invalid rev id");
             }
-            return Reply::json(info_json(repo, query.contains("blobs=true")));
+            return Reply::json(info_json(repo, &st, query.contains("blobs=true")));
         }
         // /{owner}/{name}/resolve/{rev}/{file}
         let segs: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
@@ -293,7 +303,7 @@ impl FakeHub {
         }
         let repo_id = format!("{}/{}", segs[0], segs[1]);
         let (revision, file) = (segs[3], segs[4]);
-        let Some(repo) = st.repos.get(&repo_id).cloned() else {
+        let Some(repo) = st.repos.get(&repo_id) else {
             return Reply::error(401, "RepoNotFound", "Repository not found");
         };
         if repo.gated {
@@ -316,15 +326,15 @@ impl FakeHub {
                 Some(_) => {}
             }
         }
-        let commit = repo.commit();
+        let commit = st.commits[&repo_id].clone();
         if revision != "main" && revision != commit {
             return Reply::error(404, "RevisionNotFound", "Invalid rev id");
         }
         let Some((name, content)) = repo.files.iter().find(|(n, _)| n == file).cloned() else {
             return Reply::error(404, "EntryNotFound", "Entry not found");
         };
+        let (sha, git_sha1) = st.hashes[&(repo_id.clone(), name.clone())].clone();
         if is_lfs(&name, &content) {
-            let sha = sha256_hex(&content);
             let mut r = Reply::status(302);
             r.headers
                 .push(("Location".into(), format!("{}/blobs/{sha}", self.cdn_url)));
@@ -333,11 +343,10 @@ impl FakeHub {
             r.headers
                 .push(("X-Linked-Size".into(), content.len().to_string()));
             r.headers.push(("X-Repo-Commit".into(), commit));
-            r.headers
-                .push(("ETag".into(), format!("\"{}\"", git_sha1_hex(&content))));
+            r.headers.push(("ETag".into(), format!("\"{git_sha1}\"")));
             return r;
         }
-        let etag = git_sha1_hex(&content);
+        let etag = git_sha1;
         let mut r = Reply::file(&st.faults, &name, content, headers);
         if r.cut_after.is_some() {
             if let Some((_, _, times)) = st.faults.cut.as_mut() {
@@ -487,7 +496,7 @@ impl Reply {
     }
 }
 
-fn info_json(repo: &RepoFixture, blobs: bool) -> serde_json::Value {
+fn info_json(repo: &RepoFixture, st: &State, blobs: bool) -> serde_json::Value {
     let siblings: Vec<serde_json::Value> = repo
         .files
         .iter()
@@ -495,14 +504,15 @@ fn info_json(repo: &RepoFixture, blobs: bool) -> serde_json::Value {
             if !blobs {
                 return serde_json::json!({ "rfilename": name });
             }
+            let (sha256, git_sha1) = &st.hashes[&(repo.id.clone(), name.clone())];
             let mut s = serde_json::json!({
                 "rfilename": name,
                 "size": content.len(),
-                "blobId": git_sha1_hex(content),
+                "blobId": git_sha1,
             });
             if is_lfs(name, content) {
                 s["lfs"] = serde_json::json!({
-                    "sha256": sha256_hex(content),
+                    "sha256": sha256,
                     "size": content.len(),
                     "pointerSize": 134,
                 });
@@ -530,7 +540,7 @@ fn info_json(repo: &RepoFixture, blobs: bool) -> serde_json::Value {
         "_id": "0",
         "id": repo.id,
         "modelId": repo.id,
-        "sha": repo.commit(),
+        "sha": st.commits[&repo.id],
         "private": false,
         "gated": if repo.gated { serde_json::json!("manual") } else { serde_json::json!(false) },
         "disabled": false,
