@@ -316,9 +316,17 @@ impl Hub {
     ) -> Result<(), HubError> {
         let url = self.resolve_url(repo, commit, file);
         let mut attempt = 0;
-        loop {
-            match self.download_once(&url, repo, commit, file, size, partial, progress) {
-                Ok(()) => break,
+        let digest = loop {
+            // The hash runs along with the transfer; what an earlier attempt or an interrupted
+            // pull left on disk is hashed first.
+            let (mut digest, _) = FileDigest::of_prefix(partial, etag, size)?;
+            let target = Target {
+                path: partial,
+                size,
+                etag,
+            };
+            match self.download_once(&url, repo, commit, file, &target, &mut digest, progress) {
+                Ok(()) => break digest,
                 Err(e) if e.is_transient() && attempt < MAX_RETRIES => {
                     let wait = self.backoff(attempt);
                     progress.retry(&e, wait);
@@ -327,8 +335,8 @@ impl Hub {
                 }
                 Err(e) => return Err(e),
             }
-        }
-        let actual = hash_file(partial, size, etag)?;
+        };
+        let actual = digest.finish();
         if !actual.eq_ignore_ascii_case(etag) {
             let _ = std::fs::remove_file(partial);
             return Err(HubError::Integrity {
@@ -342,21 +350,27 @@ impl Hub {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn download_once(
         &self,
         url: &str,
         repo: &str,
         commit: &str,
         file: &str,
-        size: u64,
-        partial: &Path,
+        target: &Target,
+        digest: &mut FileDigest,
         progress: &mut dyn Progress,
     ) -> Result<(), HubError> {
-        let mut out = OpenOptions::new().create(true).append(true).open(partial)?;
+        let size = target.size;
+        let mut out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target.path)?;
         let mut offset = out.metadata()?.len();
         if offset > size {
             // Not a prefix of this file: start over.
             out.set_len(0)?;
+            *digest = FileDigest::new(target.etag, size);
             offset = 0;
         }
         if offset == size {
@@ -401,6 +415,7 @@ impl Hub {
             200 => {
                 // A fresh start, or a server that ignored the range: take the whole file.
                 out.set_len(0)?;
+                *digest = FileDigest::new(target.etag, size);
                 offset = 0;
             }
             416 => {
@@ -428,6 +443,7 @@ impl Hub {
                 }
             };
             out.write_all(&buf[..n])?;
+            digest.update(&buf[..n]);
             have += n as u64;
             progress.advance(n as u64);
         }
@@ -557,30 +573,70 @@ fn encode_path(path: &str) -> String {
     out
 }
 
-/// The hash the Hub names a file by: sha256 (64 hex digits, LFS files) or git's blob sha1
-/// (40 hex digits, small files), whichever `etag` is.
-pub fn hash_file(path: &Path, size: u64, etag: &str) -> Result<String, HubError> {
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; BUF_SIZE];
-    let mut feed = |update: &mut dyn FnMut(&[u8])| -> std::io::Result<()> {
+/// Where a download goes and what it must turn out to be.
+struct Target<'a> {
+    path: &'a Path,
+    size: u64,
+    etag: &'a str,
+}
+
+/// The hash the Hub names a file by, computed as the bytes arrive: sha256 (64 hex digits, LFS
+/// files) or git's blob sha1 (40 hex digits, small files), whichever `etag` is.
+enum FileDigest {
+    Sha256(Sha256),
+    GitSha1(Sha1),
+}
+
+impl FileDigest {
+    fn new(etag: &str, size: u64) -> Self {
+        if etag.len() == 40 {
+            let mut h = Sha1::new();
+            h.update(format!("blob {size}\0").as_bytes());
+            FileDigest::GitSha1(h)
+        } else {
+            FileDigest::Sha256(Sha256::new())
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            FileDigest::Sha256(h) => h.update(bytes),
+            FileDigest::GitSha1(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> String {
+        match self {
+            FileDigest::Sha256(h) => hex(&h.finalize()),
+            FileDigest::GitSha1(h) => hex(&h.finalize()),
+        }
+    }
+
+    /// The digest of what `path` holds so far (nothing if it does not exist), and its length.
+    fn of_prefix(path: &Path, etag: &str, size: u64) -> Result<(Self, u64), HubError> {
+        let mut digest = FileDigest::new(etag, size);
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((digest, 0)),
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut len = 0;
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
-                return Ok(());
+                return Ok((digest, len));
             }
-            update(&buf[..n]);
+            digest.update(&buf[..n]);
+            len += n as u64;
         }
-    };
-    if etag.len() == 40 {
-        let mut h = Sha1::new();
-        h.update(format!("blob {size}\0").as_bytes());
-        feed(&mut |b| h.update(b))?;
-        Ok(hex(&h.finalize()))
-    } else {
-        let mut h = Sha256::new();
-        feed(&mut |b| h.update(b))?;
-        Ok(hex(&h.finalize()))
     }
+}
+
+/// The Hub's name (sha256 or git blob sha1, like `etag`) for the content of a file.
+#[cfg(test)]
+fn hash_file(path: &Path, size: u64, etag: &str) -> Result<String, HubError> {
+    Ok(FileDigest::of_prefix(path, etag, size)?.0.finish())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
