@@ -501,3 +501,34 @@ fn sharded_weights_and_other_dtypes_load() {
     );
     assert_eq!(ids(&out["tokens"]), ids(&want["new_token_ids"])[..5]);
 }
+
+#[test]
+fn a_checkpoint_missing_a_tensor_is_an_error_not_a_crash() {
+    let Some(m) = stories() else { return };
+    let sb = sandbox();
+    let dir = sb.dir.path().join("truncated");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(format!("{m}/{f}"), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(format!("{m}/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let missing = "model.layers.2.mlp.down_proj.weight";
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .names()
+        .into_iter()
+        .filter(|n| *n != missing)
+        .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let r = sb.run_env(
+        &["run", dir.to_str().unwrap(), "hi"],
+        &[("RUST_BACKTRACE", "0")],
+    );
+    r.fails_with(1, "the weights do not fit config.json");
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}

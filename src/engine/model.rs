@@ -30,6 +30,36 @@ pub fn load(
     // mapped, and the store's files are only ever replaced by rename, never rewritten in place.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
         .with_context(|| format!("cannot map weights {}", describe(weights)))?;
+    // candle-transformers' loaders unwrap some lookups (Llama's per-layer loop): a checkpoint
+    // that lacks a tensor must be an error for the user, not a panic with a backtrace.
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        build(config, vb, dtype, device)
+    }));
+    std::panic::set_hook(previous_hook);
+    match built {
+        Ok(result) => result,
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            bail!(
+                "the weights do not fit config.json ({}): {why}",
+                config.architecture
+            )
+        }
+    }
+}
+
+fn build(
+    config: &ModelConfig,
+    vb: VarBuilder<'static>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn Model>> {
     let cfg = &config.raw;
     let model: Box<dyn Model> = match config.model_type.as_str() {
         "llama" => Box::new(Llama::load(config, vb, dtype, device)?),
