@@ -26,6 +26,13 @@ fn json_run(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
 }
 
+/// `owrun run MODEL PROMPT -t 0 -n N --json EXTRA…`: a greedy run's JSON document.
+fn greedy(sb: &Sandbox, model: &str, prompt: &str, n: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["run", model, prompt, "-t", "0", "-n", n, "--json"];
+    args.extend_from_slice(extra);
+    json_run(sb, &args)
+}
+
 fn ids(v: &serde_json::Value) -> Vec<u64> {
     v.as_array()
         .unwrap()
@@ -448,57 +455,17 @@ fn sharded_weights_and_other_dtypes_load() {
     .unwrap();
     let want = &expected(&m)[0];
     let d = dir.to_str().unwrap();
-    let out = json_run(
-        &sb,
-        &[
-            "run",
-            d,
-            "Once upon a time",
-            "-n",
-            "40",
-            "-t",
-            "0",
-            "--json",
-        ],
-    );
+    let out = greedy(&sb, d, "Once upon a time", "40", &[]);
     assert_eq!(ids(&out["tokens"]), ids(&want["new_token_ids"]));
 
     // f16 runs on CPU too (greedy tokens may differ after a while; the first ones do not).
-    let out = json_run(
-        &sb,
-        &[
-            "run",
-            &m,
-            "Once upon a time",
-            "-n",
-            "5",
-            "-t",
-            "0",
-            "--dtype",
-            "f16",
-            "--json",
-        ],
-    );
+    let out = greedy(&sb, &m, "Once upon a time", "5", &["--dtype", "f16"]);
     assert_eq!(ids(&out["tokens"]), ids(&want["new_token_ids"])[..5]);
     sb.run(&["run", &m, "hi", "--dtype", "bf16", "--device", "cpu"])
         .fails_with(2, "bf16 is not supported on CPU");
     sb.run(&["run", &m, "hi", "--threads", "0"])
         .fails_with(2, "--threads must be at least 1");
-    let out = json_run(
-        &sb,
-        &[
-            "run",
-            &m,
-            "Once upon a time",
-            "-n",
-            "5",
-            "-t",
-            "0",
-            "--threads",
-            "1",
-            "--json",
-        ],
-    );
+    let out = greedy(&sb, &m, "Once upon a time", "5", &["--threads", "1"]);
     assert_eq!(ids(&out["tokens"]), ids(&want["new_token_ids"])[..5]);
 }
 
