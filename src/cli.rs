@@ -56,6 +56,11 @@ pub enum Command {
     Chat(Box<ChatArgs>),
     /// Measure prefill and decode speed (tokens/s), reported like llama-bench
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. `owrun completions bash > ~/.local/share/bash-completion/completions/owrun`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -313,3 +313,15 @@ fn help_explains_exit_codes_and_environment() {
         assert!(r.stdout.contains(needle), "{needle}");
     }
 }
+
+#[test]
+fn shell_completions_cover_the_commands() {
+    let sb = sandbox();
+    let r = sb.run(&["completions", "bash"]);
+    r.ok();
+    for cmd in ["list", "pull", "run", "chat", "bench", "license"] {
+        assert!(r.stdout.contains(cmd), "{cmd}");
+    }
+    sb.run(&["completions", "tcsh"])
+        .fails_with(2, "invalid value");
+}

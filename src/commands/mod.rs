@@ -49,6 +49,11 @@ impl Ctx {
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "owrun", &mut std::io::stdout());
+        return Ok(());
+    }
     let settings = Settings::from_env()?;
     let mut explicit = Vec::new();
     explicit.extend(settings.env_registry());
@@ -64,6 +69,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&ctx, &args),
         Command::Bench(args) => bench::run(&ctx, &args),
         Command::Chat(args) => chat::run(&ctx, &args),
+        Command::Completions { .. } => unreachable!("handled before the settings load"),
     }
 }
 
