@@ -290,6 +290,17 @@ fn bench_reports_prefill_and_decode_speed() {
         .fails_with(2, "exceeds the model's context of 512");
 }
 
+/// The run's prompt and generated token ids are the ones transformers recorded for `case`.
+#[track_caller]
+fn assert_same_tokens(out: &serde_json::Value, case: &serde_json::Value, label: &str) {
+    assert_eq!(
+        ids(&out["prompt_tokens"]),
+        ids(&case["prompt_ids"]),
+        "{label}"
+    );
+    assert_eq!(ids(&out["tokens"]), ids(&case["new_token_ids"]), "{label}");
+}
+
 fn fixture_dirs() -> Vec<std::path::PathBuf> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
     let mut dirs: Vec<_> = std::fs::read_dir(root)
@@ -320,16 +331,7 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
             &sb,
             &["run", d, prompt, "--raw", "-t", "0", "-n", "12", "--json"],
         );
-        assert_eq!(
-            ids(&out["prompt_tokens"]),
-            ids(&plain["prompt_ids"]),
-            "{family}"
-        );
-        assert_eq!(
-            ids(&out["tokens"]),
-            ids(&plain["new_token_ids"]),
-            "{family}"
-        );
+        assert_same_tokens(&out, plain, family);
         assert_eq!(out["text"], plain["text"], "{family}");
 
         let chat = &exp["chat"];
@@ -341,16 +343,7 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
             args.extend(["--system", system]);
         }
         let out = json_run(&sb, &args);
-        assert_eq!(
-            ids(&out["prompt_tokens"]),
-            ids(&chat["prompt_ids"]),
-            "{family} chat"
-        );
-        assert_eq!(
-            ids(&out["tokens"]),
-            ids(&chat["new_token_ids"]),
-            "{family} chat"
-        );
+        assert_same_tokens(&out, chat, &format!("{family} chat"));
         // Streaming prints the same text; a reasoning model's pre-filled thinking is marked.
         let thinking = chat["rendered"].as_str().unwrap().ends_with("<think>\n");
         let text = chat["text"].as_str().unwrap();

@@ -61,15 +61,18 @@ fn build(
     device: &Device,
 ) -> Result<Box<dyn Model>> {
     let cfg = &config.raw;
-    let model: Box<dyn Model> = match config.model_type.as_str() {
-        "llama" => Box::new(Llama::load(config, vb, dtype, device)?),
-        // owrun's own implementation: candle's does not enforce the sliding window.
-        "mistral" => Box::new(Windowed::load(
-            Flavour::Mistral,
-            parse(cfg, "Mistral")?,
+    // owrun's own implementation, for families whose candle version ignores the sliding window.
+    let windowed = |flavour: Flavour, family: &str, vb| -> Result<Box<dyn Model>> {
+        Ok(Box::new(Windowed::load(
+            flavour,
+            parse(cfg, family)?,
             vb,
             device,
-        )?),
+        )?))
+    };
+    let model: Box<dyn Model> = match config.model_type.as_str() {
+        "llama" => Box::new(Llama::load(config, vb, dtype, device)?),
+        "mistral" => windowed(Flavour::Mistral, "Mistral", vb)?,
         "mixtral" => {
             let c: mixtral::Config = parse(cfg, "Mixtral")?;
             Box::new(Mixtral {
@@ -80,12 +83,7 @@ fn build(
         }
         // A Phi-3 with a real sliding window (Phi-3-mini-4k) needs owrun's own attention;
         // the LongRoPE / partial-rotary ones (Phi-3.5, Phi-4-mini) have no effective window.
-        "phi3" if phi3_needs_window(cfg) => Box::new(Windowed::load(
-            Flavour::Phi3,
-            parse(cfg, "Phi-3")?,
-            vb,
-            device,
-        )?),
+        "phi3" if phi3_needs_window(cfg) => windowed(Flavour::Phi3, "Phi-3", vb)?,
         "phi3" => {
             let c: phi3::Config = parse(cfg, "Phi-3")?;
             Box::new(Candle::new(phi3::Model::new(&c, vb)?, device))
@@ -94,12 +92,7 @@ fn build(
             let c: gemma::Config = parse(cfg, "Gemma")?;
             Box::new(Candle::new(gemma::Model::new(false, &c, vb)?, device))
         }
-        "gemma2" => Box::new(Windowed::load(
-            Flavour::Gemma2,
-            parse(cfg, "Gemma 2")?,
-            vb,
-            device,
-        )?),
+        "gemma2" => windowed(Flavour::Gemma2, "Gemma 2", vb)?,
         "gemma3" | "gemma3_text" => {
             let c: gemma3::Config = parse(cfg, "Gemma 3")?;
             let mut m = Candle::new(gemma3::Model::new(false, &c, vb)?, device);
