@@ -33,8 +33,13 @@ def add(a, b):
 The system prompt says: be brief. The assistant answers the user politely and stops at the end.
 """
 
-# Sliding windows (Mistral, Phi-3, Gemma 2, Gemma 3) are 16 tokens, shorter than the chat prompt, so the
-# chat case checks that attention really is limited to the window, in prefill and in decoding.
+# Sliding windows (Mistral, Mixtral, Phi-3, Gemma 2, Gemma 3) are 16 tokens, shorter than the chat prompt
+# plus its answer, so the chat case checks that attention really is limited to the window, in prefill and
+# in decoding. Gemma 3 and Qwen3 have head_dim 32 with hidden 64 and 4 heads (head_dim independent of
+# hidden/heads, as in the real gemma-3-1b); Gemma 3 alternates a local and a global layer, with linear
+# rope scaling on the global one (as Gemma 3 4B+). phi3_longrope is Phi-3.5 / Phi-4-mini's shape: LongRoPE
+# with partial rotary (0.75) and tied embeddings; its original context (24) lies between the plain case
+# (short factors throughout) and the chat prompt (long factors).
 GENERAL = dict(
     hidden_size=64,
     intermediate_size=64,
@@ -131,21 +136,31 @@ FAMILIES = {
                           "<｜begin▁of▁sentence｜>", ["<｜end▁of▁sentence｜>"], R1_TEMPLATE),
     "mistral": ("MistralConfig", dict(sliding_window=16),
                 "sp", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
-    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
                 "sp", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
     "phi3": ("Phi3Config", dict(pad_token_id=0, sliding_window=16),
              "sp", ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", ["</s>", "<|end|>"], PHI3_TEMPLATE),
+    "phi3_longrope": ("Phi3Config", dict(pad_token_id=0, partial_rotary_factor=0.75, tie_word_embeddings=True,
+                                         original_max_position_embeddings=24,
+                                         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                                                              partial_rotary_factor=0.75,
+                                                              short_factor=[1.0, 1.1, 1.3, 1.7, 2.5, 4.0],
+                                                              long_factor=[1.0, 1.5, 3.0, 6.0, 12.0, 24.0])),
+                      "sp", ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", ["</s>", "<|end|>"], PHI3_TEMPLATE),
     "gemma": ("GemmaConfig", dict(head_dim=16, hidden_activation="gelu_pytorch_tanh"),
               "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
     "gemma2": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
                                     final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
                "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
-    "gemma3": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
-                                        rope_local_base_freq=10000.0, rope_theta=1000000.0),
+    "gemma3": ("Gemma3TextConfig", dict(head_dim=32, query_pre_attn_scalar=24, sliding_window=16,
+                                        layer_types=["sliding_attention", "full_attention"],
+                                        rope_parameters={
+                                            "full_attention": dict(rope_type="linear", factor=8.0, rope_theta=1000000.0),
+                                            "sliding_attention": dict(rope_type="default", rope_theta=10000.0)}),
                "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
     "qwen2": ("Qwen2Config", dict(rope_theta=1000000.0, tie_word_embeddings=True),
               "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
-    "qwen3": ("Qwen3Config", dict(head_dim=16, rope_theta=1000000.0, tie_word_embeddings=True),
+    "qwen3": ("Qwen3Config", dict(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=True),
               "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
 }
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::{DTypeChoice, DeviceChoice};
+
 const AFTER_HELP: &str = "\
 MODELS:
   A model is a registry name (`owrun list`), hf:owner/name[@revision] for any Hugging Face
@@ -205,11 +207,12 @@ pub struct SamplingArgs {
 #[derive(Debug, Args, Clone)]
 pub struct LoadArgs {
     /// auto (a GPU if this build has one and it is present), cpu, cuda, cuda:N or metal
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: String,
-    /// auto, f32, f16 or bf16 (auto: the checkpoint's own on GPU; f32 on CPU unless it is f16)
-    #[arg(long, default_value = "auto", value_name = "DTYPE")]
-    pub dtype: String,
+    #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// Dtype to hold the weights in (auto: as the checkpoint stores them; 16-bit weights stay
+    /// 16-bit on the CPU too, where activations are f32)
+    #[arg(long, value_enum, default_value_t = DTypeArg::Auto, value_name = "DTYPE")]
+    pub dtype: DTypeArg,
     /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -268,4 +271,38 @@ pub struct ChatArgs {
     /// Accept the model's license without asking (the acceptance is recorded)
     #[arg(long)]
     pub accept_license: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DTypeArg> for DTypeChoice {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::Auto => DTypeChoice::Auto,
+            DTypeArg::F32 => DTypeChoice::F32,
+            DTypeArg::F16 => DTypeChoice::F16,
+            DTypeArg::Bf16 => DTypeChoice::BF16,
+        }
+    }
+}
+
+fn parse_device(spec: &str) -> Result<DeviceChoice, String> {
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "metal" => Ok(DeviceChoice::Metal),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| "expected auto, cpu, cuda, cuda:N or metal".to_string()),
+    }
 }

@@ -8,6 +8,7 @@ mod engine;
 mod error;
 mod hub;
 mod license;
+mod memory;
 mod registry;
 mod settings;
 mod store;

@@ -54,9 +54,10 @@ fn a_conversation_in_a_terminal() {
     s.expect(expected.as_str()).unwrap();
     s.expect(">>> ").unwrap();
 
-    // Turn two reuses the cache: only the new message is fed.
+    // Turn two reuses the cache: the 5 prompt tokens and the 19 answer tokens that were fed
+    // (the 20th was sampled, never fed) are kept; only the rest is fed.
     say(&mut s, "The dog", "\n");
-    say(&mut s, "/stats", "(25 reused from the cache)");
+    say(&mut s, "/stats", "(24 reused from the cache)");
 
     // Slash commands (each answer is read up to the next prompt).
     for (cmd, reply) in [

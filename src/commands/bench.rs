@@ -10,7 +10,10 @@ use serde_json::json;
 use super::run::{load_engine, ready_model};
 use super::{print_table, Ctx};
 use crate::cli::BenchArgs;
+use crate::engine::sampler::argmax;
 use crate::error::usage;
+use crate::memory;
+use crate::store::format_bytes as human_bytes;
 
 pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     if args.repetitions == 0 || args.prompt_tokens == 0 || args.gen_tokens == 0 {
@@ -32,24 +35,29 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         .map(|i| (3 + (i * 7919) % (vocab - 3)) as u32)
         .collect();
 
+    let rss_after_load = memory::resident_bytes();
+    let seq = engine.model.new_sequence();
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..args.repetitions {
-        engine.model.reset()?;
+        engine.model.truncate(seq, 0)?;
         let t = Instant::now();
-        engine.model.forward(&prompt, 0)?;
+        engine.model.forward(seq, &prompt)?;
         pp.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
 
         // Decode from a one-token prompt, as llama-bench's tg test does.
-        engine.model.reset()?;
-        let mut logits = engine.model.forward(&prompt[..1], 0)?;
+        engine.model.truncate(seq, 0)?;
+        let mut logits = engine.model.forward(seq, &prompt[..1])?;
         let t = Instant::now();
-        for pos in 1..=args.gen_tokens {
+        for _ in 0..args.gen_tokens {
             let next = argmax(&logits);
-            logits = engine.model.forward(&[next], pos)?;
+            logits = engine.model.forward(seq, &[next])?;
         }
         tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
     }
+    let weight_bytes = engine.model.decoder.weight_bytes;
+    let cache_bytes = engine.model.cache_bytes();
+    let peak = memory::peak_resident_bytes();
     let (pp_mean, pp_sd) = mean_sd(&pp);
     let (tg_mean, tg_sd) = mean_sd(&tg);
     let backend = format!("{:?}", engine.device.location()).to_lowercase();
@@ -61,6 +69,10 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
             "backend": backend,
             "dtype": dtype,
             "repetitions": args.repetitions,
+            "weight_bytes": weight_bytes,
+            "kv_cache_bytes": cache_bytes,
+            "rss_after_load_bytes": rss_after_load,
+            "peak_rss_bytes": peak,
             "tests": [
                 {"test": format!("pp{}", args.prompt_tokens), "tokens_per_s": pp_mean, "sd": pp_sd, "samples": pp},
                 {"test": format!("tg{}", args.gen_tokens), "tokens_per_s": tg_mean, "sd": tg_sd, "samples": tg},
@@ -70,7 +82,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    let mut rows = vec![["model", "backend", "dtype", "test", "t/s"]
+    let mut rows = vec![["model", "size", "backend", "dtype", "test", "t/s"]
         .map(String::from)
         .to_vec()];
     for (test, mean, sd) in [
@@ -79,6 +91,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     ] {
         rows.push(vec![
             model.display_name(),
+            human_bytes(weight_bytes as u64),
             backend.clone(),
             dtype.clone(),
             test,
@@ -86,14 +99,18 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         ]);
     }
     print_table(&mut out, &rows)?;
+    // Memory goes to stderr: stdout stays the table llama-bench users know.
+    let show = |b: Option<u64>| b.map_or("unknown".to_string(), human_bytes);
+    eprintln!(
+        "owrun: memory: weights {}, KV cache {}, resident after load {}, peak resident {} \
+         ({:.2}x weights + KV cache)",
+        human_bytes(weight_bytes as u64),
+        human_bytes(cache_bytes as u64),
+        show(rss_after_load),
+        show(peak),
+        peak.map_or(f64::NAN, |p| p as f64 / (weight_bytes + cache_bytes) as f64)
+    );
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i as u32)
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rustyline::error::ReadlineError;
 
-use super::display::{generate_shown, Shown};
+use super::display::{generate_shown, note_folded_system, Shown};
 use super::run::{load_engine, read_messages, ready_model, sampling_params};
 use super::{licenses_of, Ctx};
 use crate::cli::ChatArgs;
 use crate::engine::generate::{Finish, GenerateParams, Timings};
-use crate::engine::reasoning::Splitter;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::session::Session;
 use crate::engine::template::Message;
@@ -60,7 +59,7 @@ struct Chat {
 pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
     let model = ctx.resolve(&args.model)?;
     let dir = ready_model(ctx, &model, args.accept_license)?;
-    let engine = load_engine(&dir, &args.load)?;
+    let mut engine = load_engine(&dir, &args.load)?;
     let snapshot = ctx.local_snapshot(&model);
     let license_line = licenses_of(&model, snapshot.as_ref())
         .iter()
@@ -70,8 +69,8 @@ pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let mut chat = Chat {
         params: sampling_params(engine.sampling.clone(), &args.sampling),
+        session: Session::new(&mut engine),
         engine,
-        session: Session::new(),
         messages: args
             .system
             .iter()
@@ -290,7 +289,7 @@ impl Chat {
             .max(1);
         let turn = loop {
             let turn = self.session.prepare(&mut self.engine, &self.messages)?;
-            if turn.start + turn.tokens.len() + reserve <= context {
+            if turn.prompt.tokens.len() + reserve <= context {
                 break turn;
             }
             // Drop the oldest exchange, never the system prompt nor the new message.
@@ -315,16 +314,13 @@ impl Chat {
                     anyhow::bail!(
                         "this message does not fit the context window: {} tokens, the model \
                          has {context}",
-                        turn.tokens.len()
+                        turn.prompt.tokens.len()
                     );
                 }
             }
         };
-        if turn.folded_system && !self.told_folded {
-            eprintln!(
-                "owrun: note: this model's chat template has no system role; the system prompt \
-                 goes at the start of the first user message"
-            );
+        if turn.prompt.folded_system && !self.told_folded {
+            note_folded_system();
             self.told_folded = true;
         }
         self.cancel.store(false, Ordering::SeqCst);
@@ -334,8 +330,6 @@ impl Chat {
             max_tokens: self.max_tokens,
             stop: &self.stop,
             eos: &eos,
-            context,
-            start: turn.start,
             cancel: Some(&self.cancel),
         };
         let mut out = std::io::stdout().lock();
@@ -343,22 +337,21 @@ impl Chat {
             true,
             self.hide_thinking,
             self.colour,
-            Splitter::prompt_opens_thinking(&turn.text),
+            turn.prompt.opens_thinking,
         );
-        let mut raw = String::new();
         let delay = self.delay;
         let gen = generate_shown(
             &mut self.engine,
+            self.session.seq(),
             &mut sampler,
-            &turn.tokens,
+            turn.new_tokens(),
             &params,
             &mut shown,
             &mut out,
-            &mut |text| {
+            &mut |_| {
                 if let Some(d) = delay {
                     std::thread::sleep(d);
                 }
-                raw.push_str(text);
             },
         )?;
         if !shown.answer.ends_with('\n') {
@@ -368,25 +361,16 @@ impl Chat {
         if gen.finish == Finish::Cancelled {
             eprintln!("(interrupted)");
         }
-        if gen.hit_stop_string {
-            // The cache holds the stop string's tokens, the conversation does not: start over.
-            self.session.reset(&mut self.engine)?;
-        } else {
-            // Feed what was sampled but not fed, so the cache matches the text.
-            let pending = &gen.tokens[gen.fed..];
-            if !pending.is_empty() {
-                let pos = turn.start + turn.tokens.len() + gen.fed;
-                self.engine.model.forward(pending, pos)?;
-            }
-            self.session.record(&turn, gen.tokens.len(), &raw);
-        }
+        // The next turn cuts the cache back to what its prompt shares with it (a stop string's
+        // tokens, or an answer the template rewrites, are simply not shared).
+        self.session.record(&turn, &gen);
         self.messages.push(Message {
             role: "assistant".into(),
             content: shown.answer,
         });
         let stats = Stats {
             timings: gen.timings,
-            new_prompt_tokens: turn.tokens.len(),
+            new_prompt_tokens: turn.new_tokens().len(),
             reused_tokens: turn.start,
             generated: gen.tokens.len(),
         };

@@ -5,14 +5,26 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::engine::generate::{generate, GenerateParams, Generation};
+use crate::engine::model::SeqId;
 use crate::engine::reasoning::{Piece, Splitter};
 use crate::engine::sampler::Sampler;
 use crate::engine::Engine;
 
-/// Generate after `prompt` and show the text as it comes: through the reasoning splitter into
-/// `shown`. `on_text` sees every piece of raw text first (chat keeps it for its cache).
+/// Said once when a template without a system role got the system prompt in the first user
+/// message.
+pub fn note_folded_system() {
+    eprintln!(
+        "owrun: note: this model's chat template has no system role; the system prompt was put \
+         at the start of the first user message"
+    );
+}
+
+/// Generate after `prompt` (appended to `seq`) and show the text as it comes: through the
+/// reasoning splitter into `shown`. `on_text` sees every piece of raw text first.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_shown(
     engine: &mut Engine,
+    seq: SeqId,
     sampler: &mut Sampler,
     prompt: &[u32],
     params: &GenerateParams,
@@ -27,14 +39,7 @@ pub fn generate_shown(
     let Engine {
         model, tokenizer, ..
     } = engine;
-    let gen = generate(
-        model.as_mut(),
-        tokenizer,
-        sampler,
-        prompt,
-        params,
-        &mut emit,
-    )?;
+    let gen = generate(model, seq, tokenizer, sampler, prompt, params, &mut emit)?;
     shown.finish(out)?;
     Ok(gen)
 }

@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::display::{generate_shown, Shown};
+use super::display::{generate_shown, note_folded_system, Shown};
 use super::{acceptance_key, licenses_of, pull, Ctx};
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
 use crate::engine::generate::GenerateParams;
-use crate::engine::reasoning::Splitter;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::template::Message;
-use crate::engine::{Engine, LoadOptions};
+use crate::engine::{Engine, LoadError, LoadOptions};
 use crate::error::usage;
 use crate::license::{self, GateRequest};
 use crate::registry::ModelRef;
@@ -53,32 +52,13 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
 
     let model = ctx.resolve(&args.model)?;
     let dir = ready_model(ctx, &model, args.accept_license)?;
-    let engine = load_engine(&dir, &args.load)?;
+    let mut engine = load_engine(&dir, &args.load)?;
 
-    let (tokens, thinking_prefilled) = match engine.template.as_ref().filter(|_| !args.raw) {
-        Some(template) => {
-            let (text, folded) = template.render_chat(&messages)?;
-            if folded {
-                eprintln!(
-                    "owrun: note: this model's chat template has no system role; the system \
-                     prompt was put at the start of the first user message"
-                );
-            }
-            (
-                engine.encode(&text, false)?,
-                Splitter::prompt_opens_thinking(&text),
-            )
-        }
-        None => {
-            // No template (or --raw): the conversation's text, as it is.
-            let text = messages
-                .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n");
-            (engine.encode(&text, true)?, false)
-        }
-    };
+    let prompt = engine.prompt(&messages, args.raw)?;
+    if prompt.folded_system {
+        note_folded_system();
+    }
+    let tokens = prompt.tokens;
     let context = engine.config.context;
     if tokens.len() >= context {
         return Err(usage(format!(
@@ -97,8 +77,6 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         max_tokens: args.sampling.max_tokens,
         stop: &args.sampling.stop,
         eos: &eos,
-        context,
-        start: 0,
         cancel: None,
     };
     let mut out = std::io::stdout().lock();
@@ -106,11 +84,12 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         !args.json,
         args.hide_thinking,
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        thinking_prefilled,
+        prompt.opens_thinking,
     );
-    let mut engine = engine;
+    let seq = engine.model.new_sequence();
     let gen = generate_shown(
         &mut engine,
+        seq,
         &mut sampler,
         &tokens,
         &params,
@@ -198,17 +177,22 @@ pub fn load_engine(dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
         if n == 0 {
             return Err(usage("--threads must be at least 1"));
         }
-        // candle's CPU kernels size their thread pools from this variable on first use.
+        // candle's CPU kernels size their thread pools from this variable, and rayon's global
+        // pool (owrun's own kernels) is built from it on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    Engine::load(
-        dir,
-        &LoadOptions {
-            device: load.device.clone(),
-            dtype: load.dtype.clone(),
-        },
-    )
-    .with_context(|| format!("cannot load the model in {}", dir.display()))
+    let options = LoadOptions {
+        device: load.device,
+        dtype: load.dtype.into(),
+    };
+    Engine::load(dir, &crate::store::weight_files(dir), &options).map_err(|e| {
+        // A device that is not there is the user's choice to revisit, not the model's fault.
+        if let Some(LoadError::DeviceUnavailable(..)) = e.downcast_ref::<LoadError>() {
+            usage(format!("--device: {e}"))
+        } else {
+            e.context(format!("cannot load the model in {}", dir.display()))
+        }
+    })
 }
 
 /// The model's defaults, overridden by the flags the user gave.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::detok::Detokenizer;
-use super::model::Model;
+use super::model::{Model, SeqId};
 use super::sampler::Sampler;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,8 +37,6 @@ pub struct Generation {
     /// How many of `tokens` the model has been fed (is in its KV cache): the last one sampled
     /// is not fed when generation ends on the token limit or a stop string.
     pub fed: usize,
-    /// Generation ended on a stop string (whose tokens are in `tokens` but not in the text).
-    pub hit_stop_string: bool,
     pub finish: Finish,
     pub timings: Timings,
 }
@@ -48,18 +46,15 @@ pub struct GenerateParams<'a> {
     pub max_tokens: Option<usize>,
     pub stop: &'a [String],
     pub eos: &'a [u32],
-    /// Context window in tokens.
-    pub context: usize,
-    /// Position of the first prompt token: how many tokens the model's cache already holds.
-    pub start: usize,
     /// Set from elsewhere (a Ctrl-C handler) to stop after the current token.
     pub cancel: Option<&'a AtomicBool>,
 }
 
-/// Generate after `prompt` (which the model has not seen), calling `emit` with text as soon as
-/// it is final. Returns everything generated.
+/// Append `prompt` to the sequence `seq` and generate after it, calling `emit` with text as
+/// soon as it is final. Returns everything generated.
 pub fn generate(
-    model: &mut dyn Model,
+    model: &mut Model,
+    seq: SeqId,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt: &[u32],
@@ -72,10 +67,12 @@ pub fn generate(
     let mut stops = StopMatcher::new(params.stop);
     let mut tokens = Vec::new();
     let mut timings = Timings::default();
-    let room = params.context.saturating_sub(params.start + prompt.len());
+    let room = model
+        .context()
+        .saturating_sub(model.len(seq) + prompt.len());
     let limit = params.max_tokens.map_or(room, |m| m.min(room));
 
-    let mut logits = model.forward(prompt, params.start)?;
+    let mut logits = model.forward(seq, prompt)?;
     let prefill_s = started.elapsed().as_secs_f64();
     timings.prefill_tokens_per_s = prompt.len() as f64 / prefill_s.max(1e-9);
     let decode_started = Instant::now();
@@ -108,7 +105,7 @@ pub fn generate(
         if tokens.len() >= limit {
             break;
         }
-        logits = model.forward(&[next], params.start + history.len() - 1)?;
+        logits = model.forward(seq, &[next])?;
         fed += 1;
     }
     if finish == Finish::Length || !stops.stopped {
@@ -130,7 +127,6 @@ pub fn generate(
     Ok(Generation {
         tokens,
         fed,
-        hit_stop_string: stops.stopped,
         finish,
         timings,
     })

@@ -2,19 +2,25 @@
 //! template, sampler, generation loop and streaming detokenizer. It knows nothing of terminals
 //! or HTTP: front ends hand it tokens and receive text.
 
+pub mod arch;
 pub mod config;
+pub mod decoder;
 pub mod detok;
 pub mod generate;
+mod kernels;
+pub mod kv;
+pub mod linear;
 pub mod model;
 #[cfg(test)]
 mod parity_tests;
 pub mod reasoning;
+pub mod rope;
 pub mod sampler;
 pub mod session;
 pub mod template;
-pub mod windowed;
+pub mod weights;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -22,22 +28,50 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::error::usage;
-use crate::store::weight_files;
+use arch::Arch;
 use config::{token_ids, ModelConfig};
+use decoder::Decoder;
 use model::Model;
 use sampler::SamplingParams;
 use template::ChatTemplate;
+use weights::Weights;
 
-/// How to load: `--device` and `--dtype` as the user gave them.
-#[derive(Debug, Clone)]
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A GPU when this build has one and it opens, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+/// What dtype to hold the weights in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    /// As the checkpoint stores them.
+    Auto,
+    F32,
+    F16,
+    BF16,
+}
+
+#[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
-    pub device: String,
-    pub dtype: String,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+}
+
+/// Failures to load that are the caller's choice, not the model's: front ends report them as
+/// usage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no {0} device: {1}")]
+    DeviceUnavailable(String, String),
 }
 
 pub struct Engine {
-    pub model: Box<dyn Model>,
+    pub model: Model,
     pub tokenizer: Tokenizer,
     pub config: ModelConfig,
     pub template: Option<ChatTemplate>,
@@ -47,14 +81,14 @@ pub struct Engine {
     pub sampling: SamplingParams,
     pub load_s: f64,
     pub device: Device,
+    /// The dtype the weights are held in.
     pub dtype: DType,
 }
 
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec = spec.trim().to_ascii_lowercase();
-    match spec.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => {
+pub fn open_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => {
             if candle_core::utils::cuda_is_available() {
                 if let Ok(d) = Device::new_cuda(0) {
                     return Ok(d);
@@ -67,58 +101,38 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             }
             Ok(Device::Cpu)
         }
-        "metal" => Device::new_metal(0).map_err(|e| {
-            anyhow!("--device metal: {e} (this owrun was built without the `metal` feature?)")
+        DeviceChoice::Metal => Device::new_metal(0).map_err(|e| {
+            LoadError::DeviceUnavailable(
+                "metal".into(),
+                format!("{e} (is this owrun built with the `metal` feature?)"),
+            )
+            .into()
         }),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = s
-                .strip_prefix("cuda:")
-                .map(|n| n.parse())
-                .transpose()
-                .map_err(|_| usage(format!("--device {s}: expected cuda or cuda:N")))?
-                .unwrap_or(0);
-            Device::new_cuda(n).map_err(|e| {
-                anyhow!(
-                    "--device {s}: {e} (build owrun with `--features cuda` and check the NVIDIA driver)"
-                )
-            })
-        }
-        other => Err(usage(format!(
-            "--device {other:?}: expected auto, cpu, cuda, cuda:N or metal"
-        ))),
+        DeviceChoice::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+            LoadError::DeviceUnavailable(
+                format!("cuda:{n}"),
+                format!("{e} (build owrun with `--features cuda` and check the NVIDIA driver)"),
+            )
+            .into()
+        }),
     }
 }
 
-/// The dtype to compute in. `auto`: the checkpoint's own on a GPU; on CPU, f16 checkpoints stay
-/// f16 and everything else runs in f32 (candle's CPU matmul has no bf16).
-fn choose_dtype(spec: &str, config: &ModelConfig, device: &Device) -> Result<DType> {
-    let stored = config
-        .raw
-        .get("torch_dtype")
-        .or_else(|| config.raw.get("dtype"))
-        .and_then(Value::as_str)
-        .unwrap_or("float32");
-    let dtype = match spec.trim().to_ascii_lowercase().as_str() {
-        "auto" => match (stored, device.is_cpu()) {
-            ("float16", _) => DType::F16,
-            ("bfloat16", false) => DType::BF16,
+/// (weight dtype, activation dtype). Weights stay as stored unless asked otherwise. On the CPU
+/// activations are f32 (owrun's kernels multiply them by 16-bit weights directly); on a GPU
+/// they are the weights' dtype, as candle's GPU matmuls want.
+fn choose_dtypes(choice: DTypeChoice, stored: DType, device: &Device) -> (DType, DType) {
+    let weights = match choice {
+        DTypeChoice::Auto => match stored {
+            DType::F16 | DType::BF16 | DType::F32 => stored,
             _ => DType::F32,
         },
-        "f32" | "float32" => DType::F32,
-        "f16" | "float16" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        other => {
-            return Err(usage(format!(
-                "--dtype {other:?}: expected auto, f32, f16 or bf16"
-            )))
-        }
+        DTypeChoice::F32 => DType::F32,
+        DTypeChoice::F16 => DType::F16,
+        DTypeChoice::BF16 => DType::BF16,
     };
-    if dtype == DType::BF16 && device.is_cpu() {
-        return Err(usage(
-            "--dtype bf16 is not supported on CPU (candle has no bf16 matmul there); use f32 or f16",
-        ));
-    }
-    Ok(dtype)
+    let act = if device.is_cpu() { DType::F32 } else { weights };
+    (weights, act)
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -134,58 +148,45 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 }
 
 impl Engine {
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Engine> {
+    /// Load the model in `dir` (config, tokenizer, template) with the safetensors `files`.
+    pub fn load(dir: &Path, files: &[PathBuf], opts: &LoadOptions) -> Result<Engine> {
         let started = Instant::now();
         let config = ModelConfig::load(dir)?;
-        let device = parse_device(&opts.device)?;
-        let dtype = choose_dtype(&opts.dtype, &config, &device)?;
+        let arch = Arch::from_config(&config)
+            .with_context(|| format!("in {}", dir.join("config.json").display()))?;
+        let device = open_device(opts.device)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
-        let template = ChatTemplate::load(dir)?;
+        let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        let template = ChatTemplate::from_config(dir, &tc)?;
 
         let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let mut eos = config.eos_token_ids.clone();
         eos.extend(token_ids(gen.get("eos_token_id")));
-        let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
-        let eos_text = match tc.get("eos_token") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
-            _ => None,
-        };
-        if let Some(id) = eos_text.and_then(|t| tokenizer.token_to_id(&t)) {
+        if let Some(id) =
+            template::special_token(tc.get("eos_token")).and_then(|t| tokenizer.token_to_id(&t))
+        {
             eos.push(id);
         }
         eos.sort_unstable();
         eos.dedup();
+        let sampling = SamplingParams::from_generation_config(&gen);
 
-        let mut sampling = SamplingParams::default();
-        let f = |k: &str| gen.get(k).and_then(Value::as_f64);
-        if gen.get("do_sample").and_then(Value::as_bool) == Some(false) {
-            sampling.temperature = 0.0;
-        } else if let Some(t) = f("temperature") {
-            sampling.temperature = t as f32;
-        }
-        if let Some(v) = gen.get("top_k").and_then(Value::as_u64) {
-            sampling.top_k = v as usize;
-        }
-        if let Some(v) = f("top_p") {
-            sampling.top_p = v as f32;
-        }
-        if let Some(v) = f("min_p") {
-            sampling.min_p = v as f32;
-        }
-        if let Some(v) = f("repetition_penalty") {
-            sampling.repeat_penalty = v as f32;
-        }
-
-        let weights = weight_files(dir);
-        if weights.is_empty() {
+        if files.is_empty() {
             return Err(anyhow!("{} has no safetensors weights", dir.display()));
         }
-        let model = model::load(&config, &weights, dtype, &device)?;
+        // Probe the stored dtype on the embedding table, then hold every matrix in one dtype.
+        let probe = Weights::open(files, &device, None, DType::F32)?;
+        let stored = probe.stored_dtype("model.embed_tokens.weight")?;
+        drop(probe);
+        let (weight_dtype, act_dtype) = choose_dtypes(opts.dtype, stored, &device);
+        let weights = Weights::open(files, &device, Some(weight_dtype), act_dtype)?;
+        let decoder = Decoder::load(arch, &weights, act_dtype, &device)
+            .with_context(|| format!("cannot load {}", weights::describe(files)))?;
+        drop(weights);
         Ok(Engine {
-            model,
+            model: Model::new(decoder),
             tokenizer,
             config,
             template,
@@ -193,7 +194,7 @@ impl Engine {
             sampling,
             load_s: started.elapsed().as_secs_f64(),
             device,
-            dtype,
+            dtype: weight_dtype,
         })
     }
 

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::generate::{generate, GenerateParams};
-use super::sampler::{Sampler, SamplingParams};
+use super::model::SeqId;
+use super::sampler::{argmax, Sampler, SamplingParams};
 use super::template::Message;
-use super::{Engine, LoadOptions};
+use super::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
 
 fn fixtures() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
@@ -20,7 +21,7 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("expected.json").exists())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 9, "fixtures missing in {}", root.display());
+    assert!(dirs.len() >= 11, "fixtures missing in {}", root.display());
     dirs
 }
 
@@ -32,7 +33,16 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
+fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
+    let opts = LoadOptions {
+        device: DeviceChoice::Cpu,
+        dtype,
+    };
+    Engine::load(dir, &[dir.join("model.safetensors")], &opts)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
+}
+
+fn greedy(engine: &mut Engine, seq: SeqId, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut sampler = Sampler::new(SamplingParams {
         temperature: 0.0,
         repeat_penalty: 1.0,
@@ -43,12 +53,11 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         max_tokens: Some(n),
         stop: &[],
         eos: &eos,
-        context: engine.config.context,
-        start: 0,
         cancel: None,
     };
     generate(
-        engine.model.as_mut(),
+        &mut engine.model,
+        seq,
         &engine.tokenizer,
         &mut sampler,
         prompt,
@@ -61,16 +70,12 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
 
 #[test]
 fn every_family_matches_transformers() {
-    let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: "f32".into(),
-    };
     for dir in fixtures() {
         let family = dir.file_name().unwrap().to_string_lossy().to_string();
         let exp: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
-        let mut engine = Engine::load(&dir, &opts).unwrap_or_else(|e| panic!("{family}: {e:#}"));
+        let mut engine = load(&dir, DTypeChoice::F32);
         let mut want_eos = ids(&exp["eos_token_ids"]);
         want_eos.sort_unstable();
         assert_eq!(engine.eos, want_eos, "{family}: end-of-sequence ids");
@@ -108,8 +113,8 @@ fn every_family_matches_transformers() {
         );
 
         for (what, case, prompt) in [("plain", plain, prompt), ("chat", chat, chat_prompt)] {
-            engine.model.reset().unwrap();
-            let logits = engine.model.forward(&prompt, 0).unwrap();
+            let seq = engine.model.new_sequence();
+            let logits = engine.model.forward(seq, &prompt).unwrap();
             let want: Vec<f64> = case["first_logits"]
                 .as_array()
                 .unwrap()
@@ -127,8 +132,8 @@ fn every_family_matches_transformers() {
                 "{family} {what}: logits differ by {max_diff}"
             );
 
-            engine.model.reset().unwrap();
-            let tokens = greedy(&mut engine, &prompt, 12);
+            engine.model.truncate(seq, 0).unwrap();
+            let tokens = greedy(&mut engine, seq, &prompt, 12);
             assert_eq!(
                 tokens,
                 ids(&case["new_token_ids"]),
@@ -138,94 +143,70 @@ fn every_family_matches_transformers() {
     }
 }
 
-/// Why Mistral, Phi-3 (with a window) and Gemma 2 are owrun's own code, and why Gemma 3's
-/// prompt is fed in pieces:
-/// once a sequence is longer than the sliding window, candle-transformers' versions used
-/// directly stop agreeing with transformers (owrun's agree: `every_family_matches_transformers`).
+/// Several sequences in one model, decoded together in batched forwards, each give exactly the
+/// tokens they give alone; a sequence cut back and fed again continues as if never cut.
 #[test]
-fn candle_gets_sliding_windows_wrong() {
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::VarBuilder;
-    use candle_transformers::models::{gemma2, gemma3, mistral, phi3};
-
-    enum Candle {
-        Mistral(mistral::Model),
-        Gemma2(gemma2::Model),
-        Gemma3(gemma3::Model),
-        Phi3(phi3::Model),
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    for family in ["mistral", "phi3", "gemma2", "gemma3"] {
-        let dir = root.join(family);
+fn interleaved_sequences_match_sequences_alone() {
+    for family in ["llama", "gemma3", "mixtral", "phi3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(family);
         let exp: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
-        let config = super::config::ModelConfig::load(&dir).unwrap();
-        let weights = [dir.join("model.safetensors")];
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }
-            .unwrap();
-        let raw = config.raw.clone();
-        let mut model = match family {
-            "mistral" => Candle::Mistral(
-                mistral::Model::new(&serde_json::from_value(raw).unwrap(), vb).unwrap(),
-            ),
-            "phi3" => {
-                Candle::Phi3(phi3::Model::new(&serde_json::from_value(raw).unwrap(), vb).unwrap())
-            }
-            "gemma2" => Candle::Gemma2(
-                gemma2::Model::new(false, &serde_json::from_value(raw).unwrap(), vb).unwrap(),
-            ),
-            _ => Candle::Gemma3(
-                gemma3::Model::new(false, &serde_json::from_value(raw).unwrap(), vb).unwrap(),
-            ),
-        };
-        let mut differs = false;
-        for case in ["plain", "chat"] {
-            let prompt = ids(&exp[case]["prompt_ids"]);
-            let want = ids(&exp[case]["new_token_ids"]);
-            let mut got = Vec::new();
-            let mut input = prompt.clone();
-            let mut pos = 0;
-            match &mut model {
-                Candle::Mistral(m) => m.clear_kv_cache(),
-                Candle::Gemma2(m) => m.clear_kv_cache(),
-                Candle::Gemma3(m) => m.clear_kv_cache(),
-                Candle::Phi3(m) => m.clear_kv_cache(),
-            }
-            while got.len() < want.len() {
-                let x = Tensor::new(input.as_slice(), &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap();
-                let logits = match &mut model {
-                    Candle::Mistral(m) => m.forward(&x, pos),
-                    Candle::Gemma2(m) => m.forward(&x, pos),
-                    Candle::Gemma3(m) => m.forward(&x, pos),
-                    Candle::Phi3(m) => m.forward(&x, pos),
-                }
-                .unwrap();
-                let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
-                if got.is_empty() {
-                    let first = exp[case]["first_logits"].as_array().unwrap();
-                    let drift = logits
-                        .iter()
-                        .zip(first)
-                        .map(|(a, b)| (*a as f64 - b.as_f64().unwrap()).abs())
-                        .fold(0.0, f64::max);
-                    differs |= drift > 1e-2;
-                }
-                let next = (0..logits.len())
-                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-                    .unwrap() as u32;
-                pos += input.len();
-                got.push(next);
-                input = vec![next];
-            }
-            differs |= got != want;
-        }
-        assert!(
-            differs,
-            "{family}: candle now agrees with transformers; drop owrun's copy?"
+        let mut engine = load(&dir, DTypeChoice::F32);
+        let prompts = [
+            ids(&exp["plain"]["prompt_ids"]),
+            ids(&exp["chat"]["prompt_ids"]),
+        ];
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let seq = engine.model.new_sequence();
+                let out = greedy_raw(&mut engine, &[(seq, p.clone())], 10).remove(0);
+                engine.model.free(seq);
+                out
+            })
+            .collect();
+        // Both sequences advance in the same forwards (prefill of both, then one token each).
+        let a = engine.model.new_sequence();
+        let b = engine.model.new_sequence();
+        let together = greedy_raw(
+            &mut engine,
+            &[(a, prompts[0].clone()), (b, prompts[1].clone())],
+            10,
         );
+        assert_eq!(together, alone, "{family}: batched decoding");
+
+        // Truncation: cut b back to its prompt minus two tokens, feed them again.
+        let keep = prompts[1].len() - 2;
+        engine.model.truncate(b, keep).unwrap();
+        assert_eq!(engine.model.len(b), keep);
+        let again = greedy_raw(&mut engine, &[(b, prompts[1][keep..].to_vec())], 10).remove(0);
+        assert_eq!(again, alone[1], "{family}: after truncation");
     }
+}
+
+/// Greedy decoding of several sequences in lockstep: each entry's tokens are appended to its
+/// sequence, then `n` tokens are chosen for each.
+fn greedy_raw(engine: &mut Engine, start: &[(SeqId, Vec<u32>)], n: usize) -> Vec<Vec<u32>> {
+    let batch: Vec<(SeqId, &[u32])> = start.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+    let mut logits = engine.model.forward_batch(&batch).unwrap();
+    let mut out = vec![Vec::new(); start.len()];
+    for step in 0..n {
+        let next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
+        for (o, t) in out.iter_mut().zip(&next) {
+            o.push(*t);
+        }
+        if step + 1 == n {
+            break;
+        }
+        let batch: Vec<(SeqId, &[u32])> = start
+            .iter()
+            .zip(&next)
+            .map(|((s, _), t)| (*s, std::slice::from_ref(t)))
+            .collect();
+        logits = engine.model.forward_batch(&batch).unwrap();
+    }
+    out
 }

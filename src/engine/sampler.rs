@@ -35,6 +35,32 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// owrun's defaults, overridden by what the model's generation_config.json says.
+    pub fn from_generation_config(gen: &serde_json::Value) -> Self {
+        let mut p = SamplingParams::default();
+        let f = |k: &str| gen.get(k).and_then(serde_json::Value::as_f64);
+        if gen.get("do_sample").and_then(serde_json::Value::as_bool) == Some(false) {
+            p.temperature = 0.0;
+        } else if let Some(t) = f("temperature") {
+            p.temperature = t as f32;
+        }
+        if let Some(v) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
+            p.top_k = v as usize;
+        }
+        if let Some(v) = f("top_p") {
+            p.top_p = v as f32;
+        }
+        if let Some(v) = f("min_p") {
+            p.min_p = v as f32;
+        }
+        if let Some(v) = f("repetition_penalty") {
+            p.repeat_penalty = v as f32;
+        }
+        p
+    }
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
@@ -112,7 +138,8 @@ impl Sampler {
     }
 }
 
-fn argmax(logits: &[f32]) -> u32 {
+/// The most likely token; the lowest id wins a tie (as torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {

@@ -1,102 +1,118 @@
-//! A conversation that keeps its KV cache between turns: each new turn feeds only the tokens
-//! the model has not seen, so the time to first token does not grow with the conversation.
+//! Prompts from conversations, and a conversation that keeps its KV cache between turns.
 //!
-//! The cache is described by the text it stands for (the rendered prompt plus what the model
-//! generated). A new turn renders the whole conversation again; when that text extends the
-//! cached text, only the difference is tokenized and fed. When it does not (the system prompt
-//! changed, a template rewrote an earlier turn), the cache is dropped and the conversation is
-//! fed from the start.
+//! Every turn renders the whole conversation again and tokenizes it; the model's sequence is
+//! cut back to the longest prefix it shares with those tokens and only the rest is fed. So the
+//! time to first token does not grow with the conversation, and a template that rewrites an
+//! earlier answer (trimming it, dropping reasoning) costs only the tokens from that point on.
 
 use anyhow::Result;
 
+use super::generate::Generation;
+use super::model::SeqId;
+use super::reasoning::Splitter;
 use super::template::Message;
 use super::Engine;
 
-#[derive(Default)]
+/// A conversation rendered for the model.
+pub struct Prompt {
+    pub tokens: Vec<u32>,
+    /// The template has no system role and the system prompt went into the first user turn.
+    pub folded_system: bool,
+    /// The template left the model inside an opened `<think>` (DeepSeek-R1).
+    pub opens_thinking: bool,
+}
+
+impl Engine {
+    /// The conversation as the model sees it: its chat template, or (for models without one,
+    /// or `raw`) the messages' text one after another: each user message starts a new
+    /// paragraph, each answer follows its prompt directly (as it was generated).
+    pub fn prompt(&self, messages: &[Message], raw: bool) -> Result<Prompt> {
+        if let Some(t) = self.template.as_ref().filter(|_| !raw) {
+            let (text, folded_system) = t.render_chat(messages)?;
+            // A rendered template already holds BOS, as in transformers' apply_chat_template.
+            return Ok(Prompt {
+                tokens: self.encode(&text, false)?,
+                opens_thinking: Splitter::prompt_opens_thinking(&text),
+                folded_system,
+            });
+        }
+        let mut text = String::new();
+        for m in messages {
+            if m.role != "assistant" && !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(&m.content);
+        }
+        Ok(Prompt {
+            tokens: self.encode(&text, true)?,
+            folded_system: false,
+            opens_thinking: false,
+        })
+    }
+}
+
 pub struct Session {
-    cached_text: String,
-    cached_tokens: usize,
+    seq: SeqId,
+    /// The tokens the sequence's cache holds.
+    cached: Vec<u32>,
 }
 
 /// What to feed the model for one turn.
 pub struct Turn {
-    pub tokens: Vec<u32>,
-    /// Position of the first of them (= tokens already in the cache, reused).
+    pub prompt: Prompt,
+    /// Tokens of the prompt already in the cache (reused); the rest are fed.
     pub start: usize,
-    /// The full rendered prompt.
-    pub text: String,
-    /// The template has no system role and the system prompt went into the first user turn.
-    pub folded_system: bool,
+}
+
+impl Turn {
+    pub fn new_tokens(&self) -> &[u32] {
+        &self.prompt.tokens[self.start..]
+    }
 }
 
 impl Session {
-    pub fn new() -> Self {
-        Session::default()
+    pub fn new(engine: &mut Engine) -> Self {
+        Session {
+            seq: engine.model.new_sequence(),
+            cached: Vec::new(),
+        }
     }
 
-    /// Forget the cache (a new conversation, or a conversation loaded from a file).
+    pub fn seq(&self) -> SeqId {
+        self.seq
+    }
+
+    /// Forget the cache (a new conversation, or one loaded from a file).
     pub fn reset(&mut self, engine: &mut Engine) -> Result<()> {
-        engine.model.reset()?;
-        self.cached_text.clear();
-        self.cached_tokens = 0;
+        engine.model.truncate(self.seq, 0)?;
+        self.cached.clear();
         Ok(())
     }
 
     pub fn cached_tokens(&self) -> usize {
-        self.cached_tokens
+        self.cached.len()
     }
 
-    /// Render `messages` (ending with the user's new message) and work out what to feed.
+    /// Render `messages` (ending with the user's new message) and cut the cache back to what
+    /// the new prompt shares with it.
     pub fn prepare(&mut self, engine: &mut Engine, messages: &[Message]) -> Result<Turn> {
-        let (text, folded_system, add_special) = render(engine, messages)?;
-        if self.cached_tokens > 0 && text.starts_with(&self.cached_text) {
-            let delta = &text[self.cached_text.len()..];
-            let tokens = engine.encode(delta, false)?;
-            return Ok(Turn {
-                tokens,
-                start: self.cached_tokens,
-                text,
-                folded_system,
-            });
-        }
-        self.reset(engine)?;
-        let tokens = engine.encode(&text, add_special)?;
-        Ok(Turn {
-            tokens,
-            start: 0,
-            text,
-            folded_system,
-        })
+        let prompt = engine.prompt(messages, false)?;
+        let shared = self
+            .cached
+            .iter()
+            .zip(&prompt.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // At least one token must be fed to get logits for the next one.
+        let start = shared.min(prompt.tokens.len().saturating_sub(1));
+        engine.model.truncate(self.seq, start)?;
+        self.cached.truncate(start);
+        Ok(Turn { prompt, start })
     }
 
-    /// After generating: the cache now holds the turn's tokens and `generated` more, which
-    /// stream-decoded to `generated_text`.
-    pub fn record(&mut self, turn: &Turn, generated: usize, generated_text: &str) {
-        self.cached_text = format!("{}{generated_text}", turn.text);
-        self.cached_tokens = turn.start + turn.tokens.len() + generated;
-    }
-}
-
-/// The conversation as the model sees it: its chat template, or (for models without one) the
-/// messages' text one after another. Returns the text, whether a system prompt was folded, and
-/// whether the tokenizer should add its special tokens (BOS) itself.
-pub fn render(engine: &Engine, messages: &[Message]) -> Result<(String, bool, bool)> {
-    match &engine.template {
-        Some(t) => {
-            let (text, folded) = t.render_chat(messages)?;
-            Ok((text, folded, false))
-        }
-        // A model without a template continues the text: each user message starts a new
-        // paragraph, each answer follows its prompt directly (as it was generated).
-        None => {
-            let mut text = String::new();
-            for m in messages {
-                if m.role != "assistant" && !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(&m.content);
-            }
-            Ok((text, false, true))
-        }
+    /// After generating: the cache holds the turn's prompt and the generated tokens fed.
+    pub fn record(&mut self, turn: &Turn, gen: &Generation) {
+        self.cached = turn.prompt.tokens.clone();
+        self.cached.extend_from_slice(&gen.tokens[..gen.fed]);
     }
 }

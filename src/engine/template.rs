@@ -22,28 +22,23 @@ pub struct ChatTemplate {
 }
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
-fn token_text(v: Option<&Value>) -> String {
+pub fn special_token(v: Option<&Value>) -> Option<String> {
     match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Object(o)) => o
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        _ => String::new(),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
     }
+}
+
+fn token_text(v: Option<&Value>) -> String {
+    special_token(v).unwrap_or_default()
 }
 
 impl ChatTemplate {
     /// The template of a model folder: chat_template.jinja, else tokenizer_config.json's
     /// `chat_template` (a string, or a list of named templates of which "default" is used).
-    pub fn load(dir: &Path) -> Result<Option<Self>> {
-        let tc_path = dir.join("tokenizer_config.json");
-        let tc: Value = match std::fs::read_to_string(&tc_path) {
-            Ok(t) => serde_json::from_str(&t)
-                .with_context(|| format!("{} is not valid JSON", tc_path.display()))?,
-            Err(_) => Value::Null,
-        };
+    /// `tc` is the folder's tokenizer_config.json (Null when it has none).
+    pub fn from_config(dir: &Path, tc: &Value) -> Result<Option<Self>> {
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.exists() {
             Some(
@@ -170,14 +165,18 @@ mod tests {
                                   {"name": "default", "template": "D{{ bos_token }}"}]}"#,
         )
         .unwrap();
-        let t = ChatTemplate::load(d.path()).unwrap().unwrap();
+        let load = || {
+            let tc = std::fs::read_to_string(d.path().join("tokenizer_config.json")).unwrap();
+            ChatTemplate::from_config(d.path(), &serde_json::from_str(&tc).unwrap()).unwrap()
+        };
+        let t = load().unwrap();
         assert_eq!(t.render(&[], true).unwrap(), "D<s>");
         std::fs::write(d.path().join("chat_template.jinja"), "J{{ eos_token }}").unwrap();
-        let t = ChatTemplate::load(d.path()).unwrap().unwrap();
+        let t = load().unwrap();
         assert_eq!(t.render(&[], true).unwrap(), "J</s>");
         std::fs::write(d.path().join("tokenizer_config.json"), "{}").unwrap();
         std::fs::remove_file(d.path().join("chat_template.jinja")).unwrap();
-        assert!(ChatTemplate::load(d.path()).unwrap().is_none());
+        assert!(load().is_none());
     }
 
     #[test]

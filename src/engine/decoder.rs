@@ -1,0 +1,462 @@
+//! owrun's transformer decoder: one implementation for every family, steered by an [`Arch`].
+//!
+//! A forward takes a batch of sequences, each with its own KV cache and new tokens. The tokens
+//! of all sequences go through the embedding, the projections and the MLPs together (one matmul
+//! reads each weight once for the whole batch); attention runs per sequence against its cache.
+//! Following transformers' modeling code: RMSNorm (with Gemma's 1 + w gains), rotary embeddings
+//! (see `rope`), grouped-query attention without copying keys per head group, sliding windows
+//! (a query at i sees keys j with i - window < j <= i), soft-capping, Mixtral's top-k routing.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::arch::{Activation, Arch};
+use super::kv::KvCache;
+use super::linear::Linear;
+use super::weights::Weights;
+
+enum Projections {
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    /// Phi-3's qkv_proj: rows q, then k, then v.
+    Fused(Linear),
+}
+
+struct Mlp {
+    /// gate and up as one fused matrix (Phi-3), or separately.
+    gate_up: Option<Linear>,
+    gate: Option<Linear>,
+    up: Option<Linear>,
+    down: Linear,
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    /// Mixtral: a router and experts, `top_k` of which see each token.
+    Experts {
+        router: Linear,
+        experts: Vec<Mlp>,
+        top_k: usize,
+    },
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+    pre_feedforward_norm: Option<Tensor>,
+    post_feedforward_norm: Option<Tensor>,
+    projections: Projections,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: Linear,
+    feed_forward: FeedForward,
+}
+
+pub struct Decoder {
+    pub arch: Arch,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    /// The dtype activations (and the KV cache) are kept in.
+    pub act_dtype: DType,
+    pub device: Device,
+    /// Bytes of weights held.
+    pub weight_bytes: usize,
+}
+
+/// One sequence's part of a batched forward.
+pub struct Segment<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+}
+
+fn bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+impl Decoder {
+    pub fn load(arch: Arch, w: &Weights, act_dtype: DType, device: &Device) -> Result<Decoder> {
+        let a = &arch;
+        let (h, hd, im) = (a.hidden, a.head_dim, a.intermediate);
+        let (q_out, kv_out) = (a.heads * hd, a.kv_heads * hd);
+        let plus_one = a.norm_plus_one;
+        let mut weight_bytes = 0;
+        let mut linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+            let weight = w.matrix(&format!("{name}.weight"), &[out, inp])?;
+            weight_bytes += bytes(&weight);
+            let bias = w.optional_vector(&format!("{name}.bias"), out, false)?;
+            Ok(Linear::new(weight, bias))
+        };
+        let embed = w.matrix("model.embed_tokens.weight", &[a.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(a.layers.len());
+        for i in 0..a.layers.len() {
+            let p = format!("model.layers.{i}");
+            let projections = if a.fused_projections {
+                Projections::Fused(linear(
+                    &format!("{p}.self_attn.qkv_proj"),
+                    q_out + 2 * kv_out,
+                    h,
+                )?)
+            } else {
+                Projections::Separate {
+                    q: linear(&format!("{p}.self_attn.q_proj"), q_out, h)?,
+                    k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h)?,
+                    v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h)?,
+                }
+            };
+            let feed_forward = match a.moe {
+                Some((n, top_k)) => {
+                    let e = format!("{p}.block_sparse_moe");
+                    let router = linear(&format!("{e}.gate"), n, h)?;
+                    let experts = (0..n)
+                        .map(|x| {
+                            Ok(Mlp {
+                                gate_up: None,
+                                gate: Some(linear(&format!("{e}.experts.{x}.w1"), im, h)?),
+                                up: Some(linear(&format!("{e}.experts.{x}.w3"), im, h)?),
+                                down: linear(&format!("{e}.experts.{x}.w2"), h, im)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    FeedForward::Experts {
+                        router,
+                        experts,
+                        top_k,
+                    }
+                }
+                None if a.fused_projections => FeedForward::Dense(Mlp {
+                    gate_up: Some(linear(&format!("{p}.mlp.gate_up_proj"), 2 * im, h)?),
+                    gate: None,
+                    up: None,
+                    down: linear(&format!("{p}.mlp.down_proj"), h, im)?,
+                }),
+                None => FeedForward::Dense(Mlp {
+                    gate_up: None,
+                    gate: Some(linear(&format!("{p}.mlp.gate_proj"), im, h)?),
+                    up: Some(linear(&format!("{p}.mlp.up_proj"), im, h)?),
+                    down: linear(&format!("{p}.mlp.down_proj"), h, im)?,
+                }),
+            };
+            let sandwich = a.sandwich_norms;
+            let norm = |n: &str| w.vector(&format!("{p}.{n}.weight"), h, plus_one);
+            layers.push(Layer {
+                input_norm: norm("input_layernorm")?,
+                post_attention_norm: norm("post_attention_layernorm")?,
+                pre_feedforward_norm: sandwich
+                    .then(|| norm("pre_feedforward_layernorm"))
+                    .transpose()?,
+                post_feedforward_norm: sandwich
+                    .then(|| norm("post_feedforward_layernorm"))
+                    .transpose()?,
+                projections,
+                q_norm: w.optional_vector(&format!("{p}.self_attn.q_norm.weight"), hd, plus_one)?,
+                k_norm: w.optional_vector(&format!("{p}.self_attn.k_norm.weight"), hd, plus_one)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), h, q_out)?,
+                feed_forward,
+            });
+        }
+        let norm = w.vector("model.norm.weight", h, plus_one)?;
+        let lm_head = if a.tied_embeddings || !w.contains("lm_head.weight") {
+            Linear::new(embed.clone(), None)
+        } else {
+            linear("lm_head", a.vocab_size, h)?
+        };
+        weight_bytes += bytes(&embed);
+        Ok(Decoder {
+            arch,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            act_dtype,
+            device: device.clone(),
+            weight_bytes,
+        })
+    }
+
+    /// A new, empty KV cache for one sequence of at most `max_len` tokens.
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        KvCache::new(
+            self.layers.len(),
+            self.arch.kv_heads,
+            self.arch.head_dim,
+            max_len,
+            self.act_dtype,
+            &self.device,
+        )
+    }
+
+    fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            gain,
+            self.arch.norm_eps as f32,
+        )?)
+    }
+
+    /// Run every segment's new tokens and return, per segment, the logits (f32) for the token
+    /// after its last one. Each cache grows by its segment's tokens.
+    pub fn forward(&self, batch: &mut [Segment]) -> Result<Vec<Vec<f32>>> {
+        let mut ids = Vec::new();
+        let mut starts = Vec::with_capacity(batch.len());
+        for seg in batch.iter_mut() {
+            anyhow::ensure!(!seg.tokens.is_empty(), "a forward over no tokens");
+            seg.cache.reserve(seg.tokens.len())?;
+            starts.push(ids.len());
+            ids.extend_from_slice(seg.tokens);
+        }
+        let vocab = self.arch.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+            anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+        }
+        let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
+        let mut x = self
+            .embed
+            .index_select(&ids_t, 0)?
+            .to_dtype(self.act_dtype)?;
+        if let Some(scale) = self.arch.embed_scale {
+            x = (x * scale)?;
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = self.rms_norm(&x, &layer.input_norm)?;
+            let a = self.attention(li, layer, &h, batch, &starts)?;
+            x = if self.arch.sandwich_norms {
+                let x = (x + self.rms_norm(&a, &layer.post_attention_norm)?)?;
+                let pre = layer.pre_feedforward_norm.as_ref().context("norm")?;
+                let m = self.feed_forward(&layer.feed_forward, &self.rms_norm(&x, pre)?)?;
+                let post = layer.post_feedforward_norm.as_ref().context("norm")?;
+                (x + self.rms_norm(&m, post)?)?
+            } else {
+                let x = (x + a)?;
+                let m = self.feed_forward(
+                    &layer.feed_forward,
+                    &self.rms_norm(&x, &layer.post_attention_norm)?,
+                )?;
+                (x + m)?
+            };
+        }
+        let last: Vec<u32> = batch
+            .iter()
+            .zip(&starts)
+            .map(|(seg, &s)| (s + seg.tokens.len() - 1) as u32)
+            .collect();
+        let last = Tensor::new(last.as_slice(), &self.device)?;
+        let x = self.rms_norm(&x.index_select(&last, 0)?, &self.norm)?;
+        let mut logits = self.lm_head.forward(&x)?;
+        if let Some(cap) = self.arch.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        for seg in batch.iter_mut() {
+            seg.cache.advance(seg.tokens.len());
+        }
+        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+
+    fn attention(
+        &self,
+        li: usize,
+        layer: &Layer,
+        x: &Tensor,
+        batch: &mut [Segment],
+        starts: &[usize],
+    ) -> Result<Tensor> {
+        let a = &self.arch;
+        let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
+        let rep = nh / nkv;
+        let (q, k, v) = match &layer.projections {
+            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Projections::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                (
+                    y.narrow(1, 0, nh * hd)?,
+                    y.narrow(1, nh * hd, nkv * hd)?,
+                    y.narrow(1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        let info = &a.layers[li];
+        let rope = &a.ropes[info.rope];
+        let mut outputs = Vec::with_capacity(batch.len());
+        for (seg, &start) in batch.iter_mut().zip(starts) {
+            let t = seg.tokens.len();
+            let pos = seg.cache.len();
+            let heads = |x: &Tensor, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
+                let x = x.narrow(0, start, t)?.reshape((1, t, n, hd))?;
+                let x = match norm {
+                    Some(g) => self.rms_norm(&x, g)?,
+                    None => x.contiguous()?,
+                };
+                // 1 × t × n × hd → n × t × hd
+                Ok(rope
+                    .apply(&x, pos)?
+                    .squeeze(0)?
+                    .transpose(0, 1)?
+                    .contiguous()?)
+            };
+            let qs = heads(&q, nh, &layer.q_norm)?;
+            let ks = heads(&k, nkv, &layer.k_norm)?;
+            let vs = v
+                .narrow(0, start, t)?
+                .reshape((t, nkv, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            seg.cache.write(li, &ks, &vs)?;
+            let first_key = info.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let (keys, values) = seg.cache.read(li, first_key, pos + t)?;
+            let (keys, values) = if self.device.is_cpu() {
+                (keys, values)
+            } else {
+                (keys.contiguous()?, values.contiguous()?)
+            };
+            let n_keys = pos + t - first_key;
+            // Query heads that share a key head are stacked as rows: kv_heads × (rep·t) × hd.
+            let qs = qs.reshape((nkv, rep * t, hd))?;
+            let mut scores = (qs.matmul(&keys.t()?)? * a.attention_scale)?;
+            if let Some(cap) = a.attention_softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            let mut scores = scores
+                .reshape((nkv, rep, t, n_keys))?
+                .to_dtype(DType::F32)?;
+            if let Some(mask) = mask(t, pos, first_key, n_keys, info.window, &self.device)? {
+                scores = scores.broadcast_add(&mask)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?
+                .to_dtype(self.act_dtype)?
+                .reshape((nkv, rep * t, n_keys))?;
+            let out = probs
+                .matmul(&values)?
+                .reshape((nh, t, hd))?
+                .transpose(0, 1)?
+                .reshape((t, nh * hd))?;
+            outputs.push(out);
+        }
+        let out = if outputs.len() == 1 {
+            outputs.pop().context("one output")?
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        layer.o.forward(&out)
+    }
+
+    fn mlp(&self, m: &Mlp, x: &Tensor) -> Result<Tensor> {
+        let (gate, up) = match (&m.gate_up, &m.gate, &m.up) {
+            (Some(gu), _, _) => {
+                let y = gu.forward(x)?;
+                let n = y.dim(1)? / 2;
+                (y.narrow(1, 0, n)?, y.narrow(1, n, n)?)
+            }
+            (None, Some(g), Some(u)) => (g.forward(x)?, u.forward(x)?),
+            _ => anyhow::bail!("an MLP without gate or up projection"),
+        };
+        let gate = match self.arch.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        m.down.forward(&(gate * up)?)
+    }
+
+    fn feed_forward(&self, ff: &FeedForward, x: &Tensor) -> Result<Tensor> {
+        let (router, experts, top_k) = match ff {
+            FeedForward::Dense(m) => return self.mlp(m, x),
+            FeedForward::Experts {
+                router,
+                experts,
+                top_k,
+            } => (router, experts, *top_k),
+        };
+        // Routing as transformers' Mixtral: softmax over all experts, keep the top k,
+        // renormalise their weights to sum to one.
+        let logits = router.forward(x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
+        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); experts.len()];
+        for (r, l) in logits.iter().enumerate() {
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let p: Vec<f32> = l.iter().map(|v| (v - max).exp()).collect();
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k.min(order.len())];
+            let sum: f32 = chosen.iter().map(|&e| p[e]).sum();
+            for &e in chosen {
+                rows[e].push(r as u32);
+                weights[e].push(p[e] / sum);
+            }
+        }
+        let mut out = x.zeros_like()?;
+        for (e, expert) in experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let n = rows[e].len();
+            let idx = Tensor::new(rows[e].as_slice(), &self.device)?;
+            let w = Tensor::from_vec(weights[e].clone(), (n, 1), &self.device)?
+                .to_dtype(self.act_dtype)?;
+            let y = self
+                .mlp(expert, &x.index_select(&idx, 0)?)?
+                .broadcast_mul(&w)?;
+            out = out.index_add(&idx, &y, 0)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Additive mask for `t` queries at positions pos.. against `keys` keys from position
+/// `first_key`, or None when every query sees every key.
+fn mask(
+    t: usize,
+    pos: usize,
+    first_key: usize,
+    keys: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let visible = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
+    let all = (0..t).all(|qi| (0..keys).all(|kj| visible(pos + qi, first_key + kj)));
+    if all {
+        return Ok(None);
+    }
+    let m: Vec<f32> = (0..t)
+        .flat_map(|qi| {
+            (0..keys).map(move |kj| {
+                if visible(pos + qi, first_key + kj) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(m, (t, keys), device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_hides_keys_window_or_more_positions_back() {
+        let m: Vec<f32> = mask(1, 10, 0, 11, Some(4), &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let visible: Vec<usize> = (0..11).filter(|&j| m[j] == 0.0).collect();
+        assert_eq!(visible, [7, 8, 9, 10]);
+        assert!(mask(1, 10, 0, 11, None, &Device::Cpu).unwrap().is_none());
+        // Prefill: causal within the new tokens.
+        let m: Vec<f32> = mask(2, 0, 0, 2, None, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(m, [0.0, f32::NEG_INFINITY, 0.0, 0.0]);
+    }
+}

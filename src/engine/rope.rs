@@ -1,0 +1,210 @@
+//! Rotary position embeddings, computed for the positions a forward needs (no table sized to
+//! the whole context): default, linear, llama3 and LongRoPE (Phi-3.5 / Phi-4, "su" in early
+//! files), over all of a head or its first part (partial rotary). Frequencies follow
+//! transformers' `modeling_rope_utils` in f32, so logits agree to rounding.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// Rotated dimensions of a head (the rest pass through unchanged).
+    pub rot_dim: usize,
+    inv_freq: Vec<f32>,
+    /// LongRoPE: these frequencies once a sequence is longer than `original` positions.
+    long: Option<(Vec<f32>, usize)>,
+    /// Multiplies cos and sin (LongRoPE's attention factor; 1 elsewhere).
+    scale: f32,
+}
+
+fn base_freqs(theta: f64, dim: usize) -> Vec<f32> {
+    (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / (theta as f32).powf(i as f32 / dim as f32))
+        .collect()
+}
+
+impl Rope {
+    /// `scaling`: config.json's `rope_scaling` (null or absent: none). `max_pos` and
+    /// `original_max_pos` are the config's `max_position_embeddings` and (Phi-3)
+    /// `original_max_position_embeddings`.
+    pub fn new(
+        head_dim: usize,
+        partial: f64,
+        theta: f64,
+        scaling: Option<&Value>,
+        max_pos: usize,
+        original_max_pos: Option<usize>,
+    ) -> Result<Rope> {
+        let rot_dim = ((head_dim as f64 * partial) as usize) & !1;
+        let mut rope = Rope {
+            rot_dim,
+            inv_freq: base_freqs(theta, rot_dim),
+            long: None,
+            scale: 1.0,
+        };
+        let Some(s) = scaling.filter(|s| !s.is_null()) else {
+            return Ok(rope);
+        };
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |k: &str| s.get(k).and_then(Value::as_f64);
+        match kind {
+            "default" => {}
+            "linear" => {
+                let factor = num("factor").unwrap_or(1.0) as f32;
+                rope.inv_freq.iter_mut().for_each(|f| *f /= factor);
+            }
+            "llama3" => {
+                let factor = num("factor").unwrap_or(8.0) as f32;
+                let low = num("low_freq_factor").unwrap_or(1.0) as f32;
+                let high = num("high_freq_factor").unwrap_or(4.0) as f32;
+                let old_ctx = num("original_max_position_embeddings").unwrap_or(8192.0) as f32;
+                let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+                for f in rope.inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            "longrope" | "su" => {
+                let factors = |k: &str| -> Result<Vec<f32>> {
+                    let v: Vec<f32> = s
+                        .get(k)
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_f64)
+                                .map(|x| x as f32)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if v.len() != rot_dim / 2 {
+                        bail!(
+                            "rope_scaling.{k} has {} values, expected {}",
+                            v.len(),
+                            rot_dim / 2
+                        );
+                    }
+                    Ok(v)
+                };
+                let (short, long) = (factors("short_factor")?, factors("long_factor")?);
+                let original = num("original_max_position_embeddings")
+                    .map(|v| v as usize)
+                    .or(original_max_pos)
+                    .unwrap_or(max_pos);
+                let factor = num("factor").unwrap_or(max_pos as f64 / original as f64);
+                rope.scale = match num("attention_factor") {
+                    Some(a) => a as f32,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / (original as f64).ln()).sqrt() as f32,
+                };
+                let base = rope.inv_freq.clone();
+                let apply = |ext: &[f32]| -> Vec<f32> {
+                    base.iter().zip(ext).map(|(f, e)| f / e).collect()
+                };
+                rope.inv_freq = apply(&short);
+                rope.long = Some((apply(&long), original));
+            }
+            other => bail!(
+                "rope scaling {other:?} is not supported (supported: linear, llama3, longrope)"
+            ),
+        }
+        Ok(rope)
+    }
+
+    /// cos and sin for positions `first..first + n`, each n × rot_dim/2. LongRoPE switches to
+    /// its long factors when the sequence reaches past the original context, as transformers
+    /// does for the forward that crosses it.
+    pub fn tables(
+        &self,
+        first: usize,
+        n: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let inv = match &self.long {
+            Some((long, original)) if first + n > *original => long,
+            _ => &self.inv_freq,
+        };
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in first..first + n {
+            for f in inv {
+                let a = p as f32 * f;
+                cos.push(a.cos() * self.scale);
+                sin.push(a.sin() * self.scale);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Rotate `x` (1 × t × heads × head_dim, contiguous) for positions `first..first + t`.
+    pub fn apply(&self, x: &Tensor, first: usize) -> Result<Tensor> {
+        let (_, t, _, head_dim) = x.dims4()?;
+        if self.rot_dim == 0 {
+            return Ok(x.clone());
+        }
+        let (cos, sin) = self.tables(first, t, x.dtype(), x.device())?;
+        if self.rot_dim == head_dim {
+            return Ok(candle_nn::rotary_emb::rope_thd(x, &cos, &sin)?);
+        }
+        let rot = x.narrow(3, 0, self.rot_dim)?.contiguous()?;
+        let pass = x.narrow(3, self.rot_dim, head_dim - self.rot_dim)?;
+        let rot = candle_nn::rotary_emb::rope_thd(&rot, &cos, &sin)?;
+        Ok(Tensor::cat(&[&rot, &pass], 3)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
+        let plain = Rope::new(64, 1.0, 500000.0, None, 8192, None).unwrap();
+        let scaled = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let l3 = Rope::new(64, 1.0, 500000.0, Some(&scaled), 131072, None).unwrap();
+        assert_eq!(l3.inv_freq[0], plain.inv_freq[0]);
+        let last = plain.inv_freq.len() - 1;
+        assert!((l3.inv_freq[last] - plain.inv_freq[last] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_scaling_is_refused_by_name() {
+        let s = serde_json::json!({"rope_type": "dynamic", "factor": 2.0});
+        let err = Rope::new(64, 1.0, 1e4, Some(&s), 4096, None).unwrap_err();
+        assert!(err.to_string().contains("dynamic"), "{err}");
+    }
+
+    #[test]
+    fn longrope_switches_factors_past_the_original_context() {
+        let s = serde_json::json!({"rope_type": "longrope", "short_factor": [1.0, 1.0],
+            "long_factor": [2.0, 4.0]});
+        let r = Rope::new(8, 0.5, 1e4, Some(&s), 64, Some(16)).unwrap();
+        assert_eq!(r.rot_dim, 4);
+        let (short, _) = r.tables(10, 1, DType::F32, &Device::Cpu).unwrap();
+        let (long, _) = r.tables(10, 7, DType::F32, &Device::Cpu).unwrap();
+        let a: Vec<f32> = short.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = long
+            .narrow(0, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(a, b, "a forward reaching position 16 uses the long factors");
+    }
+}

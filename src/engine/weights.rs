@@ -1,0 +1,108 @@
+//! Tensors by name from a checkpoint's safetensors files, memory-mapped, each checked for the
+//! shape the decoder expects so a foreign or truncated checkpoint is an error naming the tensor.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+pub struct Weights {
+    files: MmapedSafetensors,
+    device: Device,
+    /// Matmul weights are converted to this dtype (None: kept as stored).
+    matmul_dtype: Option<DType>,
+    /// Norm gains and biases: the activation dtype.
+    small_dtype: DType,
+}
+
+impl Weights {
+    pub fn open(
+        paths: &[PathBuf],
+        device: &Device,
+        matmul_dtype: Option<DType>,
+        small_dtype: DType,
+    ) -> Result<Weights> {
+        // SAFETY: the files are mapped read-only; owrun never writes them while they are mapped,
+        // and the store replaces files only by rename, never in place.
+        let files = unsafe { MmapedSafetensors::multi(paths) }
+            .with_context(|| format!("cannot map weights {}", describe(paths)))?;
+        Ok(Weights {
+            files,
+            device: device.clone(),
+            matmul_dtype,
+            small_dtype,
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.files.get(name).is_ok()
+    }
+
+    /// The dtype matmul weights are stored in (the first one's, when kept as stored).
+    pub fn stored_dtype(&self, name: &str) -> Result<DType> {
+        let view = self.files.get(name).with_context(|| missing(name))?;
+        Ok(DType::try_from(view.dtype()).unwrap_or(DType::F32))
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .files
+            .load(name, &self.device)
+            .with_context(|| missing(name))?;
+        if t.dims() != shape {
+            bail!(
+                "tensor {name} has shape {:?}, but config.json implies {shape:?}",
+                t.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    /// A matmul weight (or the embedding table).
+    pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.load(name, shape)?;
+        Ok(match self.matmul_dtype {
+            Some(d) if d != t.dtype() => t.to_dtype(d)?,
+            _ => t,
+        })
+    }
+
+    /// A norm gain or bias, in the activation dtype; `plus_one` for Gemma's (1 + w) gains.
+    pub fn vector(&self, name: &str, len: usize, plus_one: bool) -> Result<Tensor> {
+        let t = self.load(name, &[len])?.to_dtype(DType::F32)?;
+        let t = if plus_one { (t + 1.0)? } else { t };
+        Ok(t.to_dtype(self.small_dtype)?)
+    }
+
+    pub fn optional_vector(
+        &self,
+        name: &str,
+        len: usize,
+        plus_one: bool,
+    ) -> Result<Option<Tensor>> {
+        if self.contains(name) {
+            Ok(Some(self.vector(name, len, plus_one)?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn missing(name: &str) -> String {
+    format!("the weights lack {name}: truncated, or not a checkpoint of this architecture in Hugging Face layout")
+}
+
+pub fn describe(paths: &[PathBuf]) -> String {
+    match paths {
+        [one] => one.display().to_string(),
+        many => format!(
+            "({} shards in {})",
+            many.len(),
+            many.first()
+                .and_then(|p| p.parent())
+                .unwrap_or(Path::new("."))
+                .display()
+        ),
+    }
+}
