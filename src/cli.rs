@@ -58,6 +58,9 @@ pub enum Command {
     Chat(Box<ChatArgs>),
     /// Measure prefill and decode speed (tokens/s), reported like llama-bench
     Bench(BenchArgs),
+    /// Measure how far a 16-bit (or quantized) model drifts from its f32 self over a text: KL
+    /// divergence, top-1 agreement and perplexity, as llama-perplexity's KLD mode reports them
+    Kld(KldArgs),
     /// Print a shell completion script (e.g. `owrun completions bash > ~/.local/share/bash-completion/completions/owrun`)
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -231,6 +234,27 @@ pub struct BenchArgs {
     /// Repetitions of each test
     #[arg(short = 'r', long, default_value_t = 3, value_name = "N")]
     pub repetitions: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Print one JSON document
+    #[arg(long)]
+    pub json: bool,
+    /// Accept the model's license without asking (the acceptance is recorded)
+    #[arg(long)]
+    pub accept_license: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KldArgs {
+    /// Registry name, hf:owner/name[@revision], or a local directory
+    pub model: String,
+    /// The text to score (default: a built-in story of about 240 words)
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk; each chunk is scored as a fresh sequence
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub chunk: usize,
+    /// The format to measure (--dtype), against the same weights in f32
     #[command(flatten)]
     pub load: LoadArgs,
     /// Print one JSON document

@@ -11,6 +11,7 @@ use crate::store::{Snapshot, Store};
 mod bench;
 mod chat;
 mod display;
+mod kld;
 mod license_cmd;
 mod list;
 pub mod pull;
@@ -68,6 +69,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::License(cmd) => license_cmd::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, &args),
         Command::Bench(args) => bench::run(&ctx, &args),
+        Command::Kld(args) => kld::run(&ctx, &args),
         Command::Chat(args) => chat::run(&ctx, &args),
         Command::Completions { .. } => unreachable!("handled before the settings load"),
     }

@@ -72,6 +72,8 @@ pub struct Decoder {
 pub struct Segment<'a> {
     pub cache: &'a mut KvCache,
     pub tokens: &'a [u32],
+    /// Logits after every token (quality measurements), not just after the last.
+    pub all_logits: bool,
 }
 
 fn bytes(t: &Tensor) -> usize {
@@ -198,8 +200,9 @@ impl Decoder {
         )?)
     }
 
-    /// Run every segment's new tokens and return, per segment, the logits (f32) for the token
-    /// after its last one. Each cache grows by its segment's tokens.
+    /// Run every segment's new tokens and return logits (f32) rows, segment after segment: one
+    /// row (after its last token) per segment, or one per token for `all_logits` segments. Each
+    /// cache grows by its segment's tokens.
     pub fn forward(&self, batch: &mut [Segment]) -> Result<Vec<Vec<f32>>> {
         let mut ids = Vec::new();
         let mut starts = Vec::with_capacity(batch.len());
@@ -242,7 +245,11 @@ impl Decoder {
         let last: Vec<u32> = batch
             .iter()
             .zip(&starts)
-            .map(|(seg, &s)| (s + seg.tokens.len() - 1) as u32)
+            .flat_map(|(seg, &s)| {
+                let end = s + seg.tokens.len();
+                let first = if seg.all_logits { s } else { end - 1 };
+                (first as u32)..(end as u32)
+            })
             .collect();
         let last = Tensor::new(last.as_slice(), &self.device)?;
         let x = self.rms_norm(&x.index_select(&last, 0)?, &self.norm)?;

@@ -13,6 +13,7 @@ pub mod linear;
 pub mod model;
 #[cfg(test)]
 mod parity_tests;
+pub mod quality;
 pub mod reasoning;
 pub mod rope;
 pub mod sampler;

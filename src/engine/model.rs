@@ -76,6 +76,19 @@ impl Model {
         Ok(out.pop().unwrap_or_default())
     }
 
+    /// Append `tokens` to one sequence; returns the logits after each of them (row i predicts
+    /// the token after tokens[i]).
+    pub fn forward_all(&mut self, seq: SeqId, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let Some(cache) = self.sequences.get_mut(&seq) else {
+            bail!("no sequence {seq:?}");
+        };
+        self.decoder.forward(&mut [Segment {
+            cache,
+            tokens,
+            all_logits: true,
+        }])
+    }
+
     /// Append tokens to several distinct sequences in one forward; returns the next-token
     /// logits of each, in order.
     pub fn forward_batch(&mut self, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
@@ -96,7 +109,11 @@ impl Model {
             let mut segments: Vec<Segment> = caches
                 .iter_mut()
                 .zip(batch)
-                .map(|(cache, (_, tokens))| Segment { cache, tokens })
+                .map(|(cache, (_, tokens))| Segment {
+                    cache,
+                    tokens,
+                    all_logits: false,
+                })
                 .collect();
             self.decoder.forward(&mut segments)
         };
