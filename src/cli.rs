@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::quant::Scheme;
 use crate::engine::{DTypeChoice, DeviceChoice};
 
 const AFTER_HELP: &str = "\
@@ -216,6 +217,10 @@ pub struct LoadArgs {
     /// 16-bit on the CPU too, where activations are f32)
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto, value_name = "DTYPE")]
     pub dtype: DTypeArg,
+    /// Quantize the weights at load: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m or
+    /// q5_k_m (llama.cpp's types and mixes). Done once per model; the result is cached beside it
+    #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
+    pub quant: Option<Scheme>,
     /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -314,6 +319,16 @@ impl From<DTypeArg> for DTypeChoice {
             DTypeArg::Bf16 => DTypeChoice::BF16,
         }
     }
+}
+
+fn parse_quant(spec: &str) -> Result<Scheme, String> {
+    Scheme::parse(spec).ok_or_else(|| {
+        let names: Vec<String> = Scheme::ALL
+            .iter()
+            .map(|s| s.name().to_lowercase())
+            .collect();
+        format!("expected one of {}", names.join(", "))
+    })
 }
 
 fn parse_device(spec: &str) -> Result<DeviceChoice, String> {

@@ -21,7 +21,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     }
     let model = ctx.resolve(&args.model)?;
     let dir = ready_model(ctx, &model, args.accept_license)?;
-    let mut engine = load_engine(&dir, &args.load)?;
+    let mut engine = load_engine(ctx, &dir, &args.load)?;
     let context = engine.config.context;
     if args.prompt_tokens + args.gen_tokens > context {
         return Err(usage(format!(

@@ -59,7 +59,7 @@ struct Chat {
 pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
     let model = ctx.resolve(&args.model)?;
     let dir = ready_model(ctx, &model, args.accept_license)?;
-    let mut engine = load_engine(&dir, &args.load)?;
+    let mut engine = load_engine(ctx, &dir, &args.load)?;
     let snapshot = ctx.local_snapshot(&model);
     let license_line = licenses_of(&model, snapshot.as_ref())
         .iter()

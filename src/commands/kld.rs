@@ -32,9 +32,10 @@ pub fn run(ctx: &Ctx, args: &KldArgs) -> Result<()> {
     // The reference: the same weights in f32, on the same device, run first and dropped.
     let reference_load = LoadArgs {
         dtype: DTypeArg::F32,
+        quant: None,
         ..args.load.clone()
     };
-    let mut reference = load_engine(&dir, &reference_load)?;
+    let mut reference = load_engine(ctx, &dir, &reference_load)?;
     let tokens = reference.encode(&text, true)?;
     if tokens.len() < 2 {
         return Err(usage("the text is too short: it needs at least 2 tokens"));
@@ -43,10 +44,13 @@ pub fn run(ctx: &Ctx, args: &KldArgs) -> Result<()> {
     let want = log_probs(&mut reference.model, &tokens, chunk)?;
     drop(reference);
 
-    let mut test = load_engine(&dir, &args.load)?;
+    let mut test = load_engine(ctx, &dir, &args.load)?;
     let got = log_probs(&mut test.model, &tokens, chunk)?;
     let c = compare(&want, &got, &tokens, chunk);
-    let format = format!("{:?}", test.dtype).to_lowercase();
+    let format = match test.quant {
+        Some(q) => q.name().to_string(),
+        None => format!("{:?}", test.dtype).to_lowercase(),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = json!({

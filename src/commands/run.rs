@@ -10,12 +10,14 @@ use super::display::{generate_shown, note_folded_system, Shown};
 use super::{acceptance_key, licenses_of, pull, Ctx};
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
 use crate::engine::generate::GenerateParams;
+use crate::engine::quant::Scheme;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::template::Message;
 use crate::engine::{Engine, LoadError, LoadOptions};
 use crate::error::usage;
 use crate::license::{self, GateRequest};
 use crate::registry::ModelRef;
+use sha2::Digest;
 
 pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
     if args.raw && (args.system.is_some() || args.messages.is_some()) {
@@ -52,7 +54,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
 
     let model = ctx.resolve(&args.model)?;
     let dir = ready_model(ctx, &model, args.accept_license)?;
-    let mut engine = load_engine(&dir, &args.load)?;
+    let mut engine = load_engine(ctx, &dir, &args.load)?;
 
     let prompt = engine.prompt(&messages, args.raw)?;
     if prompt.folded_system {
@@ -172,7 +174,7 @@ pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<
     pull::pull(ctx, model, accept_license)
 }
 
-pub fn load_engine(dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
+pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
     if let Some(n) = load.threads {
         if n == 0 {
             return Err(usage("--threads must be at least 1"));
@@ -184,15 +186,49 @@ pub fn load_engine(dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
     let options = LoadOptions {
         device: load.device,
         dtype: load.dtype.into(),
+        quant: load.quant,
+        quant_cache: load.quant.map(|q| quant_cache_path(ctx, dir, q)),
     };
-    Engine::load(dir, &crate::store::weight_files(dir), &options).map_err(|e| {
+    let engine = Engine::load(dir, &crate::store::weight_files(dir), &options).map_err(|e| {
         // A device that is not there is the user's choice to revisit, not the model's fault.
         if let Some(LoadError::DeviceUnavailable(..)) = e.downcast_ref::<LoadError>() {
             usage(format!("--device: {e}"))
         } else {
             e.context(format!("cannot load the model in {}", dir.display()))
         }
-    })
+    })?;
+    for note in &engine.notes {
+        eprintln!("owrun: {note}");
+    }
+    Ok(engine)
+}
+
+/// Where a model's weights quantized under `scheme` are kept: beside the model in the store
+/// (`models--owner--name/owrun/<commit>.<scheme>.gguf`, so `owrun rm` removes them too), or
+/// for a local directory under owrun's data directory, named after the directory's path.
+fn quant_cache_path(ctx: &Ctx, dir: &std::path::Path, scheme: Scheme) -> PathBuf {
+    let file = |stem: &str| format!("{stem}.{}.gguf", scheme.name().to_ascii_lowercase());
+    let snapshots = dir.parent();
+    if let (Some(commit), Some(repo)) = (
+        dir.file_name().and_then(|c| c.to_str()),
+        snapshots
+            .filter(|s| s.file_name().is_some_and(|n| n == "snapshots"))
+            .and_then(|s| s.parent()),
+    ) {
+        return repo.join("owrun").join(file(commit));
+    }
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let digest = crate::hub::hex(&sha2::Sha256::digest(
+        canonical.to_string_lossy().as_bytes(),
+    ));
+    let name = canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    ctx.settings
+        .data_dir
+        .join("quantized")
+        .join(file(&format!("{name}-{}", &digest[..16])))
 }
 
 /// The model's defaults, overridden by the flags the user gave.

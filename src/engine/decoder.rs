@@ -12,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::arch::{Activation, Arch};
 use super::kv::KvCache;
-use super::linear::Linear;
+use super::linear::{Linear, Matrix};
+use super::quant::Role;
 use super::weights::Weights;
 
 enum Projections {
@@ -57,7 +58,7 @@ struct Layer {
 
 pub struct Decoder {
     pub arch: Arch,
-    embed: Tensor,
+    embed: Matrix,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -68,6 +69,21 @@ pub struct Decoder {
     pub weight_bytes: usize,
 }
 
+/// The linear layer `name` (`.weight`, optional `.bias`), counting its bytes.
+fn linear(
+    w: &mut Weights,
+    bytes: &mut usize,
+    name: &str,
+    out: usize,
+    inp: usize,
+    role: Role,
+) -> Result<Linear> {
+    let weight = w.matrix(&format!("{name}.weight"), &[out, inp], role)?;
+    *bytes += weight.bytes();
+    let bias = w.optional_vector(&format!("{name}.bias"), out, false)?;
+    Ok(Linear::new(weight, bias))
+}
+
 /// One sequence's part of a batched forward.
 pub struct Segment<'a> {
     pub cache: &'a mut KvCache,
@@ -76,51 +92,91 @@ pub struct Segment<'a> {
     pub all_logits: bool,
 }
 
-fn bytes(t: &Tensor) -> usize {
-    t.elem_count() * t.dtype().size_in_bytes()
-}
-
 impl Decoder {
-    pub fn load(arch: Arch, w: &Weights, act_dtype: DType, device: &Device) -> Result<Decoder> {
+    pub fn load(arch: Arch, w: &mut Weights, act_dtype: DType, device: &Device) -> Result<Decoder> {
         let a = &arch;
         let (h, hd, im) = (a.hidden, a.head_dim, a.intermediate);
         let (q_out, kv_out) = (a.heads * hd, a.kv_heads * hd);
         let plus_one = a.norm_plus_one;
         let mut weight_bytes = 0;
-        let mut linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            let weight = w.matrix(&format!("{name}.weight"), &[out, inp])?;
-            weight_bytes += bytes(&weight);
-            let bias = w.optional_vector(&format!("{name}.bias"), out, false)?;
-            Ok(Linear::new(weight, bias))
-        };
-        let embed = w.matrix("model.embed_tokens.weight", &[a.vocab_size, h])?;
+        let tied = a.tied_embeddings || !w.contains("lm_head.weight");
+        // A tied embedding table is also the output matrix, and quantized as one.
+        let embed_role = if tied { Role::Output } else { Role::Embedding };
+        let embed = w.matrix("model.embed_tokens.weight", &[a.vocab_size, h], embed_role)?;
+        weight_bytes += embed.bytes();
         let mut layers = Vec::with_capacity(a.layers.len());
         for i in 0..a.layers.len() {
             let p = format!("model.layers.{i}");
+            let (other, down) = (Role::Other, Role::FfnDown { layer: i });
             let projections = if a.fused_projections {
                 Projections::Fused(linear(
+                    w,
+                    &mut weight_bytes,
                     &format!("{p}.self_attn.qkv_proj"),
                     q_out + 2 * kv_out,
                     h,
+                    other,
                 )?)
             } else {
                 Projections::Separate {
-                    q: linear(&format!("{p}.self_attn.q_proj"), q_out, h)?,
-                    k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h)?,
-                    v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h)?,
+                    q: linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.self_attn.q_proj"),
+                        q_out,
+                        h,
+                        other,
+                    )?,
+                    k: linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.self_attn.k_proj"),
+                        kv_out,
+                        h,
+                        other,
+                    )?,
+                    v: linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.self_attn.v_proj"),
+                        kv_out,
+                        h,
+                        Role::AttnV { layer: i },
+                    )?,
                 }
             };
             let feed_forward = match a.moe {
                 Some((n, top_k)) => {
                     let e = format!("{p}.block_sparse_moe");
-                    let router = linear(&format!("{e}.gate"), n, h)?;
+                    let router = linear(w, &mut weight_bytes, &format!("{e}.gate"), n, h, other)?;
                     let experts = (0..n)
                         .map(|x| {
                             Ok(Mlp {
                                 gate_up: None,
-                                gate: Some(linear(&format!("{e}.experts.{x}.w1"), im, h)?),
-                                up: Some(linear(&format!("{e}.experts.{x}.w3"), im, h)?),
-                                down: linear(&format!("{e}.experts.{x}.w2"), h, im)?,
+                                gate: Some(linear(
+                                    w,
+                                    &mut weight_bytes,
+                                    &format!("{e}.experts.{x}.w1"),
+                                    im,
+                                    h,
+                                    other,
+                                )?),
+                                up: Some(linear(
+                                    w,
+                                    &mut weight_bytes,
+                                    &format!("{e}.experts.{x}.w3"),
+                                    im,
+                                    h,
+                                    other,
+                                )?),
+                                down: linear(
+                                    w,
+                                    &mut weight_bytes,
+                                    &format!("{e}.experts.{x}.w2"),
+                                    h,
+                                    im,
+                                    down,
+                                )?,
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
@@ -131,18 +187,61 @@ impl Decoder {
                     }
                 }
                 None if a.fused_projections => FeedForward::Dense(Mlp {
-                    gate_up: Some(linear(&format!("{p}.mlp.gate_up_proj"), 2 * im, h)?),
+                    gate_up: Some(linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.mlp.gate_up_proj"),
+                        2 * im,
+                        h,
+                        other,
+                    )?),
                     gate: None,
                     up: None,
-                    down: linear(&format!("{p}.mlp.down_proj"), h, im)?,
+                    down: linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        im,
+                        down,
+                    )?,
                 }),
                 None => FeedForward::Dense(Mlp {
                     gate_up: None,
-                    gate: Some(linear(&format!("{p}.mlp.gate_proj"), im, h)?),
-                    up: Some(linear(&format!("{p}.mlp.up_proj"), im, h)?),
-                    down: linear(&format!("{p}.mlp.down_proj"), h, im)?,
+                    gate: Some(linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.mlp.gate_proj"),
+                        im,
+                        h,
+                        other,
+                    )?),
+                    up: Some(linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.mlp.up_proj"),
+                        im,
+                        h,
+                        other,
+                    )?),
+                    down: linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        im,
+                        down,
+                    )?,
                 }),
             };
+            let o = linear(
+                w,
+                &mut weight_bytes,
+                &format!("{p}.self_attn.o_proj"),
+                h,
+                q_out,
+                other,
+            )?;
             let sandwich = a.sandwich_norms;
             let norm = |n: &str| w.vector(&format!("{p}.{n}.weight"), h, plus_one);
             layers.push(Layer {
@@ -157,17 +256,23 @@ impl Decoder {
                 projections,
                 q_norm: w.optional_vector(&format!("{p}.self_attn.q_norm.weight"), hd, plus_one)?,
                 k_norm: w.optional_vector(&format!("{p}.self_attn.k_norm.weight"), hd, plus_one)?,
-                o: linear(&format!("{p}.self_attn.o_proj"), h, q_out)?,
+                o,
                 feed_forward,
             });
         }
-        let norm = w.vector("model.norm.weight", h, plus_one)?;
-        let lm_head = if a.tied_embeddings || !w.contains("lm_head.weight") {
-            Linear::new(embed.clone(), None)
+        let lm_head = if tied {
+            Linear::new(Matrix::clone(&embed), None)
         } else {
-            linear("lm_head", a.vocab_size, h)?
+            linear(
+                w,
+                &mut weight_bytes,
+                "lm_head",
+                a.vocab_size,
+                h,
+                Role::Output,
+            )?
         };
-        weight_bytes += bytes(&embed);
+        let norm = w.vector("model.norm.weight", h, plus_one)?;
         Ok(Decoder {
             arch,
             embed,
@@ -217,10 +322,7 @@ impl Decoder {
             anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
         let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut x = self
-            .embed
-            .index_select(&ids_t, 0)?
-            .to_dtype(self.act_dtype)?;
+        let mut x = self.embed.rows_of(&ids_t, self.act_dtype)?;
         if let Some(scale) = self.arch.embed_scale {
             x = (x * scale)?;
         }

@@ -14,6 +14,7 @@ pub mod model;
 #[cfg(test)]
 mod parity_tests;
 pub mod quality;
+pub mod quant;
 pub mod reasoning;
 pub mod rope;
 pub mod sampler;
@@ -57,10 +58,14 @@ pub enum DTypeChoice {
     BF16,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    /// Quantize the matrices under this scheme (the rest keeps `dtype`).
+    pub quant: Option<quant::Scheme>,
+    /// Where quantized matrices are cached between loads (None: not cached).
+    pub quant_cache: Option<PathBuf>,
 }
 
 /// Failures to load that are the caller's choice, not the model's: front ends report them as
@@ -82,8 +87,11 @@ pub struct Engine {
     pub sampling: SamplingParams,
     pub load_s: f64,
     pub device: Device,
-    /// The dtype the weights are held in.
+    /// The dtype the weights are held in (the dense ones, under a quantization scheme).
     pub dtype: DType,
+    pub quant: Option<quant::Scheme>,
+    /// What happened while loading that a user may want to know (printed by front ends).
+    pub notes: Vec<String>,
 }
 
 pub fn open_device(choice: DeviceChoice) -> Result<Device> {
@@ -136,6 +144,21 @@ fn choose_dtypes(choice: DTypeChoice, stored: DType, device: &Device) -> (DType,
     (weights, act)
 }
 
+/// What a quantization cache must match: the scheme, owrun's quantizer version, and the source
+/// files' names and sizes.
+fn quant_stamp(scheme: quant::Scheme, files: &[PathBuf]) -> String {
+    let mut stamp = format!("owrun-quant-1 {}", scheme.name());
+    for f in files {
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        stamp.push_str(&format!(" {name}:{len}"));
+    }
+    stamp
+}
+
 fn read_json(path: &Path) -> Result<Option<Value>> {
     match std::fs::read_to_string(path) {
         Ok(t) => {
@@ -181,10 +204,36 @@ impl Engine {
         let probe = Weights::open(files, &device, None, DType::F32)?;
         let stored = probe.stored_dtype("model.embed_tokens.weight")?;
         drop(probe);
-        let (weight_dtype, act_dtype) = choose_dtypes(opts.dtype, stored, &device);
-        let weights = Weights::open(files, &device, Some(weight_dtype), act_dtype)?;
-        let decoder = Decoder::load(arch, &weights, act_dtype, &device)
+        let (weight_dtype, mut act_dtype) = choose_dtypes(opts.dtype, stored, &device);
+        if opts.quant.is_some() {
+            // candle's quantized matmuls take f32 activations, on every device.
+            act_dtype = DType::F32;
+        }
+        let mut weights = Weights::open(files, &device, Some(weight_dtype), act_dtype)?;
+        let mut notes = Vec::new();
+        if let Some(scheme) = opts.quant {
+            let cache =
+                quant::QuantCache::open(opts.quant_cache.clone(), quant_stamp(scheme, files));
+            if !cache.hit() {
+                notes.push(format!(
+                    "quantizing the weights to {} (once: the result is cached)",
+                    scheme.name()
+                ));
+            }
+            weights.quantize_with(scheme, arch.layers.len(), cache);
+        }
+        let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
             .with_context(|| format!("cannot load {}", weights::describe(files)))?;
+        if let Some(cache) = weights.take_cache() {
+            match cache.save() {
+                Ok(Some(path)) => notes.push(format!(
+                    "cached the quantized weights in {}",
+                    path.display()
+                )),
+                Ok(None) => {}
+                Err(e) => notes.push(format!("could not cache the quantized weights: {e:#}")),
+            }
+        }
         drop(weights);
         Ok(Engine {
             model: Model::new(decoder),
@@ -196,6 +245,8 @@ impl Engine {
             load_s: started.elapsed().as_secs_f64(),
             device,
             dtype: weight_dtype,
+            quant: opts.quant,
+            notes,
         })
     }
 

@@ -37,6 +37,8 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
     let opts = LoadOptions {
         device: DeviceChoice::Cpu,
         dtype,
+        quant: None,
+        quant_cache: None,
     };
     Engine::load(dir, &[dir.join("model.safetensors")], &opts)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))

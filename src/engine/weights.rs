@@ -7,6 +7,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use super::linear::Matrix;
+use super::quant::{self, QuantCache, Role, Scheme};
+
 pub struct Weights {
     files: MmapedSafetensors,
     device: Device,
@@ -14,6 +17,8 @@ pub struct Weights {
     matmul_dtype: Option<DType>,
     /// Norm gains and biases: the activation dtype.
     small_dtype: DType,
+    /// Quantize matrices under this scheme (for a model of this many layers), through the cache.
+    quant: Option<(Scheme, usize, QuantCache)>,
 }
 
 impl Weights {
@@ -32,7 +37,18 @@ impl Weights {
             device: device.clone(),
             matmul_dtype,
             small_dtype,
+            quant: None,
         })
+    }
+
+    /// Quantize matrices under `scheme`, reading and filling `cache`.
+    pub fn quantize_with(&mut self, scheme: Scheme, layers: usize, cache: QuantCache) {
+        self.quant = Some((scheme, layers, cache));
+    }
+
+    /// The quantization cache, once loading is done.
+    pub fn take_cache(&mut self) -> Option<QuantCache> {
+        self.quant.take().map(|(_, _, c)| c)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -59,13 +75,29 @@ impl Weights {
         Ok(t)
     }
 
-    /// A matmul weight (or the embedding table).
-    pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// A matmul weight (or the embedding table): quantized when a scheme is set and its rows
+    /// fit a block type, else dense.
+    pub fn matrix(&mut self, name: &str, shape: &[usize], role: Role) -> Result<Matrix> {
+        if let Some((scheme, layers, cache)) = self.quant.as_mut() {
+            let wanted = scheme.type_for(role, *layers);
+            if let Some(ty) = quant::fitting_type(wanted, shape[1]) {
+                if let Some(q) = cache.get(name, ty, shape, &self.device) {
+                    return Ok(Matrix::Quantized(q));
+                }
+                let dense = self.load(name, shape)?;
+                let q = quant::quantize(&dense, ty, &self.device)
+                    .with_context(|| format!("cannot quantize {name} to {ty:?}"))?;
+                if let Some((_, _, cache)) = self.quant.as_mut() {
+                    cache.add(name, q.clone());
+                }
+                return Ok(Matrix::Quantized(q));
+            }
+        }
         let t = self.load(name, shape)?;
-        Ok(match self.matmul_dtype {
+        Ok(Matrix::Dense(match self.matmul_dtype {
             Some(d) if d != t.dtype() => t.to_dtype(d)?,
             _ => t,
-        })
+        }))
     }
 
     /// A norm gain or bias, in the activation dtype; `plus_one` for Gemma's (1 + w) gains.

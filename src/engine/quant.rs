@@ -1,0 +1,307 @@
+//! Quantized weights: which GGML type each matrix gets under a scheme (llama.cpp's names and
+//! choices), and quantizing a matrix with every core.
+//!
+//! The block formats and their matmul kernels are candle's (`candle_core::quantized`); what is
+//! here is the policy llama-quantize applies: K-quant mixes that give the most sensitive
+//! matrices more bits, and a fallback type for rows that do not fill whole blocks (never an
+//! error).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+/// A quantization scheme, as `--quant` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q4K,
+    Q5K,
+    Q6K,
+    /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output matrix and for attn_v / ffn_down in
+    /// the layers that matter most.
+    Q4KM,
+    /// Q5_K_M: the same mix on Q5_K.
+    Q5KM,
+}
+
+/// What a matrix is for, which decides its type in a mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Embedding,
+    Output,
+    AttnV { layer: usize },
+    FfnDown { layer: usize },
+    Other,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 10] = [
+        Scheme::Q8_0,
+        Scheme::Q4_0,
+        Scheme::Q4_1,
+        Scheme::Q5_0,
+        Scheme::Q5_1,
+        Scheme::Q4K,
+        Scheme::Q5K,
+        Scheme::Q6K,
+        Scheme::Q4KM,
+        Scheme::Q5KM,
+    ];
+
+    /// The name llama.cpp gives it (and owrun prints).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Q8_0 => "Q8_0",
+            Scheme::Q4_0 => "Q4_0",
+            Scheme::Q4_1 => "Q4_1",
+            Scheme::Q5_0 => "Q5_0",
+            Scheme::Q5_1 => "Q5_1",
+            Scheme::Q4K => "Q4_K",
+            Scheme::Q5K => "Q5_K",
+            Scheme::Q6K => "Q6_K",
+            Scheme::Q4KM => "Q4_K_M",
+            Scheme::Q5KM => "Q5_K_M",
+        }
+    }
+
+    /// Case-insensitive; "q4_k" and "q4_k_s" are the plain K-quant.
+    pub fn parse(s: &str) -> Option<Scheme> {
+        let s = s.trim().to_ascii_uppercase().replace('-', "_");
+        let s = s.strip_suffix("_S").unwrap_or(&s);
+        Scheme::ALL.into_iter().find(|q| q.name() == s)
+    }
+
+    /// The type for a matrix of `layers`-layer model, as llama-quantize chooses it.
+    pub fn type_for(self, role: Role, layers: usize) -> GgmlDType {
+        let base = match self {
+            Scheme::Q8_0 => GgmlDType::Q8_0,
+            Scheme::Q4_0 => GgmlDType::Q4_0,
+            Scheme::Q4_1 => GgmlDType::Q4_1,
+            Scheme::Q5_0 => GgmlDType::Q5_0,
+            Scheme::Q5_1 => GgmlDType::Q5_1,
+            Scheme::Q4K | Scheme::Q4KM => GgmlDType::Q4K,
+            Scheme::Q5K | Scheme::Q5KM => GgmlDType::Q5K,
+            Scheme::Q6K => GgmlDType::Q6K,
+        };
+        let mix = matches!(self, Scheme::Q4KM | Scheme::Q5KM);
+        // llama.cpp's use_more_bits: the first and last eighth of the layers, and every third
+        // layer in between.
+        let more_bits = |i: usize| {
+            let e = layers / 8;
+            i < e || i >= 7 * layers / 8 || (i - e) % 3 == 2
+        };
+        match role {
+            // The output matrix (the embedding, when tied) gets Q6_K unless the scheme is Q8_0.
+            Role::Output if base != GgmlDType::Q8_0 => GgmlDType::Q6K,
+            Role::AttnV { layer } | Role::FfnDown { layer } if mix && more_bits(layer) => {
+                GgmlDType::Q6K
+            }
+            _ => base,
+        }
+    }
+}
+
+/// The type a matrix with rows of `k` values can take when `wanted`'s blocks do not divide
+/// its rows: llama.cpp's fallbacks, then None (keep it 16-bit).
+pub fn fitting_type(wanted: GgmlDType, k: usize) -> Option<GgmlDType> {
+    if k.is_multiple_of(wanted.block_size()) {
+        return Some(wanted);
+    }
+    let fallback = match wanted {
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q6K => GgmlDType::Q8_0,
+        GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+        other => other,
+    };
+    k.is_multiple_of(fallback.block_size()).then_some(fallback)
+}
+
+/// Rows per quantization task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Quantize `w` (rows × k; any float dtype) to `ty`, rows in parallel, onto `device`.
+pub fn quantize(w: &Tensor, ty: GgmlDType, device: &Device) -> Result<Arc<QTensor>> {
+    let (rows, k) = w.dims2()?;
+    let w = w
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let parts: Vec<Vec<u8>> = (0..rows.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .map(|p| -> Result<Vec<u8>> {
+            let first = p * ROWS_PER_TASK;
+            let n = ROWS_PER_TASK.min(rows - first);
+            // A tensor of its own: candle's quantizer reads a view's whole storage, ignoring
+            // its offset.
+            let part = Tensor::from_slice(&w[first * k..(first + n) * k], (n, k), &Device::Cpu)?;
+            let q = QTensor::quantize(&part, ty)?;
+            Ok(q.data()?.into_owned())
+        })
+        .collect::<Result<_>>()?;
+    // Blocks never cross rows, so the row groups' blocks laid end to end are the matrix's.
+    let bytes: Vec<u8> = parts.concat();
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), device, ty)?;
+    Ok(Arc::new(
+        QTensor::new(storage, (rows, k)).context("assembling a quantized matrix")?,
+    ))
+}
+
+/// Quantized matrices kept in a GGUF file beside the model, so the second load of a model under
+/// a scheme reads them instead of quantizing again. The file is valid as a whole: its
+/// `owrun.stamp` names the scheme and the source files' names and sizes; a file with another
+/// stamp (or none, or unreadable) is replaced.
+pub struct QuantCache {
+    path: Option<std::path::PathBuf>,
+    stamp: String,
+    file: Option<(candle_core::quantized::gguf_file::Content, std::fs::File)>,
+    /// Every matrix of this load, in load order, for rewriting the file.
+    all: Vec<(String, Arc<QTensor>)>,
+    /// Some matrix was quantized in this load (the file must be written).
+    dirty: bool,
+}
+
+const STAMP_KEY: &str = "owrun.stamp";
+
+impl QuantCache {
+    pub fn open(path: Option<std::path::PathBuf>, stamp: String) -> QuantCache {
+        let file = path.as_ref().and_then(|p| {
+            let mut f = std::fs::File::open(p).ok()?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
+            let theirs = content.metadata.get(STAMP_KEY)?.to_string().ok()?.clone();
+            (theirs == stamp).then_some((content, f))
+        });
+        QuantCache {
+            path,
+            stamp,
+            file,
+            all: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    /// Whether the cache file is there and matches.
+    pub fn hit(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The matrix `name` of type `ty` and shape `shape` from the file, if it holds it.
+    pub fn get(
+        &mut self,
+        name: &str,
+        ty: GgmlDType,
+        shape: &[usize],
+        device: &Device,
+    ) -> Option<Arc<QTensor>> {
+        let (content, f) = self.file.as_mut()?;
+        let info = content.tensor_infos.get(name)?;
+        if info.ggml_dtype != ty || info.shape.dims() != shape {
+            return None;
+        }
+        let q = Arc::new(content.tensor(f, name, device).ok()?);
+        self.all.push((name.to_string(), q.clone()));
+        Some(q)
+    }
+
+    pub fn add(&mut self, name: &str, q: Arc<QTensor>) {
+        self.all.push((name.to_string(), q));
+        self.dirty = true;
+    }
+
+    /// Write the file when this load quantized anything (to a temporary name, then renamed).
+    /// Returns where it was written.
+    pub fn save(self) -> Result<Option<std::path::PathBuf>> {
+        let Some(path) = self.path.filter(|_| self.dirty) else {
+            return Ok(None);
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let write = || -> Result<()> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let stamp = candle_core::quantized::gguf_file::Value::String(self.stamp.clone());
+            let tensors: Vec<(&str, &QTensor)> = self
+                .all
+                .iter()
+                .map(|(n, q)| (n.as_str(), q.as_ref()))
+                .collect();
+            candle_core::quantized::gguf_file::write(&mut out, &[(STAMP_KEY, &stamp)], &tensors)?;
+            std::io::Write::flush(&mut out)?;
+            out.get_ref().sync_all()?;
+            Ok(())
+        };
+        match write().and_then(|()| Ok(std::fs::rename(&tmp, &path)?)) {
+            Ok(()) => Ok(Some(path)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e).with_context(|| format!("cannot write {}", path.display()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        for q in Scheme::ALL {
+            assert_eq!(Scheme::parse(&q.name().to_lowercase()), Some(q));
+        }
+        assert_eq!(Scheme::parse("q4_k_s"), Some(Scheme::Q4K));
+        assert_eq!(Scheme::parse("q3_k"), None);
+    }
+
+    #[test]
+    fn q4_k_m_gives_sensitive_matrices_more_bits() {
+        let s = Scheme::Q4KM;
+        assert_eq!(s.type_for(Role::Output, 32), GgmlDType::Q6K);
+        assert_eq!(s.type_for(Role::AttnV { layer: 0 }, 32), GgmlDType::Q6K);
+        assert_eq!(s.type_for(Role::AttnV { layer: 5 }, 32), GgmlDType::Q4K);
+        assert_eq!(s.type_for(Role::FfnDown { layer: 31 }, 32), GgmlDType::Q6K);
+        assert_eq!(s.type_for(Role::Other, 32), GgmlDType::Q4K);
+        assert_eq!(Scheme::Q8_0.type_for(Role::Output, 32), GgmlDType::Q8_0);
+        assert_eq!(Scheme::Q4_0.type_for(Role::Output, 32), GgmlDType::Q6K);
+        assert_eq!(Scheme::Q4_0.type_for(Role::Embedding, 32), GgmlDType::Q4_0);
+    }
+
+    #[test]
+    fn rows_that_do_not_fill_blocks_fall_back() {
+        assert_eq!(fitting_type(GgmlDType::Q4K, 512), Some(GgmlDType::Q4K));
+        assert_eq!(fitting_type(GgmlDType::Q4K, 64), Some(GgmlDType::Q5_0));
+        assert_eq!(fitting_type(GgmlDType::Q6K, 96), Some(GgmlDType::Q8_0));
+        assert_eq!(fitting_type(GgmlDType::Q8_0, 48), None);
+    }
+
+    #[test]
+    fn parallel_quantization_equals_quantizing_at_once() {
+        let w = Tensor::randn(0f32, 1.0, (200, 256), &Device::Cpu).unwrap();
+        for ty in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let ours = quantize(&w, ty, &Device::Cpu).unwrap();
+            let whole = QTensor::quantize(&w, ty).unwrap();
+            assert_eq!(ours.data().unwrap(), whole.data().unwrap(), "{ty:?}");
+            // And it is a faithful copy: dequantized, close to the original.
+            let back = ours.dequantize(&Device::Cpu).unwrap();
+            let err: f32 = (back - &w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(err < 0.5, "{ty:?}: max error {err}");
+        }
+    }
+}
