@@ -234,7 +234,11 @@ pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
         || name.contains(std::path::MAIN_SEPARATOR)
         || name.starts_with('.')
         || name.starts_with('~');
-    if path.is_dir() {
+    let gguf_file = path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if path.is_dir() || gguf_file {
         return Ok(ModelRef::Local {
             path: path.to_path_buf(),
         });
@@ -246,8 +250,8 @@ pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
             String::new()
         };
         return Err(usage(format!(
-            "{name:?} is not a directory{hint}; a model is a registry name (see `owrun list`), \
-             hf:owner/name, or a local directory in Hugging Face layout"
+            "{name:?} is not a directory or a .gguf file{hint}; a model is a registry name (see \
+             `owrun list`), hf:owner/name, a local directory in Hugging Face layout, or a GGUF file"
         )));
     }
     let suggestions = registry.suggestions(name);

@@ -140,7 +140,11 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
 /// the license gate, when it is not complete). A pulled model still passes the gate.
 pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<PathBuf> {
     if let Some(snapshot) = ctx.local_snapshot(model) {
-        let missing = crate::store::missing_files(&snapshot.dir);
+        let missing = if is_gguf(&snapshot.dir) {
+            Vec::new()
+        } else {
+            crate::store::missing_files(&snapshot.dir)
+        };
         if !missing.is_empty() {
             return Err(usage(format!(
                 "{} cannot run: it lacks {}",
@@ -189,7 +193,12 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
         quant: load.quant,
         quant_cache: load.quant.map(|q| quant_cache_path(ctx, dir, q)),
     };
-    let engine = Engine::load(dir, &crate::store::weight_files(dir), &options).map_err(|e| {
+    let loaded = if is_gguf(dir) {
+        Engine::load_gguf(dir, &options)
+    } else {
+        Engine::load(dir, &crate::store::weight_files(dir), &options)
+    };
+    let engine = loaded.map_err(|e| {
         // A device that is not there is the user's choice to revisit, not the model's fault.
         if let Some(LoadError::DeviceUnavailable(..)) = e.downcast_ref::<LoadError>() {
             usage(format!("--device: {e}"))
@@ -201,6 +210,14 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
         eprintln!("owrun: {note}");
     }
     Ok(engine)
+}
+
+/// A GGUF file (rather than a model folder).
+pub fn is_gguf(path: &std::path::Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Where a model's weights quantized under `scheme` are kept: beside the model in the store

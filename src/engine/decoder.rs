@@ -148,7 +148,14 @@ impl Decoder {
             let feed_forward = match a.moe {
                 Some((n, top_k)) => {
                     let e = format!("{p}.block_sparse_moe");
-                    let router = linear(w, &mut weight_bytes, &format!("{e}.gate"), n, h, other)?;
+                    let router = linear(
+                        w,
+                        &mut weight_bytes,
+                        &format!("{e}.gate"),
+                        n,
+                        h,
+                        Role::Router,
+                    )?;
                     let experts = (0..n)
                         .map(|x| {
                             Ok(Mlp {
@@ -242,17 +249,22 @@ impl Decoder {
                 q_out,
                 other,
             )?;
-            let sandwich = a.sandwich_norms;
-            let norm = |n: &str| w.vector(&format!("{p}.{n}.weight"), h, plus_one);
+            let mut norm = |n: &str| w.vector(&format!("{p}.{n}.weight"), h, plus_one);
+            let input_norm = norm("input_layernorm")?;
+            let post_attention_norm = norm("post_attention_layernorm")?;
+            let (pre_feedforward_norm, post_feedforward_norm) = if a.sandwich_norms {
+                (
+                    Some(norm("pre_feedforward_layernorm")?),
+                    Some(norm("post_feedforward_layernorm")?),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(Layer {
-                input_norm: norm("input_layernorm")?,
-                post_attention_norm: norm("post_attention_layernorm")?,
-                pre_feedforward_norm: sandwich
-                    .then(|| norm("pre_feedforward_layernorm"))
-                    .transpose()?,
-                post_feedforward_norm: sandwich
-                    .then(|| norm("post_feedforward_layernorm"))
-                    .transpose()?,
+                input_norm,
+                post_attention_norm,
+                pre_feedforward_norm,
+                post_feedforward_norm,
                 projections,
                 q_norm: w.optional_vector(&format!("{p}.self_attn.q_norm.weight"), hd, plus_one)?,
                 k_norm: w.optional_vector(&format!("{p}.self_attn.k_norm.weight"), hd, plus_one)?,

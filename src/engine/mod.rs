@@ -7,6 +7,8 @@ pub mod config;
 pub mod decoder;
 pub mod detok;
 pub mod generate;
+pub mod gguf;
+mod gguf_vocab;
 mod kernels;
 pub mod kv;
 pub mod linear;
@@ -171,6 +173,40 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     }
 }
 
+/// The text side of a model: tokenizer, template, end-of-sequence ids, sampling defaults.
+struct TextSide {
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    eos: Vec<u32>,
+    sampling: SamplingParams,
+}
+
+/// From a Hugging Face folder: tokenizer.json, tokenizer_config.json, generation_config.json,
+/// plus config.json's end-of-sequence ids.
+fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<TextSide> {
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
+    let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+    let template = ChatTemplate::from_config(dir, &tc)?;
+    let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+    let mut eos = config_eos.to_vec();
+    eos.extend(token_ids(gen.get("eos_token_id")));
+    if let Some(id) =
+        template::special_token(tc.get("eos_token")).and_then(|t| tokenizer.token_to_id(&t))
+    {
+        eos.push(id);
+    }
+    eos.sort_unstable();
+    eos.dedup();
+    Ok(TextSide {
+        tokenizer,
+        template,
+        eos,
+        sampling: SamplingParams::from_generation_config(&gen),
+    })
+}
+
 impl Engine {
     /// Load the model in `dir` (config, tokenizer, template) with the safetensors `files`.
     pub fn load(dir: &Path, files: &[PathBuf], opts: &LoadOptions) -> Result<Engine> {
@@ -179,24 +215,7 @@ impl Engine {
         let arch = Arch::from_config(&config)
             .with_context(|| format!("in {}", dir.join("config.json").display()))?;
         let device = open_device(opts.device)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
-        let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
-        let template = ChatTemplate::from_config(dir, &tc)?;
-
-        let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
-        let mut eos = config.eos_token_ids.clone();
-        eos.extend(token_ids(gen.get("eos_token_id")));
-        if let Some(id) =
-            template::special_token(tc.get("eos_token")).and_then(|t| tokenizer.token_to_id(&t))
-        {
-            eos.push(id);
-        }
-        eos.sort_unstable();
-        eos.dedup();
-        let sampling = SamplingParams::from_generation_config(&gen);
-
+        let text = folder_text_side(dir, &config.eos_token_ids)?;
         if files.is_empty() {
             return Err(anyhow!("{} has no safetensors weights", dir.display()));
         }
@@ -237,15 +256,76 @@ impl Engine {
         drop(weights);
         Ok(Engine {
             model: Model::new(decoder),
-            tokenizer,
+            tokenizer: text.tokenizer,
             config,
-            template,
-            eos,
-            sampling,
+            template: text.template,
+            eos: text.eos,
+            sampling: text.sampling,
             load_s: started.elapsed().as_secs_f64(),
             device,
             dtype: weight_dtype,
             quant: opts.quant,
+            notes,
+        })
+    }
+
+    /// Load a GGUF file: hyperparameters, tokenizer and chat template from its metadata (or,
+    /// when it carries no tokenizer, from the Hugging Face files beside it), tensors as stored.
+    pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Engine> {
+        let started = Instant::now();
+        let mut file = gguf::GgufFile::open(path)?;
+        let config = ModelConfig::from_value(file.config_json()?)
+            .with_context(|| format!("in {}", path.display()))?;
+        let arch = Arch::from_config(&config).with_context(|| format!("in {}", path.display()))?;
+        let device = open_device(opts.device)?;
+        let beside = path.parent().unwrap_or(Path::new("."));
+        let text = if file.meta("tokenizer.ggml.model").is_some() {
+            let v = gguf_vocab::from_gguf(&file)?;
+            TextSide {
+                tokenizer: v.tokenizer,
+                template: v.template,
+                eos: v.eos,
+                sampling: SamplingParams::default(),
+            }
+        } else {
+            folder_text_side(beside, &[]).with_context(|| {
+                format!(
+                    "{} carries no tokenizer, and none is beside it",
+                    path.display()
+                )
+            })?
+        };
+        let mut notes = Vec::new();
+        if let Some(q) = opts.quant {
+            notes.push(format!(
+                "--quant {} ignored: a GGUF file runs as it was quantized",
+                q.name()
+            ));
+        }
+        let weight_dtype = match opts.dtype {
+            DTypeChoice::Auto => None,
+            other => Some(choose_dtypes(other, DType::F32, &device).0),
+        };
+        // Quantized matrices take f32 activations; on a GPU, dense ones their own dtype.
+        let act_dtype = match weight_dtype {
+            Some(d) if !device.is_cpu() => d,
+            _ => DType::F32,
+        };
+        let mut weights = Weights::from_gguf(file, &device, weight_dtype, act_dtype);
+        let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        drop(weights);
+        Ok(Engine {
+            model: Model::new(decoder),
+            tokenizer: text.tokenizer,
+            config,
+            template: text.template,
+            eos: text.eos,
+            sampling: text.sampling,
+            load_s: started.elapsed().as_secs_f64(),
+            device,
+            dtype: weight_dtype.unwrap_or(DType::F32),
+            quant: None,
             notes,
         })
     }

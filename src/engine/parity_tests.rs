@@ -212,3 +212,50 @@ fn greedy_raw(engine: &mut Engine, start: &[(SeqId, Vec<u32>)], n: usize) -> Vec
     }
     out
 }
+
+/// GGUF files written the way llama.cpp's converter writes them (tests/fixtures/gguf, Q8_0)
+/// give the same logits as owrun quantizing the safetensors to Q8_0 itself: the converter's
+/// q/k permutation, Gemma's stored norm gains, merged experts, rope tensors and hyperparameter
+/// keys are all undone exactly. (Token-level checks through the CLI are in tests/gguf.rs.)
+#[test]
+fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for family in [
+        "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+    ] {
+        let dir = root.join("models").join(family);
+        let exp: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let opts = LoadOptions {
+            device: DeviceChoice::Cpu,
+            dtype: DTypeChoice::Auto,
+            quant: Some(super::quant::Scheme::Q8_0),
+            quant_cache: None,
+        };
+        let mut ours = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
+        let file = root.join("gguf").join(format!("{family}.gguf"));
+        let mut theirs = Engine::load_gguf(
+            &file,
+            &LoadOptions {
+                quant: None,
+                ..opts.clone()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{family}: {e:#}"));
+        assert_eq!(theirs.eos, ours.eos, "{family}: end-of-sequence ids");
+        for case in ["plain", "chat"] {
+            let prompt = ids(&exp[case]["prompt_ids"]);
+            let a = ours.model.new_sequence();
+            let b = theirs.model.new_sequence();
+            let want = ours.model.forward(a, &prompt).unwrap();
+            let got = theirs.model.forward(b, &prompt).unwrap();
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{family} {case}: logits differ by {diff}");
+        }
+    }
+}

@@ -36,8 +36,14 @@ pub enum Scheme {
 pub enum Role {
     Embedding,
     Output,
-    AttnV { layer: usize },
-    FfnDown { layer: usize },
+    AttnV {
+        layer: usize,
+    },
+    FfnDown {
+        layer: usize,
+    },
+    /// Mixtral's router: tiny, and decisive for which experts run; llama.cpp keeps it f32.
+    Router,
     Other,
 }
 

@@ -59,6 +59,27 @@ impl Rope {
                 let factor = num("factor").unwrap_or(1.0) as f32;
                 rope.inv_freq.iter_mut().for_each(|f| *f /= factor);
             }
+            // Per-frequency divisors, as GGUF files carry Llama 3.1's scaling (rope_freqs).
+            "divisors" => {
+                let d: Vec<f32> = s
+                    .get("divisors")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_f64)
+                            .map(|x| x as f32)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if d.len() != rope.inv_freq.len() {
+                    bail!(
+                        "rope_freqs has {} values, expected {}",
+                        d.len(),
+                        rope.inv_freq.len()
+                    );
+                }
+                rope.inv_freq.iter_mut().zip(d).for_each(|(f, d)| *f /= d);
+            }
             "llama3" => {
                 let factor = num("factor").unwrap_or(8.0) as f32;
                 let low = num("low_freq_factor").unwrap_or(1.0) as f32;

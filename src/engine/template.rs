@@ -35,6 +35,14 @@ fn token_text(v: Option<&Value>) -> String {
 }
 
 impl ChatTemplate {
+    pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
+        ChatTemplate {
+            source,
+            bos_token,
+            eos_token,
+        }
+    }
+
     /// The template of a model folder: chat_template.jinja, else tokenizer_config.json's
     /// `chat_template` (a string, or a list of named templates of which "default" is used).
     /// `tc` is the folder's tokenizer_config.json (Null when it has none).

@@ -1,5 +1,6 @@
-//! Tensors by name from a checkpoint's safetensors files, memory-mapped, each checked for the
-//! shape the decoder expects so a foreign or truncated checkpoint is an error naming the tensor.
+//! Tensors by their Hugging Face names, from a checkpoint's safetensors files (memory-mapped) or
+//! from a GGUF file, each checked for the shape the decoder expects so a foreign or truncated
+//! checkpoint is an error naming the tensor.
 
 use std::path::{Path, PathBuf};
 
@@ -7,11 +8,17 @@ use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use super::gguf::{self, GgufFile};
 use super::linear::Matrix;
 use super::quant::{self, QuantCache, Role, Scheme};
 
+enum Source {
+    Safetensors(MmapedSafetensors),
+    Gguf(Box<GgufFile>),
+}
+
 pub struct Weights {
-    files: MmapedSafetensors,
+    files: Source,
     device: Device,
     /// Matmul weights are converted to this dtype (None: kept as stored).
     matmul_dtype: Option<DType>,
@@ -33,12 +40,28 @@ impl Weights {
         let files = unsafe { MmapedSafetensors::multi(paths) }
             .with_context(|| format!("cannot map weights {}", describe(paths)))?;
         Ok(Weights {
-            files,
+            files: Source::Safetensors(files),
             device: device.clone(),
             matmul_dtype,
             small_dtype,
             quant: None,
         })
+    }
+
+    /// Tensors from a GGUF file (held as stored: quantized or float).
+    pub fn from_gguf(
+        file: GgufFile,
+        device: &Device,
+        matmul_dtype: Option<DType>,
+        small_dtype: DType,
+    ) -> Weights {
+        Weights {
+            files: Source::Gguf(Box::new(file)),
+            device: device.clone(),
+            matmul_dtype,
+            small_dtype,
+            quant: None,
+        }
     }
 
     /// Quantize matrices under `scheme`, reading and filling `cache`.
@@ -52,20 +75,37 @@ impl Weights {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.files.get(name).is_ok()
+        match &self.files {
+            Source::Safetensors(f) => f.get(name).is_ok(),
+            Source::Gguf(g) => g.has_hf(name),
+        }
     }
 
-    /// The dtype matmul weights are stored in (the first one's, when kept as stored).
+    /// The dtype a safetensors tensor is stored in.
     pub fn stored_dtype(&self, name: &str) -> Result<DType> {
-        let view = self.files.get(name).with_context(|| missing(name))?;
-        Ok(DType::try_from(view.dtype()).unwrap_or(DType::F32))
+        match &self.files {
+            Source::Safetensors(f) => {
+                let view = f.get(name).with_context(|| missing(name))?;
+                Ok(DType::try_from(view.dtype()).unwrap_or(DType::F32))
+            }
+            Source::Gguf(_) => Ok(DType::F32),
+        }
     }
 
-    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .files
-            .load(name, &self.device)
-            .with_context(|| missing(name))?;
+    /// Dense tensor `name` as stored (a GGUF block type dequantized to f32).
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = match &mut self.files {
+            Source::Safetensors(f) => f.load(name, &self.device).with_context(|| missing(name))?,
+            Source::Gguf(g) => {
+                let q = g
+                    .load_hf(name, &self.device)?
+                    .with_context(|| missing(name))?;
+                match gguf::matrix(q, &self.device)? {
+                    Matrix::Dense(t) => t,
+                    Matrix::Quantized(q) => q.dequantize(&self.device)?,
+                }
+            }
+        };
         if t.dims() != shape {
             bail!(
                 "tensor {name} has shape {:?}, but config.json implies {shape:?}",
@@ -78,7 +118,27 @@ impl Weights {
     /// A matmul weight (or the embedding table): quantized when a scheme is set and its rows
     /// fit a block type, else dense.
     pub fn matrix(&mut self, name: &str, shape: &[usize], role: Role) -> Result<Matrix> {
-        if let Some((scheme, layers, cache)) = self.quant.as_mut() {
+        if let Source::Gguf(g) = &mut self.files {
+            // As the file holds it: a block type stays quantized.
+            let q = g
+                .load_hf(name, &self.device)?
+                .with_context(|| missing(name))?;
+            if q.shape().dims() != shape {
+                bail!(
+                    "tensor {name} has shape {:?}, but the GGUF's hyperparameters imply {shape:?}",
+                    q.shape().dims()
+                );
+            }
+            return Ok(match gguf::matrix(q, &self.device)? {
+                Matrix::Dense(t) => Matrix::Dense(match self.matmul_dtype {
+                    Some(d) if d != t.dtype() => t.to_dtype(d)?,
+                    _ => t,
+                }),
+                quantized => quantized,
+            });
+        }
+        if let Some((scheme, layers, cache)) = self.quant.as_mut().filter(|_| role != Role::Router)
+        {
             let wanted = scheme.type_for(role, *layers);
             if let Some(ty) = quant::fitting_type(wanted, shape[1]) {
                 if let Some(q) = cache.get(name, ty, shape, &self.device) {
@@ -101,14 +161,16 @@ impl Weights {
     }
 
     /// A norm gain or bias, in the activation dtype; `plus_one` for Gemma's (1 + w) gains.
-    pub fn vector(&self, name: &str, len: usize, plus_one: bool) -> Result<Tensor> {
+    pub fn vector(&mut self, name: &str, len: usize, plus_one: bool) -> Result<Tensor> {
         let t = self.load(name, &[len])?.to_dtype(DType::F32)?;
+        // GGUF files of Gemma store the gains as 1 + w already.
+        let plus_one = plus_one && !matches!(&self.files, Source::Gguf(g) if g.norms_include_one());
         let t = if plus_one { (t + 1.0)? } else { t };
         Ok(t.to_dtype(self.small_dtype)?)
     }
 
     pub fn optional_vector(
-        &self,
+        &mut self,
         name: &str,
         len: usize,
         plus_one: bool,

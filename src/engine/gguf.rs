@@ -1,0 +1,469 @@
+//! GGUF files as llama.cpp's converter writes them: the hyperparameters turned back into a
+//! config.json (so `arch` reads GGUF and safetensors models alike), and tensors found by their
+//! Hugging Face names, with the converter's changes undone (Llama's q/k row permutation, Gemma's
+//! norm gains stored as 1 + w, merged expert tensors, fused Phi-3 projections).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value as GValue};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Map, Value};
+
+use super::linear::Matrix;
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    content: Content,
+    file: File,
+    /// general.architecture
+    pub arch: String,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<GgufFile> {
+        let mut file =
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let content = Content::read(&mut file).with_context(|| {
+            format!("{} is not a GGUF file llama.cpp could read", path.display())
+        })?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(GValue::String(a)) => a.clone(),
+            _ => bail!("{} has no general.architecture", path.display()),
+        };
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            file,
+            arch,
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&GValue> {
+        self.content.metadata.get(key)
+    }
+
+    fn arch_meta(&self, key: &str) -> Option<&GValue> {
+        self.meta(&format!("{}.{key}", self.arch))
+    }
+
+    fn num(&self, key: &str) -> Option<f64> {
+        self.arch_meta(key).and_then(number)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// The hyperparameters as a Hugging Face config.json.
+    pub fn config_json(&mut self) -> Result<Value> {
+        let experts = self.num("expert_count").unwrap_or(0.0) as usize;
+        let model_type = match self.arch.as_str() {
+            "llama" if experts > 0 => "mixtral",
+            "llama" => "llama",
+            a @ ("qwen2" | "qwen3" | "phi3" | "gemma" | "gemma2" | "gemma3") => a,
+            other => bail!(
+                "GGUF architecture {other:?} is not supported yet; supported: llama (Llama, \
+                 Mistral, Mixtral), qwen2, qwen3, phi3, gemma, gemma2, gemma3"
+            ),
+        };
+        let need = |k: &str| {
+            self.num(k)
+                .with_context(|| format!("the GGUF lacks {}.{k}", self.arch))
+        };
+        let heads = need("attention.head_count")?;
+        let mut c = Map::new();
+        c.insert("model_type".into(), json!(model_type));
+        c.insert(
+            "architectures".into(),
+            json!([format!("{} (GGUF)", self.arch)]),
+        );
+        c.insert(
+            "hidden_size".into(),
+            json!(need("embedding_length")? as u64),
+        );
+        let vocab = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .context("the GGUF has no token_embd.weight")?;
+        c.insert("vocab_size".into(), json!(vocab));
+        c.insert(
+            "intermediate_size".into(),
+            json!(need("feed_forward_length")? as u64),
+        );
+        c.insert(
+            "num_hidden_layers".into(),
+            json!(need("block_count")? as u64),
+        );
+        c.insert("num_attention_heads".into(), json!(heads as u64));
+        c.insert(
+            "num_key_value_heads".into(),
+            json!(self.num("attention.head_count_kv").unwrap_or(heads) as u64),
+        );
+        if let Some(hd) = self.num("attention.key_length") {
+            c.insert("head_dim".into(), json!(hd as u64));
+        }
+        c.insert(
+            "rms_norm_eps".into(),
+            json!(self.num("attention.layer_norm_rms_epsilon").unwrap_or(1e-6)),
+        );
+        c.insert(
+            "rope_theta".into(),
+            json!(self.num("rope.freq_base").unwrap_or(10_000.0)),
+        );
+        c.insert(
+            "max_position_embeddings".into(),
+            json!(self.num("context_length").unwrap_or(4096.0) as u64),
+        );
+        if let Some(w) = self.num("attention.sliding_window").filter(|&w| w > 0.0) {
+            c.insert("sliding_window".into(), json!(w as u64));
+        }
+        if experts > 0 {
+            c.insert("num_local_experts".into(), json!(experts as u64));
+            c.insert(
+                "num_experts_per_tok".into(),
+                json!(self.num("expert_used_count").unwrap_or(2.0) as u64),
+            );
+        }
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if let Some(v) = self.num(k) {
+                c.insert(k.into(), json!(v));
+            }
+        }
+        if let Some(base) = self.num("rope.freq_base_swa") {
+            c.insert("rope_local_base_freq".into(), json!(base));
+        }
+        match self.arch_meta("attention.sliding_window_pattern") {
+            // One flag per layer (true: sliding), as newer converters write it.
+            Some(GValue::Array(flags)) => {
+                let types: Vec<&str> = flags
+                    .iter()
+                    .map(|f| match f {
+                        GValue::Bool(true) => "sliding_attention",
+                        _ => "full_attention",
+                    })
+                    .collect();
+                c.insert("layer_types".into(), json!(types));
+            }
+            Some(p) => {
+                if let Some(p) = number(p) {
+                    c.insert("sliding_window_pattern".into(), json!(p as u64));
+                }
+            }
+            None => {}
+        }
+        if let Some(scale) = self.num("attention.scale").filter(|&s| s > 0.0) {
+            c.insert("query_pre_attn_scalar".into(), json!(1.0 / (scale * scale)));
+        }
+        let hd = self.num("attention.key_length").map(|v| v as usize);
+        let dims = self.num("rope.dimension_count").map(|v| v as usize);
+        if let (Some(dims), Some(hd)) = (
+            dims,
+            hd.or_else(|| Some((need("embedding_length").ok()? / heads) as usize)),
+        ) {
+            if dims < hd {
+                c.insert(
+                    "partial_rotary_factor".into(),
+                    json!(dims as f64 / hd as f64),
+                );
+            }
+        }
+        match self.arch_meta("rope.scaling.type") {
+            Some(GValue::String(t)) if t == "linear" => {
+                c.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "linear", "factor": self.num("rope.scaling.factor").unwrap_or(1.0)}),
+                );
+            }
+            Some(GValue::String(t)) if t != "none" => {
+                bail!("GGUF rope scaling {t:?} is not supported yet")
+            }
+            _ => {}
+        }
+        if self.has_tensor("rope_factors_long.weight") {
+            let original = self.num("rope.scaling.original_context_length").context(
+                "the GGUF has LongRoPE factors but no rope.scaling.original_context_length",
+            )?;
+            let mut s = json!({
+                "rope_type": "longrope",
+                "short_factor": self.vector_f32("rope_factors_short.weight")?,
+                "long_factor": self.vector_f32("rope_factors_long.weight")?,
+                "original_max_position_embeddings": original as u64,
+            });
+            if let Some(a) = self.num("rope.scaling.attn_factor") {
+                s["attention_factor"] = json!(a);
+            }
+            c.insert("rope_scaling".into(), s);
+        } else if self.has_tensor("rope_freqs.weight") {
+            // Llama 3.1-style scaling, precomputed by the converter as one divisor per frequency.
+            c.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "divisors", "divisors": self.vector_f32("rope_freqs.weight")?}),
+            );
+        }
+        c.insert(
+            "tie_word_embeddings".into(),
+            json!(!self.has_tensor("output.weight")),
+        );
+        Ok(Value::Object(c))
+    }
+
+    fn raw(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .with_context(|| format!("{} lacks tensor {name}", self.path.display()))?;
+        let dims = info.shape.dims().to_vec();
+        let ty = info.ggml_dtype;
+        let elems: usize = dims.iter().product();
+        let bytes = elems / ty.block_size() * ty.type_size();
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut buf = vec![0u8; bytes];
+        self.file.seek(SeekFrom::Start(start))?;
+        self.file
+            .read_exact(&mut buf)
+            .with_context(|| format!("{}: tensor {name} is cut short", self.path.display()))?;
+        Ok((ty, dims, buf))
+    }
+
+    /// A 1-D tensor's values as f32.
+    pub fn vector_f32(&mut self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor(name, &Device::Cpu)?;
+        Ok(t.dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        let (ty, dims, bytes) = self.raw(name)?;
+        qtensor(ty, dims, bytes, device)
+    }
+
+    /// The GGUF tensor behind a Hugging Face tensor name, as stored (with the converter's
+    /// changes undone). `rows`: for a slice of a stacked expert tensor.
+    pub fn load_hf(&mut self, hf: &str, device: &Device) -> Result<Option<QTensor>> {
+        let Some(found) = self.locate(hf) else {
+            return Ok(None);
+        };
+        let (ty, dims, mut bytes) = self.raw(&found.name)?;
+        let (dims, bytes) = match found.expert {
+            Some(e) => {
+                let [n, rows, cols] = dims[..] else {
+                    bail!("{} is not a stack of experts", found.name)
+                };
+                if e >= n {
+                    bail!("{} has {n} experts, not {}", found.name, e + 1);
+                }
+                let per = bytes.len() / n;
+                (vec![rows, cols], bytes.split_off(e * per)[..per].to_vec())
+            }
+            None => (dims, bytes),
+        };
+        let bytes = match found.permuted_heads {
+            Some(heads) => unpermute_rows(&bytes, dims[0], heads)?,
+            None => bytes,
+        };
+        Ok(Some(qtensor(ty, dims, bytes, device)?))
+    }
+
+    /// Which GGUF tensor holds a Hugging Face tensor, and how.
+    fn locate(&self, hf: &str) -> Option<Located> {
+        let plain = |name: String| Located {
+            name,
+            expert: None,
+            permuted_heads: None,
+        };
+        let simple = match hf {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(s) = simple {
+            return self.has_tensor(s).then(|| plain(s.to_string()));
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let sandwich = matches!(self.arch.as_str(), "gemma2" | "gemma3");
+        let (suffix, kind) = rest.rsplit_once('.')?; // kind: weight | bias
+        let base = match suffix {
+            "input_layernorm" => "attn_norm".to_string(),
+            "post_attention_layernorm" if sandwich => "post_attention_norm".into(),
+            "post_attention_layernorm" => "ffn_norm".into(),
+            "pre_feedforward_layernorm" => "ffn_norm".into(),
+            "post_feedforward_layernorm" => "post_ffw_norm".into(),
+            "self_attn.q_proj" => "attn_q".into(),
+            "self_attn.k_proj" => "attn_k".into(),
+            "self_attn.v_proj" => "attn_v".into(),
+            "self_attn.o_proj" => "attn_output".into(),
+            "self_attn.qkv_proj" => "attn_qkv".into(),
+            "self_attn.q_norm" => "attn_q_norm".into(),
+            "self_attn.k_norm" => "attn_k_norm".into(),
+            "mlp.gate_proj" => "ffn_gate".into(),
+            "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up".into(),
+            "mlp.down_proj" => "ffn_down".into(),
+            "block_sparse_moe.gate" => "ffn_gate_inp".into(),
+            other => {
+                // block_sparse_moe.experts.E.w1 / w2 / w3
+                let rest = other.strip_prefix("block_sparse_moe.experts.")?;
+                let (e, w) = rest.split_once('.')?;
+                let e: usize = e.parse().ok()?;
+                let part = match w {
+                    "w1" => "gate",
+                    "w2" => "down",
+                    "w3" => "up",
+                    _ => return None,
+                };
+                let merged = format!("blk.{layer}.ffn_{part}_exps.{kind}");
+                if self.has_tensor(&merged) {
+                    return Some(Located {
+                        name: merged,
+                        expert: Some(e),
+                        permuted_heads: None,
+                    });
+                }
+                let single = format!("blk.{layer}.ffn_{part}.{e}.{kind}");
+                return self.has_tensor(&single).then(|| plain(single));
+            }
+        };
+        let name = format!("blk.{layer}.{base}.{kind}");
+        if !self.has_tensor(&name) {
+            return None;
+        }
+        // llama.cpp's converter reorders Llama's q and k rows for its interleaved rope.
+        let permuted_heads = if self.arch == "llama" {
+            match base.as_str() {
+                "attn_q" => self.num("attention.head_count"),
+                "attn_k" => self
+                    .num("attention.head_count_kv")
+                    .or_else(|| self.num("attention.head_count")),
+                _ => None,
+            }
+            .map(|h| h as usize)
+        } else {
+            None
+        };
+        Some(Located {
+            name,
+            expert: None,
+            permuted_heads,
+        })
+    }
+
+    /// Whether the file holds the tensor a Hugging Face name stands for.
+    pub fn has_hf(&self, hf: &str) -> bool {
+        self.locate(hf).is_some()
+    }
+
+    /// Gemma's norm gains are stored as 1 + w by the converter.
+    pub fn norms_include_one(&self) -> bool {
+        self.arch.starts_with("gemma")
+    }
+}
+
+struct Located {
+    name: String,
+    expert: Option<usize>,
+    permuted_heads: Option<usize>,
+}
+
+fn number(v: &GValue) -> Option<f64> {
+    Some(match v {
+        GValue::U8(x) => *x as f64,
+        GValue::I8(x) => *x as f64,
+        GValue::U16(x) => *x as f64,
+        GValue::I16(x) => *x as f64,
+        GValue::U32(x) => *x as f64,
+        GValue::I32(x) => *x as f64,
+        GValue::U64(x) => *x as f64,
+        GValue::I64(x) => *x as f64,
+        GValue::F32(x) => *x as f64,
+        GValue::F64(x) => *x,
+        GValue::Bool(b) => *b as u8 as f64,
+        _ => return None,
+    })
+}
+
+fn qtensor(ty: GgmlDType, dims: Vec<usize>, bytes: Vec<u8>, device: &Device) -> Result<QTensor> {
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), device, ty)?;
+    Ok(QTensor::new(storage, dims)?)
+}
+
+/// Undo the converter's per-head row order (q/k of Llama-architecture files): within each head
+/// of `rows / heads` rows, GGUF row 2j + s holds the Hugging Face row s·(d/2) + j.
+pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
+    permute_rows(bytes, rows, heads, false)
+}
+
+/// The converter's permutation itself (for writing GGUF files llama.cpp reads).
+#[cfg(test)]
+pub fn permute_rows_for_gguf(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
+    permute_rows(bytes, rows, heads, true)
+}
+
+fn permute_rows(bytes: &[u8], rows: usize, heads: usize, forward: bool) -> Result<Vec<u8>> {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || !bytes.len().is_multiple_of(rows)
+    {
+        bail!("cannot reorder {rows} rows into {heads} heads");
+    }
+    let row = bytes.len() / rows;
+    let d = rows / heads;
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..d / 2 {
+                let hf = h * d + s * (d / 2) + j;
+                let gg = h * d + 2 * j + s;
+                let (from, to) = if forward { (hf, gg) } else { (gg, hf) };
+                out[to * row..(to + 1) * row].copy_from_slice(&bytes[from * row..(from + 1) * row]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A GGUF tensor as a matrix: dense in its float type, or quantized.
+pub fn matrix(q: QTensor, device: &Device) -> Result<Matrix> {
+    let dtype = match q.dtype() {
+        GgmlDType::F32 => DType::F32,
+        GgmlDType::F16 => DType::F16,
+        GgmlDType::BF16 => DType::BF16,
+        _ => return Ok(Matrix::Quantized(Arc::new(q))),
+    };
+    let dims = q.shape().dims().to_vec();
+    let bytes = q.data()?;
+    Ok(Matrix::Dense(Tensor::from_raw_buffer(
+        &bytes, dtype, &dims, device,
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_permutation_round_trips_and_matches_the_converter() {
+        // 2 heads of 4 rows, 1 byte per row: the converter's reshape(h, 2, d/2).swapaxes(1, 2)
+        // turns rows [0 1 2 3 | 4 5 6 7] into [0 2 1 3 | 4 6 5 7].
+        let hf: Vec<u8> = (0..8).collect();
+        let gguf = permute_rows_for_gguf(&hf, 8, 2).unwrap();
+        assert_eq!(gguf, [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(unpermute_rows(&gguf, 8, 2).unwrap(), hf);
+        // Head size 8: [0 4 1 5 2 6 3 7].
+        let hf: Vec<u8> = (0..8).collect();
+        assert_eq!(
+            permute_rows_for_gguf(&hf, 8, 1).unwrap(),
+            [0, 4, 1, 5, 2, 6, 3, 7]
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! GGUF files as llama.cpp's converter writes them (tests/fixtures/gguf, made from the
+//! transformers fixtures by scripts/make_gguf_fixtures.py with the `gguf` package): owrun reads
+//! their hyperparameters, tensors and tokenizer, and computes what transformers computes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::Sandbox;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn expected(family: &str) -> serde_json::Value {
+    let p = root().join("models").join(family).join("expected.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Greedy run of the plain prompt (raw) and of the chat conversation: (prompt ids, tokens) each.
+fn greedy_cases(
+    sb: &Sandbox,
+    model: &Path,
+    family: &str,
+    extra: &[&str],
+) -> Vec<(serde_json::Value, serde_json::Value)> {
+    let exp = expected(family);
+    let mut messages: Vec<serde_json::Value> =
+        serde_json::from_value(exp["chat_messages"].clone()).unwrap();
+    if exp["system_folded"] == true {
+        messages.remove(0);
+    }
+    let last = messages.pop().unwrap();
+    let history = sb.dir.path().join("history.json");
+    std::fs::write(&history, serde_json::to_string(&messages).unwrap()).unwrap();
+    let m = model.to_str().unwrap();
+    let plain = exp["plain"]["prompt"].as_str().unwrap();
+    let chat = last["content"].as_str().unwrap();
+    let h = history.to_str().unwrap();
+    let runs: [Vec<&str>; 2] = [
+        vec!["run", m, plain, "--raw"],
+        vec!["run", m, chat, "--messages", h],
+    ];
+    runs.iter()
+        .map(|args| {
+            let mut args = args.clone();
+            args.extend_from_slice(&["-t", "0", "-n", "12", "--json"]);
+            args.extend_from_slice(extra);
+            let r = sb.run(&args);
+            r.ok();
+            let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            (doc["prompt_tokens"].clone(), doc["tokens"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn f32_gguf_files_match_transformers() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    // Llama: q/k rows permuted by the converter, Llama 3 rope scaling as rope_freqs, tied
+    // embeddings, a byte-level BPE vocabulary; Qwen2: q/k/v biases.
+    for family in ["llama", "qwen2"] {
+        let exp = expected(family);
+        let file = root().join("gguf").join(format!("{family}.f32.gguf"));
+        let got = greedy_cases(&sb, &file, family, &[]);
+        for ((ids, tokens), case) in got.iter().zip(["plain", "chat"]) {
+            assert_eq!(ids, &exp[case]["prompt_ids"], "{family} {case}: prompt ids");
+            assert_eq!(
+                tokens, &exp[case]["new_token_ids"],
+                "{family} {case}: tokens"
+            );
+        }
+    }
+}
+
+#[test]
+fn q8_0_gguf_files_agree_with_owrun_s_own_q8_0() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    for family in [
+        "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+    ] {
+        let exp = expected(family);
+        let file = root().join("gguf").join(format!("{family}.gguf"));
+        let from_gguf = greedy_cases(&sb, &file, family, &[]);
+        let dir = root().join("models").join(family);
+        let ours = greedy_cases(&sb, &dir, family, &["--quant", "q8_0"]);
+        for (((ids, tokens), (_, own)), case) in from_gguf.iter().zip(&ours).zip(["plain", "chat"])
+        {
+            // The tokenizer and chat template rebuilt from GGUF metadata tokenize as
+            // transformers does.
+            assert_eq!(ids, &exp[case]["prompt_ids"], "{family} {case}: prompt ids");
+            // The same Q8_0 blocks as owrun's own quantizer makes: the same tokens.
+            assert_eq!(tokens, own, "{family} {case}: tokens");
+        }
+    }
+}
+
+#[test]
+fn broken_gguf_files_are_clear_errors() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let not_gguf = sb.dir.path().join("notes.gguf");
+    std::fs::write(&not_gguf, "this is text").unwrap();
+    let r = sb.run_env(
+        &["run", not_gguf.to_str().unwrap(), "hi"],
+        &[("RUST_BACKTRACE", "0")],
+    );
+    r.fails_with(1, "is not a GGUF file");
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+
+    // Cut in the middle of the tensor data.
+    let bytes = std::fs::read(root().join("gguf/qwen2.gguf")).unwrap();
+    let cut = sb.dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let r = sb.run_env(
+        &["run", cut.to_str().unwrap(), "hi"],
+        &[("RUST_BACKTRACE", "0")],
+    );
+    r.fails_with(1, "cut short");
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+
+    let missing = sb.dir.path().join("absent.gguf");
+    sb.run(&["run", missing.to_str().unwrap(), "hi"])
+        .fails_with(2, "not a directory or a .gguf file");
+
+    // --quant cannot requantize a GGUF: said, not silently ignored.
+    let q = root().join("gguf/qwen2.gguf");
+    let r = sb.run(&[
+        "run",
+        q.to_str().unwrap(),
+        "hi",
+        "-n",
+        "2",
+        "--quant",
+        "q4_0",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("--quant Q4_0 ignored"), "{}", r.stderr);
+}
