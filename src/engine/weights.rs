@@ -1,19 +1,20 @@
-//! Tensors by their Hugging Face names, from a checkpoint's safetensors files (memory-mapped) or
+//! Tensors by their Hugging Face names, from a checkpoint's safetensors files (read, not mapped:
+//! see `safetensors_file`) or
 //! from a GGUF file, each checked for the shape the decoder expects so a foreign or truncated
 //! checkpoint is an error naming the tensor.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf::{self, GgufFile};
 use super::linear::Matrix;
 use super::quant::{self, QuantCache, Role, Scheme};
+use super::safetensors_file::{describe, SafetensorsFiles};
 
 enum Source {
-    Safetensors(MmapedSafetensors),
+    Safetensors(SafetensorsFiles),
     Gguf(Box<GgufFile>),
 }
 
@@ -35,10 +36,8 @@ impl Weights {
         matmul_dtype: Option<DType>,
         small_dtype: DType,
     ) -> Result<Weights> {
-        // SAFETY: the files are mapped read-only; owrun never writes them while they are mapped,
-        // and the store replaces files only by rename, never in place.
-        let files = unsafe { MmapedSafetensors::multi(paths) }
-            .with_context(|| format!("cannot map weights {}", describe(paths)))?;
+        let files = SafetensorsFiles::open(paths)
+            .with_context(|| format!("cannot read weights {}", describe(paths)))?;
         Ok(Weights {
             files: Source::Safetensors(files),
             device: device.clone(),
@@ -76,7 +75,7 @@ impl Weights {
 
     pub fn contains(&self, name: &str) -> bool {
         match &self.files {
-            Source::Safetensors(f) => f.get(name).is_ok(),
+            Source::Safetensors(f) => f.contains(name),
             Source::Gguf(g) => g.has_hf(name),
         }
     }
@@ -84,10 +83,7 @@ impl Weights {
     /// The dtype a safetensors tensor is stored in.
     pub fn stored_dtype(&self, name: &str) -> Result<DType> {
         match &self.files {
-            Source::Safetensors(f) => {
-                let view = f.get(name).with_context(|| missing(name))?;
-                Ok(DType::try_from(view.dtype()).unwrap_or(DType::F32))
-            }
+            Source::Safetensors(f) => f.dtype(name).with_context(|| missing(name)),
             Source::Gguf(_) => Ok(DType::F32),
         }
     }
@@ -95,7 +91,7 @@ impl Weights {
     /// Dense tensor `name` as stored (a GGUF block type dequantized to f32).
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = match &mut self.files {
-            Source::Safetensors(f) => f.load(name, &self.device).with_context(|| missing(name))?,
+            Source::Safetensors(f) => f.load(name, &self.device)?.with_context(|| missing(name))?,
             Source::Gguf(g) => {
                 let q = g
                     .load_hf(name, &self.device)?
@@ -185,18 +181,4 @@ impl Weights {
 
 fn missing(name: &str) -> String {
     format!("the weights lack {name}: truncated, or not a checkpoint of this architecture in Hugging Face layout")
-}
-
-pub fn describe(paths: &[PathBuf]) -> String {
-    match paths {
-        [one] => one.display().to_string(),
-        many => format!(
-            "({} shards in {})",
-            many.len(),
-            many.first()
-                .and_then(|p| p.parent())
-                .unwrap_or(Path::new("."))
-                .display()
-        ),
-    }
 }
