@@ -62,6 +62,8 @@ pub enum Command {
     /// Measure how far a 16-bit (or quantized) model drifts from its f32 self over a text: KL
     /// divergence, top-1 agreement and perplexity, as llama-perplexity's KLD mode reports them
     Kld(KldArgs),
+    /// Write a model as a GGUF file (quantized with --quant) that llama.cpp and owrun load
+    Quantize(QuantizeArgs),
     /// Print a shell completion script (e.g. `owrun completions bash > ~/.local/share/bash-completion/completions/owrun`)
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -244,6 +246,25 @@ pub struct BenchArgs {
     /// Print one JSON document
     #[arg(long)]
     pub json: bool,
+    /// Accept the model's license without asking (the acceptance is recorded)
+    #[arg(long)]
+    pub accept_license: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Registry name, hf:owner/name[@revision], or a local directory (safetensors)
+    pub model: String,
+    /// q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m (without it: the
+    /// weights as stored, 16- or 32-bit)
+    #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
+    pub quant: Option<Scheme>,
+    /// The GGUF file to write
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace FILE if it exists
+    #[arg(long)]
+    pub force: bool,
     /// Accept the model's license without asking (the acceptance is recorded)
     #[arg(long)]
     pub accept_license: bool,

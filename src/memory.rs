@@ -11,6 +11,44 @@ pub fn peak_resident_bytes() -> Option<u64> {
     status_field("VmHWM:")
 }
 
+/// Memory a model may use: `OWRUN_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) when set,
+/// else what the kernel says is available (MemAvailable). None when neither is known.
+pub fn available_bytes() -> Option<u64> {
+    if let Ok(limit) = std::env::var("OWRUN_MEMORY_LIMIT") {
+        return parse_size(&limit);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line["MemAvailable:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// "1500000", "512K", "700M", "16G" (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (
+            &s[..i],
+            s[i..].trim_end_matches(['b', 'B']).to_ascii_uppercase(),
+        ),
+        None => (s, String::new()),
+    };
+    let n: f64 = digits.trim().parse().ok()?;
+    let scale = match unit.as_str() {
+        "" => 1.0,
+        "K" | "KI" => 1024.0,
+        "M" | "MI" => 1024.0 * 1024.0,
+        "G" | "GI" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * scale) as u64)
+}
+
 fn status_field(name: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(name))?;
@@ -25,6 +63,15 @@ fn status_field(name: &str) -> Option<u64> {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(super::parse_size("1500"), Some(1500));
+        assert_eq!(super::parse_size("512K"), Some(512 * 1024));
+        assert_eq!(super::parse_size("1.5G"), Some(3 * 512 * 1024 * 1024));
+        assert_eq!(super::parse_size("700MB"), Some(700 * 1024 * 1024));
+        assert_eq!(super::parse_size("lots"), None);
+    }
+
     #[test]
     fn resident_memory_is_read() {
         let block = vec![1u8; 64 << 20];

@@ -136,3 +136,71 @@ fn broken_gguf_files_are_clear_errors() {
     r.ok();
     assert!(r.stderr.contains("--quant Q4_0 ignored"), "{}", r.stderr);
 }
+
+#[test]
+fn owrun_quantize_writes_gguf_files_that_load_and_agree() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    for family in [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "mixtral",
+        "phi3_longrope",
+    ] {
+        let dir = root().join("models").join(family);
+        let out = sb.dir.path().join(format!("{family}.q8_0.gguf"));
+        let r = sb.run(&[
+            "quantize",
+            dir.to_str().unwrap(),
+            "--quant",
+            "q8_0",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        r.ok();
+        assert_eq!(r.stdout.trim(), out.to_str().unwrap());
+        assert!(r.stderr.contains("Q8_0"), "{}", r.stderr);
+        // Run from the file: the tokens of --quant q8_0 on the folder, plain and chat.
+        let from_file = greedy_cases(&sb, &out, family, &[]);
+        let own = greedy_cases(&sb, &dir, family, &["--quant", "q8_0"]);
+        assert_eq!(from_file, own, "{family}");
+    }
+    // Unquantized: the f32 fixture written as F32 GGUF matches transformers exactly.
+    let out = sb.dir.path().join("llama.f32.gguf");
+    let dir = root().join("models/llama");
+    sb.run(&[
+        "quantize",
+        dir.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let exp = expected("llama");
+    for ((ids, tokens), case) in greedy_cases(&sb, &out, "llama", &[])
+        .iter()
+        .zip(["plain", "chat"])
+    {
+        assert_eq!(ids, &exp[case]["prompt_ids"], "{case}");
+        assert_eq!(tokens, &exp[case]["new_token_ids"], "{case}");
+    }
+    // An existing file is not replaced without --force; a GGUF is not re-quantized.
+    sb.run(&[
+        "quantize",
+        dir.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .fails_with(2, "--force");
+    sb.run(&[
+        "quantize",
+        out.to_str().unwrap(),
+        "--quant",
+        "q4_0",
+        "-o",
+        "/tmp/x.gguf",
+    ])
+    .fails_with(2, "GGUF file already");
+}

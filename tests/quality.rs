@@ -324,3 +324,44 @@ fn a_quantized_model_is_cached_and_loads_from_the_cache() {
     assert!(err3.contains("quantizing the weights"), "{err3}");
     assert_eq!(first, third);
 }
+
+#[test]
+fn a_model_too_big_for_the_memory_runs_quantized_and_says_so() {
+    let Some(m) = shared_model("stories260K") else {
+        return;
+    };
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let text = std::fs::read_to_string(m.join("expected_generations.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let g = &expected["generations"][0];
+    let run = |limit: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            m.to_str().unwrap(),
+            g["prompt"].as_str().unwrap(),
+            "-t",
+            "0",
+            "-n",
+            "40",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = sb.run_env(&args, &[("OWRUN_MEMORY_LIMIT", limit)]);
+        r.ok();
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        (doc["tokens"].clone(), r.stderr.clone())
+    };
+    // 1.2 MB of f32 weights: 1 MiB is not enough, Q8_0 (0.3 MB) fits and keeps every token.
+    let (tokens, err) = run("1M", &[]);
+    assert!(err.contains("quantized to Q8_0"), "{err}");
+    assert_eq!(tokens, g["new_token_ids"]);
+    // 300 KiB: not even Q8_0; Q4_K_M it is.
+    let (_, err) = run("300K", &[]);
+    assert!(err.contains("quantized to Q4_K_M"), "{err}");
+    // A dtype the user chose is theirs; so is plenty of memory.
+    let (tokens, err) = run("300K", &["--dtype", "f32"]);
+    assert!(!err.contains("quantized"), "{err}");
+    assert_eq!(tokens, g["new_token_ids"]);
+    let (_, err) = run("16G", &[]);
+    assert!(!err.contains("quantized"), "{err}");
+}

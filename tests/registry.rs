@@ -173,8 +173,19 @@ description = "second file wins"
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["repo"], "me/phi4-fork");
 
+    // Sizes of the variants --quant offers, from the parameter count (7M: 14 MB in 16 bits,
+    // 8.5 bits per weight in Q8_0).
+    let r = sb.run(&["show", "mine", "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = &v["variant_sizes"];
+    assert_eq!(v["bf16"], 14_000_000);
+    assert_eq!(v["Q8_0"], 7_437_500);
+    assert!(v["Q4_K_M"].as_u64().unwrap() < v["Q8_0"].as_u64().unwrap());
+
     let r = sb.run(&["show", "mine"]);
     r.ok();
+    assert!(r.stdout.contains("sizes:        bf16 14.0 MB, Q8_0 7.4 MB"), "{}", r.stdout);
     assert!(r.stdout.contains("me/my-model "), "{}", r.stdout);
     assert!(r.stdout.contains("NonCommercial"));
 

@@ -61,7 +61,10 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     let (pp_mean, pp_sd) = mean_sd(&pp);
     let (tg_mean, tg_sd) = mean_sd(&tg);
     let backend = format!("{:?}", engine.device.location()).to_lowercase();
-    let dtype = format!("{:?}", engine.dtype).to_lowercase();
+    let dtype = match engine.quant {
+        Some(q) => q.name().to_string(),
+        None => format!("{:?}", engine.dtype).to_lowercase(),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = json!({

@@ -15,6 +15,7 @@ mod kld;
 mod license_cmd;
 mod list;
 pub mod pull;
+mod quantize;
 mod rm;
 mod run;
 mod show;
@@ -70,6 +71,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&ctx, &args),
         Command::Bench(args) => bench::run(&ctx, &args),
         Command::Kld(args) => kld::run(&ctx, &args),
+        Command::Quantize(args) => quantize::run(&ctx, &args),
         Command::Chat(args) => chat::run(&ctx, &args),
         Command::Completions { .. } => unreachable!("handled before the settings load"),
     }

@@ -8,15 +8,18 @@ use serde_json::json;
 
 use super::display::{generate_shown, note_folded_system, Shown};
 use super::{acceptance_key, licenses_of, pull, Ctx};
+use crate::cli::DTypeArg;
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
 use crate::engine::generate::GenerateParams;
 use crate::engine::quant::Scheme;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::template::Message;
+use crate::engine::DeviceChoice;
 use crate::engine::{Engine, LoadError, LoadOptions};
 use crate::error::usage;
 use crate::license::{self, GateRequest};
 use crate::registry::ModelRef;
+use crate::store::format_bytes;
 use sha2::Digest;
 
 pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
@@ -186,12 +189,19 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
         // candle's CPU kernels size their thread pools from this variable, and rayon's global
         // pool (owrun's own kernels) is built from it on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    } else if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // candle's quantized matmuls otherwise use one thread per physical core, which is one
+        // on a 2-vCPU machine; use every core, as the rest of owrun does.
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
+    let quant = load.quant.or_else(|| auto_quant(dir, load));
     let options = LoadOptions {
         device: load.device,
         dtype: load.dtype.into(),
-        quant: load.quant,
-        quant_cache: load.quant.map(|q| quant_cache_path(ctx, dir, q)),
+        quant,
+        quant_cache: quant.map(|q| quant_cache_path(ctx, dir, q)),
     };
     let loaded = if is_gguf(dir) {
         Engine::load_gguf(dir, &options)
@@ -210,6 +220,44 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
         eprintln!("owrun: {note}");
     }
     Ok(engine)
+}
+
+/// On the CPU, a model that does not fit in the memory available in its own dtype runs quantized:
+/// Q8_0 when that fits, else Q4_K_M, said once on stderr. Only when the user chose neither a
+/// dtype nor a quantization.
+fn auto_quant(dir: &std::path::Path, load: &LoadArgs) -> Option<Scheme> {
+    let gpu = candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available();
+    let cpu = load.device == DeviceChoice::Cpu || (load.device == DeviceChoice::Auto && !gpu);
+    if !cpu || load.dtype != DTypeArg::Auto || is_gguf(dir) {
+        return None;
+    }
+    let weights: u64 = crate::store::weight_files(dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let available = crate::memory::available_bytes()?;
+    // Room for the KV cache, activations and the program: a tenth on top of the weights.
+    let fits = |bytes: f64| bytes * 1.1 <= available as f64;
+    if weights == 0 || fits(weights as f64) {
+        return None;
+    }
+    // Bits per weight of the checkpoint (f32 or 16-bit) and of the quantized forms.
+    let stored_bits = if crate::engine::stores_32_bit(dir) {
+        32.0
+    } else {
+        16.0
+    };
+    let q8 = weights as f64 * 8.5 / stored_bits;
+    let scheme = if fits(q8) { Scheme::Q8_0 } else { Scheme::Q4KM };
+    eprintln!(
+        "owrun: the weights ({}) do not fit in the {} of memory available: running them \
+         quantized to {} (--quant or --dtype chooses otherwise)",
+        format_bytes(weights),
+        format_bytes(available),
+        scheme.name()
+    );
+    Some(scheme)
 }
 
 /// A GGUF file (rather than a model folder).

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::{acceptance_key, licenses_of, Ctx};
 use crate::cli::ShowArgs;
+use crate::engine::quant::Scheme;
 use crate::license::{wrap, Acceptances, License};
 use crate::registry::{format_params, ModelRef};
 use crate::store::format_bytes;
@@ -53,6 +54,12 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
             "files": files.iter().map(|(n, s)| json!({"name": n, "size": s})).collect::<Vec<_>>(),
             "missing_files": missing,
             "size_on_disk": repo_store.as_ref().map(|r| r.size_on_disk()),
+            "variant_sizes": match &model {
+                ModelRef::Registry { entry, .. } => json!(variant_sizes(entry.params)
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>()),
+                _ => serde_json::Value::Null,
+            },
             "licenses": licenses.iter().map(|l| {
                 let mut v = serde_json::to_value(l).unwrap_or_default();
                 v["accepted"] = json!(accepted(l));
@@ -85,6 +92,11 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
         if let ModelRef::Registry { entry, .. } = &model {
             writeln!(out, "family:       {}", entry.family)?;
             writeln!(out, "parameters:   {}", format_params(entry.params))?;
+            let sizes: Vec<String> = variant_sizes(entry.params)
+                .iter()
+                .map(|(name, bytes)| format!("{name} {}", format_bytes(*bytes)))
+                .collect();
+            writeln!(out, "sizes:        {} (estimated)", sizes.join(", "))?;
             writeln!(out, "context:      {} tokens", entry.context)?;
             writeln!(
                 out,
@@ -154,6 +166,18 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+/// What the weights take in 16 bits and in each quantization `--quant` offers.
+fn variant_sizes(params: u64) -> Vec<(String, u64)> {
+    let mut v = vec![("bf16".to_string(), params * 2)];
+    for s in [Scheme::Q8_0, Scheme::Q6K, Scheme::Q5KM, Scheme::Q4KM] {
+        v.push((
+            s.name().to_string(),
+            (params as f64 * s.bits_per_weight() / 8.0) as u64,
+        ));
+    }
+    v
 }
 
 /// Files of a model folder (following the store's symlinks), with sizes, sorted by name.

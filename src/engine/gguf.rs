@@ -403,7 +403,6 @@ pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>
 }
 
 /// The converter's permutation itself (for writing GGUF files llama.cpp reads).
-#[cfg(test)]
 pub fn permute_rows_for_gguf(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
     permute_rows(bytes, rows, heads, true)
 }

@@ -9,6 +9,7 @@ pub mod detok;
 pub mod generate;
 pub mod gguf;
 mod gguf_vocab;
+pub mod gguf_write;
 mod kernels;
 pub mod kv;
 pub mod linear;
@@ -19,6 +20,7 @@ pub mod quality;
 pub mod quant;
 pub mod reasoning;
 pub mod rope;
+mod safetensors_file;
 pub mod sampler;
 pub mod session;
 pub mod template;
@@ -146,6 +148,20 @@ fn choose_dtypes(choice: DTypeChoice, stored: DType, device: &Device) -> (DType,
     (weights, act)
 }
 
+/// Whether the model in `dir` stores its weights in 32 bits (config.json's torch_dtype / dtype).
+pub fn stores_32_bit(dir: &Path) -> bool {
+    read_json(&dir.join("config.json"))
+        .ok()
+        .flatten()
+        .and_then(|c| {
+            c.get("torch_dtype")
+                .or_else(|| c.get("dtype"))
+                .and_then(Value::as_str)
+                .map(|d| d == "float32")
+        })
+        .unwrap_or(true)
+}
+
 /// What a quantization cache must match: the scheme, owrun's quantizer version, and the source
 /// files' names and sizes.
 fn quant_stamp(scheme: quant::Scheme, files: &[PathBuf]) -> String {
@@ -242,7 +258,7 @@ impl Engine {
             weights.quantize_with(scheme, arch.layers.len(), cache);
         }
         let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
-            .with_context(|| format!("cannot load {}", weights::describe(files)))?;
+            .with_context(|| format!("cannot load {}", safetensors_file::describe(files)))?;
         if let Some(cache) = weights.take_cache() {
             match cache.save() {
                 Ok(Some(path)) => notes.push(format!(

@@ -77,6 +77,23 @@ impl Scheme {
         }
     }
 
+    /// Bits per weight, for size estimates: the block types' exact sizes (Q8_0: 34 bytes per 32
+    /// weights, Q4_K: 144 per 256, ...), and for the mixes what llama.cpp reports on Llama 3 8B.
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Scheme::Q8_0 => 8.5,
+            Scheme::Q4_0 => 4.5,
+            Scheme::Q4_1 => 5.0,
+            Scheme::Q5_0 => 5.5,
+            Scheme::Q5_1 => 6.0,
+            Scheme::Q4K => 4.5,
+            Scheme::Q5K => 5.5,
+            Scheme::Q6K => 6.5625,
+            Scheme::Q4KM => 4.89,
+            Scheme::Q5KM => 5.70,
+        }
+    }
+
     /// Case-insensitive; "q4_k" and "q4_k_s" are the plain K-quant.
     pub fn parse(s: &str) -> Option<Scheme> {
         let s = s.trim().to_ascii_uppercase().replace('-', "_");

@@ -142,6 +142,11 @@ impl Rope {
         Ok(rope)
     }
 
+    /// The rotation frequencies (of the short factors, for LongRoPE).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// cos and sin for positions `first..first + n`, each n × rot_dim/2. LongRoPE switches to
     /// its long factors when the sequence reaches past the original context, as transformers
     /// does for the forward that crosses it.
