@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Does llama.cpp read what `owrun quantize` writes exactly as it reads a file laid out by its own
+# converter? For each fixture family: the converter-style Q8_0 file (tests/fixtures/gguf) is
+# llama-perplexity's KL-divergence base, owrun's Q8_0 file is measured against it; identical
+# computations give a KL divergence of 0 and 100 % same top token.
+#
+#   scripts/check_gguf_llamacpp.sh [DIR_WITH_llama-perplexity]   (default: the bench_cpu.sh build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-${OWRUN_BENCH_DIR:-$HOME/.cache/owrun-bench}/llama.cpp/build/bin}
+[ -x "$BIN/llama-perplexity" ] || { echo "no llama-perplexity in $BIN (run scripts/bench_cpu.sh once, or build its llama-perplexity target)" >&2; exit 2; }
+cargo build --release -q
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+for i in 1 2 3 4; do cat assets/kld_text.txt; done >"$OUT/text.txt"
+for fam in llama qwen2 qwen3 gemma2 gemma3 mixtral; do
+  OWRUN_HOME=$OUT/home ./target/release/owrun quantize "tests/fixtures/models/$fam" --quant q8_0 -o "$OUT/$fam.gguf" >/dev/null 2>&1
+  "$BIN/llama-perplexity" -m "tests/fixtures/gguf/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
+    --kl-divergence-base "$OUT/$fam.base" >"$OUT/$fam.base.log" 2>&1
+  "$BIN/llama-perplexity" -m "$OUT/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
+    --kl-divergence-base "$OUT/$fam.base" --kl-divergence >"$OUT/$fam.log" 2>&1 || true
+  printf '%-8s %s | %s\n' "$fam" "$(grep -m1 'Mean    KLD' "$OUT/$fam.log" || echo 'KLD: failed (see llama.cpp log)')" \
+    "$(grep -m1 '^Same top p' "$OUT/$fam.log" || true)"
+done
