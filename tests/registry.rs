@@ -185,7 +185,11 @@ description = "second file wins"
 
     let r = sb.run(&["show", "mine"]);
     r.ok();
-    assert!(r.stdout.contains("sizes:        bf16 14.0 MB, Q8_0 7.4 MB"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("sizes:        bf16 14.0 MB, Q8_0 7.4 MB"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("me/my-model "), "{}", r.stdout);
     assert!(r.stdout.contains("NonCommercial"));
 
