@@ -40,6 +40,9 @@ pub struct ModelEntry {
     pub description: String,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// A Hub repo of GGUF files of this model (one per quantization), for `NAME:QUANT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf_repo: Option<String>,
 }
 
 fn default_revision() -> String {
@@ -176,10 +179,19 @@ impl Registry {
 /// What a model name on the command line refers to.
 #[derive(Debug, Clone)]
 pub enum ModelRef {
-    /// A registry entry.
-    Registry { name: String, entry: ModelEntry },
-    /// `hf:owner/name[@revision]`: any Hub repo.
-    Hub { repo: String, revision: String },
+    /// A registry entry; with `gguf`, that quantization's file from its GGUF repo.
+    Registry {
+        name: String,
+        entry: ModelEntry,
+        gguf: Option<String>,
+    },
+    /// `hf:owner/name[@revision][:QUANT]`: any Hub repo; with a QUANT, that quantization's
+    /// GGUF file(s) from it (as `llama-cli -hf` picks them).
+    Hub {
+        repo: String,
+        revision: String,
+        gguf: Option<String>,
+    },
     /// A local directory in Hugging Face layout.
     Local { path: PathBuf },
 }
@@ -188,18 +200,46 @@ impl ModelRef {
     /// The name to show the user.
     pub fn display_name(&self) -> String {
         match self {
-            ModelRef::Registry { name, .. } => name.clone(),
-            ModelRef::Hub { repo, revision } if revision == "main" => format!("hf:{repo}"),
-            ModelRef::Hub { repo, revision } => format!("hf:{repo}@{revision}"),
+            ModelRef::Registry { name, gguf, .. } => match gguf {
+                Some(q) => format!("{name}:{}", q.to_ascii_lowercase()),
+                None => name.clone(),
+            },
+            ModelRef::Hub {
+                repo,
+                revision,
+                gguf,
+            } => {
+                let mut s = format!("hf:{repo}");
+                if revision != "main" {
+                    s.push_str(&format!("@{revision}"));
+                }
+                if let Some(q) = gguf {
+                    s.push_str(&format!(":{q}"));
+                }
+                s
+            }
             ModelRef::Local { path } => path.display().to_string(),
+        }
+    }
+
+    /// The GGUF quantization asked for (`NAME:QUANT`, `hf:repo:QUANT`).
+    pub fn gguf(&self) -> Option<&str> {
+        match self {
+            ModelRef::Registry { gguf, .. } | ModelRef::Hub { gguf, .. } => gguf.as_deref(),
+            ModelRef::Local { .. } => None,
         }
     }
 
     /// Hub repo and revision, when the model comes from the Hub.
     pub fn hub_repo(&self) -> Option<(&str, &str)> {
         match self {
+            ModelRef::Registry {
+                entry,
+                gguf: Some(_),
+                ..
+            } => entry.gguf_repo.as_deref().map(|r| (r, "main")),
             ModelRef::Registry { entry, .. } => Some((&entry.repo, &entry.revision)),
-            ModelRef::Hub { repo, revision } => Some((repo, revision)),
+            ModelRef::Hub { repo, revision, .. } => Some((repo, revision)),
             ModelRef::Local { .. } => None,
         }
     }
@@ -208,6 +248,11 @@ impl ModelRef {
 /// Resolve a name from the command line: `hf:owner/name[@rev]`, a directory, or a registry name.
 pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
     if let Some(rest) = name.strip_prefix("hf:") {
+        // hf:owner/name[@revision][:QUANT]
+        let (rest, gguf) = match rest.rsplit_once(':') {
+            Some((r, q)) if !q.is_empty() && !q.contains('/') => (r, Some(q.to_ascii_uppercase())),
+            _ => (rest, None),
+        };
         let (repo, revision) = match rest.split_once('@') {
             Some((r, rev)) if !rev.is_empty() => (r, rev),
             Some(_) => return Err(usage(format!("{name:?}: empty revision after '@'"))),
@@ -221,13 +266,31 @@ pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
         return Ok(ModelRef::Hub {
             repo: repo.to_string(),
             revision: revision.to_string(),
+            gguf,
         });
     }
     if let Some(entry) = registry.get(name) {
         return Ok(ModelRef::Registry {
             name: name.to_string(),
             entry: entry.clone(),
+            gguf: None,
         });
+    }
+    // NAME:QUANT, like ollama's tags: the entry's GGUF repo.
+    if let Some((base, quant)) = name.rsplit_once(':') {
+        if let Some(entry) = registry.get(base) {
+            if entry.gguf_repo.is_none() {
+                return Err(usage(format!(
+                    "{base} has no GGUF repo in the registry, so no {quant:?} file; run it as it \
+                     is, or quantize it at load with --quant {quant}"
+                )));
+            }
+            return Ok(ModelRef::Registry {
+                name: base.to_string(),
+                entry: entry.clone(),
+                gguf: Some(quant.to_ascii_uppercase()),
+            });
+        }
     }
     let path = Path::new(name);
     let looks_like_path = name.contains('/')
@@ -338,9 +401,25 @@ mod tests {
     fn resolve_forms() {
         let reg = Registry::load(Path::new("/nonexistent"), &[]).unwrap();
         match resolve(&reg, "hf:Qwen/Qwen2.5-0.5B@v1").unwrap() {
-            ModelRef::Hub { repo, revision } => {
+            ModelRef::Hub {
+                repo,
+                revision,
+                gguf: None,
+            } => {
                 assert_eq!(repo, "Qwen/Qwen2.5-0.5B");
                 assert_eq!(revision, "v1");
+            }
+            other => panic!("{other:?}"),
+        }
+        match resolve(&reg, "hf:bartowski/Qwen2.5-0.5B-GGUF:q4_k_m").unwrap() {
+            ModelRef::Hub {
+                repo,
+                revision,
+                gguf: Some(q),
+            } => {
+                assert_eq!(repo, "bartowski/Qwen2.5-0.5B-GGUF");
+                assert_eq!(revision, "main");
+                assert_eq!(q, "Q4_K_M");
             }
             other => panic!("{other:?}"),
         }

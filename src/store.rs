@@ -127,6 +127,12 @@ impl RepoStore {
         })
     }
 
+    /// The snapshot of `revision` if it holds every file of the GGUF quantization `tag`.
+    pub fn complete_gguf_snapshot(&self, revision: &str, tag: &str) -> Option<Snapshot> {
+        self.snapshot(revision)
+            .filter(|s| !gguf_files_in(&s.dir, tag).is_empty())
+    }
+
     /// The snapshot of `revision` if every file a model needs is in it.
     pub fn complete_snapshot(&self, revision: &str) -> Option<Snapshot> {
         self.snapshot(revision)
@@ -229,10 +235,104 @@ pub enum Weights {
     Files(Vec<String>),
 }
 
+/// The GGUF files of quantization `tag` (Q4_K_M, Q8_0, ...) among a repo's file names, as
+/// `llama-cli -hf` picks them: `.gguf` names holding the tag as a whole word, case-insensitive
+/// (Q4_K is not Q4_K_M); every shard of a split file; never a multimodal projector.
+pub fn gguf_files_for(names: &[String], tag: &str) -> Vec<String> {
+    let tag = tag.to_ascii_lowercase();
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut found: Vec<String> = names
+        .iter()
+        .filter(|n| {
+            let lower = n.to_ascii_lowercase();
+            let file = lower.rsplit('/').next().unwrap_or(&lower);
+            lower.ends_with(".gguf")
+                && !file.starts_with("mmproj")
+                && lower.match_indices(&tag).any(|(i, _)| {
+                    !word(lower[..i].chars().next_back())
+                        && !word(lower[i + tag.len()..].chars().next())
+                })
+        })
+        .cloned()
+        .collect();
+    found.sort();
+    // A split file is complete only with all its shards: "-00001-of-00003.gguf".
+    if let Some(total) = found.first().and_then(|f| shard_total(f)) {
+        if found
+            .iter()
+            .filter(|f| shard_total(f) == Some(total))
+            .count()
+            != total
+        {
+            return Vec::new();
+        }
+    }
+    found
+}
+
+/// N of a "...-0000K-of-0000N.gguf" shard name.
+fn shard_total(name: &str) -> Option<usize> {
+    let stem = name.strip_suffix(".gguf")?;
+    let (_, total) = stem.rsplit_once("-of-")?;
+    total.parse().ok()
+}
+
+/// The files of GGUF quantization `tag` in a model folder (first shard first).
+pub fn gguf_files_in(dir: &Path, tag: &str) -> Vec<PathBuf> {
+    let mut names = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            if e.path().is_dir() {
+                stack.push((e.path(), format!("{name}/")));
+            } else {
+                names.push(name);
+            }
+        }
+    }
+    gguf_files_for(&names, tag)
+        .into_iter()
+        .map(|n| dir.join(n))
+        .collect()
+}
+
+/// What a GGUF repo offers, for an error message: its .gguf file names.
+pub fn gguf_names(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| n.to_ascii_lowercase().ends_with(".gguf"))
+        .cloned()
+        .collect()
+}
+
 /// Choose the files to fetch from a repo's file list: the small files a model needs, and one
 /// copy of the weights in safetensors form (never .bin, .pth, original/ or consolidated copies).
-pub fn plan_files(repo: &str, names: &[String]) -> Result<FilePlan> {
+pub fn plan_files(repo: &str, names: &[String], gguf: Option<&str>) -> Result<FilePlan> {
     let has = |n: &str| names.iter().any(|x| x == n);
+    if let Some(tag) = gguf {
+        let files = gguf_files_for(names, tag);
+        if files.is_empty() {
+            let offered = gguf_names(names);
+            bail!(
+                "{repo} has no complete {tag} GGUF file; it has: {}",
+                if offered.is_empty() {
+                    "no GGUF files at all".to_string()
+                } else {
+                    offered.join(", ")
+                }
+            );
+        }
+        let meta = META_FILES
+            .iter()
+            .filter(|n| has(n))
+            .map(|n| n.to_string())
+            .collect();
+        return Ok(FilePlan {
+            meta,
+            weights: Weights::Files(files),
+        });
+    }
     for req in REQUIRED {
         if !has(req) {
             bail!("{repo} has no {req}: owrun needs config.json, tokenizer.json and safetensors weights");
@@ -376,7 +476,7 @@ mod tests {
             "pytorch_model.bin",
             "original/consolidated.00.pth",
         ]);
-        let plan = plan_files("a/b", &files).unwrap();
+        let plan = plan_files("a/b", &files, None).unwrap();
         assert_eq!(plan.weights, Weights::Index);
         assert_eq!(
             plan.meta,
@@ -391,9 +491,50 @@ mod tests {
                 "consolidated.safetensors",
                 "w.safetensors",
             ]),
+            None,
         )
         .unwrap();
         assert_eq!(plan.weights, Weights::Files(names(&["w.safetensors"])));
+    }
+
+    #[test]
+    fn gguf_files_are_picked_by_quantization_tag() {
+        let repo = names(&[
+            "README.md",
+            "Llama-3-8B-Q4_K_M.gguf",
+            "Llama-3-8B-Q4_K_S.gguf",
+            "Llama-3-8B-Q4_K.gguf",
+            "mmproj-Q4_K_M.gguf",
+            "Q8_0/Llama-3-8B-Q8_0-00002-of-00002.gguf",
+            "Q8_0/Llama-3-8B-Q8_0-00001-of-00002.gguf",
+            "Llama-3-8B-Q6_K-00001-of-00002.gguf",
+        ]);
+        assert_eq!(
+            gguf_files_for(&repo, "q4_k_m"),
+            names(&["Llama-3-8B-Q4_K_M.gguf"])
+        );
+        assert_eq!(
+            gguf_files_for(&repo, "Q4_K"),
+            names(&["Llama-3-8B-Q4_K.gguf"])
+        );
+        assert_eq!(
+            gguf_files_for(&repo, "Q8_0"),
+            names(&[
+                "Q8_0/Llama-3-8B-Q8_0-00001-of-00002.gguf",
+                "Q8_0/Llama-3-8B-Q8_0-00002-of-00002.gguf"
+            ])
+        );
+        // A split file missing a shard is not offered.
+        assert!(gguf_files_for(&repo, "Q6_K").is_empty());
+        let plan = plan_files("a/b", &repo, Some("Q4_K_M")).unwrap();
+        assert_eq!(plan.meta, names(&["README.md"]));
+        let err = plan_files("a/b", &repo, Some("Q3_K_L"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no complete Q3_K_L") && err.contains("Llama-3-8B-Q4_K_M.gguf"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -401,11 +542,12 @@ mod tests {
         let err = plan_files(
             "a/b",
             &names(&["config.json", "tokenizer.json", "pytorch_model.bin"]),
+            None,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("no safetensors"), "{err}");
-        let err = plan_files("a/b", &names(&["config.json", "model.safetensors"]))
+        let err = plan_files("a/b", &names(&["config.json", "model.safetensors"]), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("tokenizer.json"), "{err}");

@@ -204,3 +204,151 @@ fn owrun_quantize_writes_gguf_files_that_load_and_agree() {
     ])
     .fails_with(2, "GGUF file already");
 }
+
+/// A GGUF file split in two shards as gguf-split does it: every shard says split.no / split.count
+/// / split.tensors.count, the first carries the metadata, the tensors are divided between them.
+fn split_in_two(src: &Path, first: &Path, second: &Path) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let mut f = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| {
+            let t = content
+                .tensor(&mut f, n, &candle_core::Device::Cpu)
+                .unwrap();
+            (n.to_string(), t)
+        })
+        .collect();
+    let count = Value::U16(2);
+    let total = Value::I32(tensors.len() as i32);
+    let half = tensors.len() / 2;
+    for (i, (path, part)) in [(first, &tensors[..half]), (second, &tensors[half..])]
+        .into_iter()
+        .enumerate()
+    {
+        let no = Value::U16(i as u16);
+        let mut meta: Vec<(&str, &Value)> = vec![
+            ("split.no", &no),
+            ("split.count", &count),
+            ("split.tensors.count", &total),
+        ];
+        if i == 0 {
+            meta.extend(content.metadata.iter().map(|(k, v)| (k.as_str(), v)));
+        }
+        let refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            part.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut out = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut out, &meta, &refs).unwrap();
+    }
+}
+
+#[test]
+fn gguf_files_are_pulled_by_quantization_tag() {
+    use support::hub::{FakeHub, RepoFixture};
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let gguf = root().join("gguf");
+    let shard1 = sb.dir.path().join("tiny-llama-F32-00001-of-00002.gguf");
+    let shard2 = sb.dir.path().join("tiny-llama-F32-00002-of-00002.gguf");
+    split_in_two(&gguf.join("llama.f32.gguf"), &shard1, &shard2);
+    let hub = FakeHub::start();
+    hub.add_repo(
+        RepoFixture::new("owrun-test/tiny-llama-GGUF")
+            .file("README.md", "---\nlicense: mit\n---\n# tiny llama GGUF\n")
+            .file(
+                "tiny-llama-Q8_0.gguf",
+                std::fs::read(gguf.join("llama.gguf")).unwrap(),
+            )
+            .file(
+                "tiny-llama-F32-00001-of-00002.gguf",
+                std::fs::read(&shard1).unwrap(),
+            )
+            .file(
+                "tiny-llama-F32-00002-of-00002.gguf",
+                std::fs::read(&shard2).unwrap(),
+            )
+            .file("tiny-llama-Q4_K_M.gguf", support::noise(300_000, 3)),
+    );
+    let sb = Sandbox::new(&hub.url);
+    let exp = expected("llama");
+    let prompt = exp["plain"]["prompt"].as_str().unwrap();
+    let run = |name: &str| {
+        let r = sb.run(&[
+            "run", name, prompt, "--raw", "-t", "0", "-n", "12", "--json",
+        ]);
+        r.ok();
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        doc["tokens"].clone()
+    };
+    // One quantization's file, as llama-cli -hf picks it: the same tokens as the file itself.
+    let direct = {
+        let r = sb.run(&[
+            "run",
+            gguf.join("llama.gguf").to_str().unwrap(),
+            prompt,
+            "--raw",
+            "-t",
+            "0",
+            "-n",
+            "12",
+            "--json",
+        ]);
+        r.ok();
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["tokens"].clone()
+    };
+    assert_eq!(run("hf:owrun-test/tiny-llama-GGUF:q8_0"), direct);
+    // A split F32 file: both shards, read as one; exact against transformers.
+    assert_eq!(
+        run("hf:owrun-test/tiny-llama-GGUF:F32"),
+        exp["plain"]["new_token_ids"]
+    );
+    // Nothing else was downloaded.
+    let mut blobs: Vec<u64> =
+        std::fs::read_dir(sb.repo_dir("owrun-test/tiny-llama-GGUF").join("blobs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .collect();
+    blobs.sort();
+    assert!(
+        !blobs.contains(&300_000),
+        "the Q4_K_M file was fetched: {blobs:?}"
+    );
+    assert_eq!(blobs.len(), 4, "README, Q8_0 and two F32 shards: {blobs:?}");
+    // A quantization the repo does not have: what it has instead.
+    sb.run(&["run", "hf:owrun-test/tiny-llama-GGUF:Q3_K_L", "hi"])
+        .fails_with(1, "tiny-llama-Q8_0.gguf");
+
+    // A registry entry naming the GGUF repo: NAME:QUANT, ollama-style.
+    let registry = sb.registry_file(
+        "models.toml",
+        r#"[models."tiny"]
+repo = "owrun-test/tiny-llama"
+gguf_repo = "owrun-test/tiny-llama-GGUF"
+family = "llama"
+params = 100000
+context = 256
+license = "mit"
+description = "a tiny test llama"
+"#,
+    );
+    let r = sb.run(&[
+        "--registry",
+        registry.to_str().unwrap(),
+        "run",
+        "tiny:q8_0",
+        prompt,
+        "--raw",
+        "-t",
+        "0",
+        "-n",
+        "12",
+        "--json",
+    ]);
+    r.ok();
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["tokens"], direct);
+    assert_eq!(doc["model"], "tiny:q8_0");
+}

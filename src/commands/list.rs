@@ -71,6 +71,7 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
         let model = ModelRef::Registry {
             name: name.clone(),
             entry: entry.clone(),
+            gguf: None,
         };
         let repo_store = store.repo(&entry.repo);
         let snapshot = repo_store.complete_snapshot(&entry.revision);
@@ -240,6 +241,7 @@ fn other_pulled_repos(ctx: &Ctx, seen: &[(String, String)]) -> Vec<Row> {
                 let model = ModelRef::Hub {
                     repo: repo.clone(),
                     revision,
+                    gguf: None,
                 };
                 rows.push(make_row(&model, Some(&snapshot), repo_store.size_on_disk()));
             }

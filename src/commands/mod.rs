@@ -44,7 +44,11 @@ impl Ctx {
             }),
             _ => {
                 let (repo, revision) = model.hub_repo()?;
-                self.store().repo(repo).complete_snapshot(revision)
+                let repo = self.store().repo(repo);
+                match model.gguf() {
+                    Some(tag) => repo.complete_gguf_snapshot(revision, tag),
+                    None => repo.complete_snapshot(revision),
+                }
             }
         }
     }

@@ -67,7 +67,8 @@ pub fn pull(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<std::pa
         };
     }
     if let ModelRef::Registry { entry, .. } = model {
-        if entry.gated && ctx.settings.token.is_none() {
+        // The registry's gated flag is about the original repo, not a GGUF repo of it.
+        if entry.gated && model.gguf().is_none() && ctx.settings.token.is_none() {
             return Err(HubError::GatedNoToken {
                 repo: repo.to_string(),
                 page: format!("{}/{repo}", ctx.settings.endpoint),
@@ -127,7 +128,7 @@ pub fn pull(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<std::pa
     }
 
     let names: Vec<String> = info.files.iter().map(|f| f.name.clone()).collect();
-    let plan = plan_files(repo, &names)?;
+    let plan = plan_files(repo, &names, model.gguf())?;
     let mut wanted: Vec<&RemoteFile> = Vec::new();
     let find = |n: &str| info.files.iter().find(|f| f.name == n);
     for m in &plan.meta {

@@ -143,7 +143,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
 /// the license gate, when it is not complete). A pulled model still passes the gate.
 pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<PathBuf> {
     if let Some(snapshot) = ctx.local_snapshot(model) {
-        let missing = if is_gguf(&snapshot.dir) {
+        let missing = if is_gguf(&snapshot.dir) || model.gguf().is_some() {
             Vec::new()
         } else {
             crate::store::missing_files(&snapshot.dir)
@@ -172,13 +172,26 @@ pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<
                 },
             )?,
         }
-        return Ok(snapshot.dir);
+        return gguf_or_folder(model, snapshot.dir);
     }
     eprintln!(
         "owrun: {} is not pulled yet; pulling it",
         model.display_name()
     );
-    pull::pull(ctx, model, accept_license)
+    let dir = pull::pull(ctx, model, accept_license)?;
+    gguf_or_folder(model, dir)
+}
+
+/// For `NAME:QUANT` and `hf:repo:QUANT`, the (first) GGUF file of that quantization in the
+/// snapshot; else the snapshot folder.
+fn gguf_or_folder(model: &ModelRef, dir: PathBuf) -> Result<PathBuf> {
+    let Some(tag) = model.gguf() else {
+        return Ok(dir);
+    };
+    crate::store::gguf_files_in(&dir, tag)
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} has no {tag} GGUF file", dir.display()))
 }
 
 pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {

@@ -18,8 +18,11 @@ use super::linear::Matrix;
 
 pub struct GgufFile {
     pub path: PathBuf,
+    /// The first (or only) file: metadata and tensors.
     content: Content,
     file: File,
+    /// The other shards of a split file (gguf-split's `-0000K-of-0000N.gguf`): tensors only.
+    shards: Vec<(PathBuf, Content, File)>,
     /// general.architecture
     pub arch: String,
 }
@@ -35,11 +38,43 @@ impl GgufFile {
             Some(GValue::String(a)) => a.clone(),
             _ => bail!("{} has no general.architecture", path.display()),
         };
+        let mut shards = Vec::new();
+        let count = match content.metadata.get("split.count") {
+            Some(v) => number(v).unwrap_or(1.0) as usize,
+            None => 1,
+        };
+        for k in 2..=count {
+            let shard = shard_path(path, k, count).with_context(|| {
+                format!(
+                    "{} is shard 1 of {count}, but its name does not say where the others are",
+                    path.display()
+                )
+            })?;
+            let mut f = File::open(&shard).with_context(|| {
+                format!(
+                    "{} is split in {count} files; cannot open {}",
+                    path.display(),
+                    shard.display()
+                )
+            })?;
+            let c = Content::read(&mut f)
+                .with_context(|| format!("{} is not a GGUF file", shard.display()))?;
+            shards.push((shard, c, f));
+        }
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,
             file,
+            shards,
             arch,
+        })
+    }
+
+    fn info(&self, name: &str) -> Option<&candle_core::quantized::gguf_file::TensorInfo> {
+        self.content.tensor_infos.get(name).or_else(|| {
+            self.shards
+                .iter()
+                .find_map(|(_, c, _)| c.tensor_infos.get(name))
         })
     }
 
@@ -56,7 +91,7 @@ impl GgufFile {
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.info(name).is_some()
     }
 
     /// The hyperparameters as a Hugging Face config.json.
@@ -87,9 +122,7 @@ impl GgufFile {
             json!(need("embedding_length")? as u64),
         );
         let vocab = self
-            .content
-            .tensor_infos
-            .get("token_embd.weight")
+            .info("token_embd.weight")
             .map(|t| t.shape.dims()[0])
             .context("the GGUF has no token_embd.weight")?;
         c.insert("vocab_size".into(), json!(vocab));
@@ -215,21 +248,27 @@ impl GgufFile {
     }
 
     fn raw(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .with_context(|| format!("{} lacks tensor {name}", self.path.display()))?;
+        let (path, content, file) = match self.content.tensor_infos.contains_key(name) {
+            true => (&self.path, &self.content, &mut self.file),
+            false => match self
+                .shards
+                .iter_mut()
+                .find(|(_, c, _)| c.tensor_infos.contains_key(name))
+            {
+                Some((p, c, f)) => (&*p, &*c, f),
+                None => bail!("{} lacks tensor {name}", self.path.display()),
+            },
+        };
+        let info = &content.tensor_infos[name];
         let dims = info.shape.dims().to_vec();
         let ty = info.ggml_dtype;
         let elems: usize = dims.iter().product();
         let bytes = elems / ty.block_size() * ty.type_size();
-        let start = self.content.tensor_data_offset + info.offset;
+        let start = content.tensor_data_offset + info.offset;
         let mut buf = vec![0u8; bytes];
-        self.file.seek(SeekFrom::Start(start))?;
-        self.file
-            .read_exact(&mut buf)
-            .with_context(|| format!("{}: tensor {name} is cut short", self.path.display()))?;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf)
+            .with_context(|| format!("{}: tensor {name} is cut short", path.display()))?;
         Ok((ty, dims, buf))
     }
 
@@ -366,6 +405,19 @@ impl GgufFile {
     pub fn norms_include_one(&self) -> bool {
         self.arch.starts_with("gemma")
     }
+}
+
+/// Shard `k` of `count` beside `first` ("...-00001-of-00003.gguf" → "...-0000k-of-00003.gguf").
+fn shard_path(first: &Path, k: usize, count: usize) -> Option<PathBuf> {
+    let name = first.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".gguf")?;
+    let (head, total) = stem.rsplit_once("-of-")?;
+    let (prefix, one) = head.rsplit_once('-')?;
+    if total.parse::<usize>().ok()? != count || one.parse::<usize>().ok()? != 1 {
+        return None;
+    }
+    let width = one.len();
+    Some(first.with_file_name(format!("{prefix}-{k:0width$}-of-{total}.gguf")))
 }
 
 struct Located {
