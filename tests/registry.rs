@@ -110,6 +110,11 @@ fn license_filters_partition_the_registry() {
         .find(|l| l.starts_with("llama3-8b "))
         .unwrap();
     assert!(llama_line.contains("conditions"), "{llama_line}");
+    // Sizes of the weights: 8.03B parameters are 16.1 GB in bf16, 4.9 GB in Q4_K_M.
+    assert!(
+        llama_line.contains("16.1 GB") && llama_line.contains("4.9 GB"),
+        "{llama_line}"
+    );
     let phi_line = r.stdout.lines().find(|l| l.starts_with("phi4 ")).unwrap();
     assert!(phi_line.contains(" yes "), "{phi_line}");
     assert!(!r.stdout.contains("codestral"));

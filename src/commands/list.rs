@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{licenses_of, print_table, Ctx};
+use super::{licenses_of, print_table, variant_sizes, Ctx};
 use crate::cli::ListArgs;
 use crate::error::usage;
 use crate::license::{self, Commercial, License};
@@ -28,6 +28,8 @@ struct Row {
     tags: Vec<String>,
     pulled: bool,
     size_on_disk: u64,
+    /// Estimated size of the weights in 16 bits and in each quantization.
+    sizes: std::collections::BTreeMap<String, u64>,
 }
 
 enum LicenseFilter {
@@ -117,6 +119,8 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
         "LICENSE",
         "COMMERCIAL",
         "GATED",
+        "BF16",
+        "Q4_K_M",
         "PULLED",
         "ON DISK",
     ]
@@ -130,6 +134,10 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
             r.licenses.join("+"),
             r.commercial.label().to_string(),
             yes_no(r.gated).into(),
+            r.sizes.get("bf16").map_or("-".into(), |b| format_bytes(*b)),
+            r.sizes
+                .get("Q4_K_M")
+                .map_or("-".into(), |b| format_bytes(*b)),
             yes_no(r.pulled).into(),
             if r.size_on_disk > 0 {
                 format_bytes(r.size_on_disk)
@@ -197,6 +205,11 @@ fn make_row(model: &ModelRef, snapshot: Option<&Snapshot>, size_on_disk: u64) ->
         tags,
         pulled: snapshot.is_some(),
         size_on_disk,
+        sizes: params
+            .map(variant_sizes)
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
+use crate::engine::quant::Scheme;
 use crate::license::{self, License};
 use crate::registry::{ModelRef, Registry};
 use crate::settings::Settings;
@@ -114,6 +115,18 @@ pub fn licenses_of(model: &ModelRef, snapshot: Option<&Snapshot>) -> Vec<License
         ids.push("unknown".into());
     }
     ids.iter().map(|id| license::lookup(id)).collect()
+}
+
+/// What the weights take in 16 bits and in each quantization `--quant` offers.
+pub fn variant_sizes(params: u64) -> Vec<(String, u64)> {
+    let mut v = vec![("bf16".to_string(), params * 2)];
+    for s in [Scheme::Q8_0, Scheme::Q6K, Scheme::Q5KM, Scheme::Q4KM] {
+        v.push((
+            s.name().to_string(),
+            (params as f64 * s.bits_per_weight() / 8.0) as u64,
+        ));
+    }
+    v
 }
 
 /// Print a table with left-aligned columns, the header first.

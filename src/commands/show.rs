@@ -5,9 +5,8 @@ use std::io::Write;
 use anyhow::Result;
 use serde_json::json;
 
-use super::{acceptance_key, licenses_of, Ctx};
+use super::{acceptance_key, licenses_of, variant_sizes, Ctx};
 use crate::cli::ShowArgs;
-use crate::engine::quant::Scheme;
 use crate::license::{wrap, Acceptances, License};
 use crate::registry::{format_params, ModelRef};
 use crate::store::format_bytes;
@@ -166,18 +165,6 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
         )?,
     }
     Ok(())
-}
-
-/// What the weights take in 16 bits and in each quantization `--quant` offers.
-fn variant_sizes(params: u64) -> Vec<(String, u64)> {
-    let mut v = vec![("bf16".to_string(), params * 2)];
-    for s in [Scheme::Q8_0, Scheme::Q6K, Scheme::Q5KM, Scheme::Q4KM] {
-        v.push((
-            s.name().to_string(),
-            (params as f64 * s.bits_per_weight() / 8.0) as u64,
-        ));
-    }
-    v
 }
 
 /// Files of a model folder (following the store's symlinks), with sizes, sorted by name.
