@@ -17,15 +17,7 @@ pub fn available_bytes() -> Option<u64> {
     if let Ok(limit) = std::env::var("OWRUN_MEMORY_LIMIT") {
         return parse_size(&limit);
     }
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line["MemAvailable:".len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    kb_field("/proc/meminfo", "MemAvailable:")
 }
 
 /// "1500000", "512K", "700M", "16G" (powers of 1024).
@@ -50,8 +42,13 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 fn status_field(name: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(name))?;
+    kb_field("/proc/self/status", name)
+}
+
+/// A "Name:   1234 kB" line of a /proc file, in bytes.
+fn kb_field(file: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
     let kb: u64 = line[name.len()..]
         .trim()
         .trim_end_matches("kB")

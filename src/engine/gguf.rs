@@ -426,7 +426,8 @@ struct Located {
     permuted_heads: Option<usize>,
 }
 
-fn number(v: &GValue) -> Option<f64> {
+/// A numeric metadata value as f64.
+pub fn number(v: &GValue) -> Option<f64> {
     Some(match v {
         GValue::U8(x) => *x as f64,
         GValue::I8(x) => *x as f64,

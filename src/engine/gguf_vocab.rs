@@ -10,7 +10,7 @@ use candle_core::quantized::gguf_file::Value as GValue;
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use super::gguf::GgufFile;
+use super::gguf::{number as num, GgufFile};
 use super::template::ChatTemplate;
 
 /// llama.cpp's token types.
@@ -41,22 +41,6 @@ fn numbers(v: Option<&GValue>) -> Vec<f64> {
         Some(GValue::Array(a)) => a.iter().map(|x| num(x).unwrap_or(0.0)).collect(),
         _ => Vec::new(),
     }
-}
-
-fn num(v: &GValue) -> Option<f64> {
-    Some(match v {
-        GValue::U8(x) => *x as f64,
-        GValue::I8(x) => *x as f64,
-        GValue::U16(x) => *x as f64,
-        GValue::I16(x) => *x as f64,
-        GValue::U32(x) => *x as f64,
-        GValue::I32(x) => *x as f64,
-        GValue::U64(x) => *x as f64,
-        GValue::I64(x) => *x as f64,
-        GValue::F32(x) => *x as f64,
-        GValue::F64(x) => *x,
-        _ => return None,
-    })
 }
 
 /// Token texts that end a turn in the chat formats owrun runs (llama.cpp's list).

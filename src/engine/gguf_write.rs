@@ -192,15 +192,7 @@ pub fn write(dir: &Path, files: &[PathBuf], scheme: Option<Scheme>, out: &Path) 
                 ("long_factor", "rope_factors_long"),
                 ("short_factor", "rope_factors_short"),
             ] {
-                let v: Vec<f32> = scaling[key]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_f64)
-                            .map(|x| x as f32)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let v = super::rope::f32_list(&scaling[key]);
                 let n = v.len();
                 extra.push((
                     format!("{tensor}.weight"),

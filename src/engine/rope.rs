@@ -25,6 +25,18 @@ fn base_freqs(theta: f64, dim: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A JSON array of numbers as f32s (empty when it is not one).
+pub fn f32_list(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .map(|x| x as f32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Rope {
     /// `scaling`: config.json's `rope_scaling` (null or absent: none). `max_pos` and
     /// `original_max_pos` are the config's `max_position_embeddings` and (Phi-3)
@@ -61,16 +73,7 @@ impl Rope {
             }
             // Per-frequency divisors, as GGUF files carry Llama 3.1's scaling (rope_freqs).
             "divisors" => {
-                let d: Vec<f32> = s
-                    .get("divisors")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_f64)
-                            .map(|x| x as f32)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let d = f32_list(&s["divisors"]);
                 if d.len() != rope.inv_freq.len() {
                     bail!(
                         "rope_freqs has {} values, expected {}",
@@ -98,16 +101,7 @@ impl Rope {
             }
             "longrope" | "su" => {
                 let factors = |k: &str| -> Result<Vec<f32>> {
-                    let v: Vec<f32> = s
-                        .get(k)
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_f64)
-                                .map(|x| x as f32)
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let v = f32_list(&s[k]);
                     if v.len() != rot_dim / 2 {
                         bail!(
                             "rope_scaling.{k} has {} values, expected {}",
