@@ -12,6 +12,12 @@ use rayon::prelude::*;
 /// A weight element stored in 16 bits, converted to f32 on the fly.
 pub trait Half16: Copy + Send + Sync + 'static {
     fn widen_into(src: &[Self], dst: &mut [f32]);
+    /// x · w with the conversion fused into the loop (AVX2 + FMA + F16C).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `x` and `w` have the same length.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32;
 }
 
 impl Half16 for bf16 {
@@ -21,6 +27,11 @@ impl Half16 for bf16 {
             *d = f32::from_bits((s.to_bits() as u32) << 16);
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32 {
+        x86::dot_bf16(x, w)
+    }
 }
 
 impl Half16 for f16 {
@@ -28,6 +39,86 @@ impl Half16 for f16 {
         // half picks F16C / NEON conversion at run time where the CPU has it.
         half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
     }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32 {
+        x86::dot_f16(x, w)
+    }
+}
+
+/// Fused convert-and-dot loops: decoding reads every weight once per token, so converting it
+/// to a buffer first doubles the memory traffic of the step that is bound by it.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_hadd_ps(s, s);
+        _mm_cvtss_f32(_mm_hadd_ps(s, s))
+    }
+
+    /// Eight weights as f32 from 16-bit storage at `p`.
+    type Load = unsafe fn(*const u16) -> __m256;
+
+    #[inline(always)]
+    unsafe fn dot_with(x: &[f32], w: *const u16, load: Load, tail: impl Fn(usize) -> f32) -> f32 {
+        let n = x.len();
+        let xp = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (a, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * a;
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), load(w.add(o)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), load(w.add(i)), acc[0]);
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = hsum(sum);
+        for (j, xj) in x.iter().enumerate().skip(i) {
+            total += xj * tail(j);
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(x: &[f32], w: &[half::f16]) -> f32 {
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load(p: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
+        #[target_feature(enable = "avx2")]
+        unsafe fn load(p: *const u16) -> __m256 {
+            let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+        }
+        dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+    }
+}
+
+/// Rows of activations at or below which the fused dot products run (decoding, small batches);
+/// above it the weights are widened a row at a time and reused across rows.
+const FUSED_MAX_ROWS: usize = 4;
+
+/// A whole 16-bit matrix widened to f32, on every core (for prefill, which then runs as one
+/// f32 GEMM: compute-bound, so reading the weights twice costs little).
+pub fn widen<T: Half16>(w: &[T]) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(w.par_chunks(1 << 16))
+        .for_each(|(d, s)| T::widen_into(s, d));
+    out
 }
 
 /// Output columns handled by one task: enough work to amortise scheduling, small enough that
@@ -40,14 +131,32 @@ pub fn matmul_wt<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) ->
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
     let simd = simd_available();
+    #[cfg(target_arch = "x86_64")]
+    let fused = m <= FUSED_MAX_ROWS && simd && is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fused = false;
     // Each task computes a block of output columns for every row: its rows of `w` are read once.
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(COLUMNS_PER_TASK))
         .into_par_iter()
         .map(|b| {
             let first = b * COLUMNS_PER_TASK;
             let cols = COLUMNS_PER_TASK.min(n - first);
-            let mut row = vec![0f32; k];
             let mut out = vec![0f32; m * cols];
+            if fused {
+                for c in 0..cols {
+                    let j = first + c;
+                    let wj = &w[j * k..(j + 1) * k];
+                    for i in 0..m {
+                        // SAFETY: AVX2, FMA and F16C were detected above; lengths are k.
+                        #[cfg(target_arch = "x86_64")]
+                        {
+                            out[i * cols + c] = unsafe { T::dot_x86(&x[i * k..(i + 1) * k], wj) };
+                        }
+                    }
+                }
+                return out;
+            }
+            let mut row = vec![0f32; k];
             for c in 0..cols {
                 let j = first + c;
                 T::widen_into(&w[j * k..(j + 1) * k], &mut row);

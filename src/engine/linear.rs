@@ -46,9 +46,29 @@ impl Matrix {
     }
 }
 
+/// Rows of activations from which a 16-bit matmul widens the weights and runs one f32 GEMM.
+const GEMM_MIN_ROWS: usize = 16;
+
 fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let n = w.dims()[0];
+    if m >= GEMM_MIN_ROWS {
+        let wide = {
+            let (storage, layout) = w.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                bail!("a CPU weight outside CPU memory")
+            };
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                bail!("weights must be contiguous")
+            };
+            match w.dtype() {
+                DType::BF16 => kernels::widen(&cpu.as_slice::<bf16>()?[start..end]),
+                _ => kernels::widen(&cpu.as_slice::<f16>()?[start..end]),
+            }
+        };
+        let wide = Tensor::from_vec(wide, (n, k), &Device::Cpu)?;
+        return Ok(x.contiguous()?.matmul(&wide.t()?)?);
+    }
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let (storage, layout) = w.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
@@ -82,5 +102,35 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_16_bit_path_matches_f32() {
+        // 1 row: fused dots; 7 rows: widened rows; 20 rows: one f32 GEMM.
+        let w = Tensor::randn(0f32, 1.0, (24, 72), &Device::Cpu).unwrap();
+        for rows in [1, 7, 20] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 72), &Device::Cpu).unwrap();
+            for dtype in [DType::F16, DType::BF16] {
+                let w16 = w.to_dtype(dtype).unwrap();
+                let want = x
+                    .matmul(&w16.to_dtype(DType::F32).unwrap().t().unwrap())
+                    .unwrap();
+                let got = Matrix::Dense(w16).matmul_t(&x).unwrap();
+                let err: f32 = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(err < 1e-3, "{rows} rows, {dtype:?}: max error {err}");
+            }
+        }
     }
 }
