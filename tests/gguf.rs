@@ -352,3 +352,44 @@ description = "a tiny test llama"
     assert_eq!(doc["tokens"], direct);
     assert_eq!(doc["model"], "tiny:q8_0");
 }
+
+#[test]
+fn a_gguf_file_s_license_is_read_from_its_metadata() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    // The fixtures carry general.license = mit: commercial use is allowed.
+    let mit = root().join("gguf/qwen2.gguf");
+    sb.run_env(
+        &["run", mit.to_str().unwrap(), "hi", "-n", "1"],
+        &[("OWRUN_USE", "commercial")],
+    )
+    .ok();
+    // owrun quantize writes the model card's license; a non-commercial one is then refused.
+    let dir = sb.dir.path().join("nc-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(root().join("models/qwen2"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    std::fs::write(
+        dir.join("README.md"),
+        "---\nlicense: cc-by-nc-4.0\n---\n# nc\n",
+    )
+    .unwrap();
+    let out = sb.dir.path().join("nc.gguf");
+    sb.run(&[
+        "quantize",
+        dir.to_str().unwrap(),
+        "--quant",
+        "q8_0",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    sb.run_env(
+        &["run", out.to_str().unwrap(), "hi", "-n", "1"],
+        &[("OWRUN_USE", "commercial")],
+    )
+    .fails_with(4, "cc-by-nc-4.0");
+}

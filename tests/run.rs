@@ -283,9 +283,34 @@ fn bench_reports_prefill_and_decode_speed() {
         assert_eq!(t["samples"].as_array().unwrap().len(), 2);
         assert!(t["tokens_per_s"].as_f64().unwrap() > 0.0);
     }
+    // Memory: the weights as held (stories260K: 1.18 MB of f32 on disk, of which the tied
+    // lm_head copy is not loaded), the KV cache, and the process's resident memory, which holds
+    // at least the weights.
+    let weights = v["weight_bytes"].as_u64().unwrap();
+    let file = std::fs::metadata(format!("{m}/model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        weights <= file && weights * 10 > file * 8,
+        "{weights} of {file}"
+    );
+    assert!(v["kv_cache_bytes"].as_u64().unwrap() > 0);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > weights);
+    assert_eq!(v["dtype"], "f32");
+    let q = json_run(
+        &sb,
+        &[
+            "bench", &m, "-p", "8", "-n", "4", "-r", "1", "--json", "--quant", "q8_0",
+        ],
+    );
+    assert_eq!(q["dtype"], "Q8_0");
+    // Q8_0 takes a quarter of f32, but stories260K's down_proj rows (172 wide) fill no block
+    // and stay f32, as llama-quantize leaves such rows unquantized.
+    assert!(q["weight_bytes"].as_u64().unwrap() * 2 < weights, "{q}");
     let r = sb.run(&["bench", &m, "-p", "32", "-n", "16", "-r", "1"]);
     r.ok();
     assert!(r.stdout.contains("pp32") && r.stdout.contains("tg16") && r.stdout.contains("±"));
+    assert!(r.stderr.contains("peak resident"), "{}", r.stderr);
     sb.run(&["bench", &m, "-p", "500", "-n", "100"])
         .fails_with(2, "exceeds the model's context of 512");
 }

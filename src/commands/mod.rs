@@ -111,6 +111,20 @@ pub fn licenses_of(model: &ModelRef, snapshot: Option<&Snapshot>) -> Vec<License
             ids.push(card_id);
         }
     }
+    // A GGUF file says its license in its metadata (general.license), as converters copy it
+    // from the model card.
+    if let Some(id) = snapshot
+        .filter(|s| run::is_gguf(&s.dir))
+        .and_then(|s| crate::engine::gguf::GgufFile::open(&s.dir).ok())
+        .and_then(|g| match g.meta("general.license") {
+            Some(candle_core::quantized::gguf_file::Value::String(l)) => Some(l.to_lowercase()),
+            _ => None,
+        })
+    {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
     if ids.is_empty() {
         ids.push("unknown".into());
     }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::run::{is_gguf, ready_model};
-use super::Ctx;
+use super::{licenses_of, Ctx};
 use crate::cli::QuantizeArgs;
 use crate::engine::gguf_write;
 use crate::error::usage;
@@ -27,7 +27,20 @@ pub fn run(ctx: &Ctx, args: &QuantizeArgs) -> Result<()> {
         )));
     }
     let started = Instant::now();
-    let written = gguf_write::write(&dir, &weight_files(&dir), args.quant, &args.output)?;
+    let snapshot = ctx.local_snapshot(&model);
+    let licenses: Vec<String> = licenses_of(&model, snapshot.as_ref())
+        .into_iter()
+        .map(|l| l.id)
+        .filter(|id| id != "unknown")
+        .collect();
+    let license = (!licenses.is_empty()).then(|| licenses.join("+"));
+    let written = gguf_write::write(
+        &dir,
+        &weight_files(&dir),
+        args.quant,
+        license.as_deref(),
+        &args.output,
+    )?;
     let types: Vec<String> = written
         .types
         .iter()

@@ -68,8 +68,15 @@ fn file_type(scheme: Option<Scheme>, stored: DType) -> u32 {
     }
 }
 
-/// Write the model in `dir` (safetensors `files`) to `out`, quantized under `scheme`.
-pub fn write(dir: &Path, files: &[PathBuf], scheme: Option<Scheme>, out: &Path) -> Result<Written> {
+/// Write the model in `dir` (safetensors `files`) to `out`, quantized under `scheme`, saying
+/// `license` (an id like "apache-2.0") in general.license as converters do.
+pub fn write(
+    dir: &Path,
+    files: &[PathBuf],
+    scheme: Option<Scheme>,
+    license: Option<&str>,
+    out: &Path,
+) -> Result<Written> {
     let config = ModelConfig::load(dir)?;
     let arch = Arch::from_config(&config)?;
     let raw = &config.raw;
@@ -99,6 +106,9 @@ pub fn write(dir: &Path, files: &[PathBuf], scheme: Option<Scheme>, out: &Path) 
     );
     put("general.file_type", G::U32(file_type(scheme, stored)));
     put("general.quantization_version", G::U32(2));
+    if let Some(l) = license {
+        put("general.license", G::String(l.to_string()));
+    }
     put(&a("context_length"), u32v(arch.context));
     put(&a("embedding_length"), u32v(arch.hidden));
     put(&a("block_count"), u32v(arch.layers.len()));

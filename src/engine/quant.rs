@@ -132,7 +132,7 @@ impl Scheme {
 }
 
 /// The type a matrix with rows of `k` values can take when `wanted`'s blocks do not divide
-/// its rows: llama.cpp's fallbacks, then None (keep it 16-bit).
+/// its rows: llama.cpp's fallbacks, then None (the matrix stays as stored).
 pub fn fitting_type(wanted: GgmlDType, k: usize) -> Option<GgmlDType> {
     if k.is_multiple_of(wanted.block_size()) {
         return Some(wanted);
