@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
 use half::{bf16, f16};
 
@@ -37,6 +37,11 @@ impl Matrix {
     /// `x` (m × columns) times this matrix transposed: m × rows.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            // Q8_0 keeps candle's op: its repacked VNNI kernels decode 1.8x faster than the
+            // block dot products here (27 vs 15 tok/s on TinyLlama, 2 threads), worth the copy.
+            Matrix::Quantized(q) if q.device().is_cpu() && q.dtype() != GgmlDType::Q8_0 => {
+                cpu_quantized(q, x)
+            }
             Matrix::Quantized(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Dense(w) => match (w.device(), w.dtype(), x.dtype()) {
                 (Device::Cpu, DType::F16 | DType::BF16, DType::F32) => cpu_half(w, x),
@@ -48,6 +53,55 @@ impl Matrix {
 
 /// Rows of activations from which a 16-bit matmul widens the weights and runs one f32 GEMM.
 const GEMM_MIN_ROWS: usize = 16;
+
+/// A quantized matmul on the CPU through candle's block dot products (`k_quants::matmul`),
+/// without the repacked copy candle's QTensor op keeps of every matrix it multiplies: that
+/// copy doubles the memory of a quantized model. Measured on TinyLlama Q4_K_M (2 threads):
+/// decode 42.8 tok/s here against 32.7 through candle's op, peak memory 1.12x the weights
+/// against 2.22x; prefill is slower (56 against ~200 tok/s at 128 tokens), the price of the
+/// memory until owrun has tiled kernels of its own.
+fn cpu_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    use candle_core::quantized::k_quants::{self as kq, GgmlType};
+    use candle_core::quantized::GgmlDType as T;
+    let (m, k) = x.dims2()?;
+    let n = q.shape().dims()[0];
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut dst = vec![0f32; m * n];
+    let data = q.data()?;
+    fn run<B: GgmlType>(
+        mkn: (usize, usize, usize),
+        xs: &[f32],
+        data: &[u8],
+        dst: &mut [f32],
+    ) -> Result<()> {
+        let size = std::mem::size_of::<B>();
+        if !data.len().is_multiple_of(size)
+            || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
+        {
+            bail!("quantized data is not a whole number of aligned blocks");
+        }
+        // SAFETY: the bytes are a QTensor's blocks of type B (its dtype said so), whole and
+        // aligned as checked above; blocks are plain data.
+        let blocks =
+            unsafe { std::slice::from_raw_parts(data.as_ptr() as *const B, data.len() / size) };
+        Ok(kq::matmul(mkn, xs, blocks, dst)?)
+    }
+    let mkn = (m, k, n);
+    match q.dtype() {
+        T::Q4_0 => run::<kq::BlockQ4_0>(mkn, &xs, &data, &mut dst)?,
+        T::Q4_1 => run::<kq::BlockQ4_1>(mkn, &xs, &data, &mut dst)?,
+        T::Q5_0 => run::<kq::BlockQ5_0>(mkn, &xs, &data, &mut dst)?,
+        T::Q5_1 => run::<kq::BlockQ5_1>(mkn, &xs, &data, &mut dst)?,
+        T::Q8_0 => run::<kq::BlockQ8_0>(mkn, &xs, &data, &mut dst)?,
+        T::Q2K => run::<kq::BlockQ2K>(mkn, &xs, &data, &mut dst)?,
+        T::Q3K => run::<kq::BlockQ3K>(mkn, &xs, &data, &mut dst)?,
+        T::Q4K => run::<kq::BlockQ4K>(mkn, &xs, &data, &mut dst)?,
+        T::Q5K => run::<kq::BlockQ5K>(mkn, &xs, &data, &mut dst)?,
+        T::Q6K => run::<kq::BlockQ6K>(mkn, &xs, &data, &mut dst)?,
+        _ => return Ok(x.contiguous()?.apply_op1_no_bwd(q)?),
+    }
+    Ok(Tensor::from_vec(dst, (m, n), &Device::Cpu)?)
+}
 
 fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
@@ -108,6 +162,45 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantized_matmuls_agree_with_candle_s_op() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let w = Tensor::randn(0f32, 1.0, (64, 256), &Device::Cpu).unwrap();
+        for ty in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let q = QTensor::quantize(&w, ty).unwrap();
+            for rows in [1, 9] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
+                let theirs = x.apply_op1_no_bwd(&q).unwrap();
+                let ours = cpu_quantized(&q, &x).unwrap();
+                let scale: f32 = theirs
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                let err: f32 = (ours - theirs)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(
+                    err <= 1e-4 * scale.max(1.0),
+                    "{ty:?}, {rows} rows: {err} of {scale}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_16_bit_path_matches_f32() {
