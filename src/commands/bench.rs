@@ -37,6 +37,9 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
 
     let rss_after_load = memory::resident_bytes();
     let seq = engine.model.new_sequence();
+    // One untimed forward first, as llama-bench warms up: one-time work (kernel tables, candle's
+    // repacking of quantized matrices) is not speed.
+    engine.model.forward(seq, &prompt[..prompt.len().min(8)])?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..args.repetitions {
