@@ -364,4 +364,11 @@ fn a_model_too_big_for_the_memory_runs_quantized_and_says_so() {
     assert_eq!(tokens, g["new_token_ids"]);
     let (_, err) = run("16G", &[]);
     assert!(!err.contains("quantized"), "{err}");
+    // Q8_0 (0.3 MB) with 0.5 MiB: no room for candle's repacked second copy; the single-copy
+    // path gives the same tokens.
+    let (tokens, err) = run("500K", &["--quant", "q8_0"]);
+    assert!(err.contains("without the repacked copy"), "{err}");
+    assert_eq!(tokens, g["new_token_ids"]);
+    let (_, err) = run("16G", &["--quant", "q8_0"]);
+    assert!(!err.contains("repacked"), "{err}");
 }

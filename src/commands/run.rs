@@ -215,6 +215,7 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
         dtype: load.dtype.into(),
         quant,
         quant_cache: quant.map(|q| quant_cache_path(ctx, dir, q)),
+        memory_available: crate::memory::available_bytes(),
     };
     let loaded = if is_gguf(dir) {
         Engine::load_gguf(dir, &options)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Storage, Tensor};
 use half::{bf16, f16};
 
@@ -15,14 +15,18 @@ use super::kernels;
 #[derive(Clone)]
 pub enum Matrix {
     Dense(Tensor),
+    /// Multiplied by candle's block dot products: one copy of the weights.
     Quantized(Arc<QTensor>),
+    /// Multiplied by candle's QTensor op, which keeps a repacked copy of the weights for its
+    /// tiled kernels: faster for Q8_0 (VNNI), twice the memory.
+    Repacked(Arc<QTensor>),
 }
 
 impl Matrix {
     pub fn bytes(&self) -> usize {
         match self {
             Matrix::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Matrix::Quantized(q) => q.storage_size_in_bytes(),
+            Matrix::Quantized(q) | Matrix::Repacked(q) => q.storage_size_in_bytes(),
         }
     }
 
@@ -30,19 +34,17 @@ impl Matrix {
     pub fn rows_of(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         Ok(match self {
             Matrix::Dense(t) => t.index_select(ids, 0)?.to_dtype(dtype)?,
-            Matrix::Quantized(q) => q.embedding(ids)?.to_dtype(dtype)?,
+            Matrix::Quantized(q) | Matrix::Repacked(q) => q.embedding(ids)?.to_dtype(dtype)?,
         })
     }
 
     /// `x` (m × columns) times this matrix transposed: m × rows.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            // Q8_0 keeps candle's op: its repacked VNNI kernels decode 1.8x faster than the
-            // block dot products here (27 vs 15 tok/s on TinyLlama, 2 threads), worth the copy.
-            Matrix::Quantized(q) if q.device().is_cpu() && q.dtype() != GgmlDType::Q8_0 => {
-                cpu_quantized(q, x)
+            Matrix::Quantized(q) if q.device().is_cpu() => cpu_quantized(q, x),
+            Matrix::Quantized(q) | Matrix::Repacked(q) => {
+                Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?)
             }
-            Matrix::Quantized(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Dense(w) => match (w.device(), w.dtype(), x.dtype()) {
                 (Device::Cpu, DType::F16 | DType::BF16, DType::F32) => cpu_half(w, x),
                 _ => Ok(x.matmul(&w.t()?)?),
@@ -165,7 +167,7 @@ mod tests {
 
     #[test]
     fn quantized_matmuls_agree_with_candle_s_op() {
-        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::quantized::GgmlDType;
         let w = Tensor::randn(0f32, 1.0, (64, 256), &Device::Cpu).unwrap();
         for ty in [
             GgmlDType::Q4_0,

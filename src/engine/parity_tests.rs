@@ -39,6 +39,7 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
         dtype,
         quant: None,
         quant_cache: None,
+        memory_available: None,
     };
     Engine::load(dir, &[dir.join("model.safetensors")], &opts)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
@@ -232,6 +233,7 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             dtype: DTypeChoice::Auto,
             quant: Some(super::quant::Scheme::Q8_0),
             quant_cache: None,
+            memory_available: None,
         };
         let mut ours = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
         let file = root.join("gguf").join(format!("{family}.gguf"));
