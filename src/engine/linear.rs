@@ -162,8 +162,13 @@ impl Linear {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The largest absolute value of a tensor (of a difference, an error).
+    pub fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
 
     #[test]
     fn quantized_matmuls_agree_with_candle_s_op() {
@@ -181,21 +186,8 @@ mod tests {
                 let x = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
                 let theirs = x.apply_op1_no_bwd(&q).unwrap();
                 let ours = cpu_quantized(&q, &x).unwrap();
-                let scale: f32 = theirs
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
-                let err: f32 = (ours - theirs)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let scale = max_abs(&theirs);
+                let err = max_abs(&(ours - theirs).unwrap());
                 assert!(
                     err <= 1e-4 * scale.max(1.0),
                     "{ty:?}, {rows} rows: {err} of {scale}"
@@ -216,14 +208,7 @@ mod tests {
                     .matmul(&w16.to_dtype(DType::F32).unwrap().t().unwrap())
                     .unwrap();
                 let got = Matrix::Dense(w16).matmul_t(&x).unwrap();
-                let err: f32 = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let err = max_abs(&(got - want).unwrap());
                 assert!(err < 1e-3, "{rows} rows, {dtype:?}: max error {err}");
             }
         }

@@ -316,14 +316,7 @@ mod tests {
             assert_eq!(ours.data().unwrap(), whole.data().unwrap(), "{ty:?}");
             // And it is a faithful copy: dequantized, close to the original.
             let back = ours.dequantize(&Device::Cpu).unwrap();
-            let err: f32 = (back - &w)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let err = crate::engine::linear::tests::max_abs(&(back - &w).unwrap());
             assert!(err < 0.5, "{ty:?}: max error {err}");
         }
     }
