@@ -10,7 +10,8 @@ use crate::engine::{DTypeChoice, DeviceChoice};
 const AFTER_HELP: &str = "\
 MODELS:
   A model is a registry name (`owrun list`), hf:owner/name[@revision] for any Hugging Face
-  repo, or a path to a local directory in Hugging Face layout.
+  repo, a path to a local directory in Hugging Face layout, or a .gguf file. NAME:QUANT
+  (llama3-8b:q4_k_m) and hf:owner/repo:QUANT run that quantization's GGUF file from a repo.
 
 ENVIRONMENT:
   OWRUN_HOME        owrun's settings and state (config.toml, models.toml, accepted licenses)
@@ -20,6 +21,8 @@ ENVIRONMENT:
   HF_TOKEN          Hub access token for gated repos (else the file HF_HOME/token)
   HF_HOME, HF_HUB_CACHE   where models are stored (standard Hugging Face cache)
   HF_HUB_OFFLINE=1  never touch the network; use only pulled models
+  OWRUN_MEMORY_LIMIT  memory owrun may use (e.g. 8G; default: what is available); a model
+                    that does not fit runs quantized
 
 EXIT CODES:
   0  success (also when the reader of stdout goes away, as in `owrun list | head -1`)
@@ -144,7 +147,8 @@ pub enum LicenseCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Registry name, hf:owner/name[@revision], or a local directory (pulled first if needed)
+    /// Registry name (NAME:QUANT for a GGUF file), hf:owner/name[@revision][:QUANT], a local
+    /// directory or a .gguf file (pulled first if needed)
     pub model: String,
     /// The prompt; with text on stdin too, stdin comes first, then this
     #[arg(num_args = 0..)]
