@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     let seq = engine.model.new_sequence();
     // One untimed forward first, as llama-bench warms up: one-time work (kernel tables, candle's
     // repacking of quantized matrices) is not speed.
-    engine.model.forward(seq, &prompt[..prompt.len().min(8)])?;
+    engine.model.forward(seq, &prompt[..prompt.len().min(32)])?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..args.repetitions {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf::{self, GgufFile};
@@ -30,8 +30,8 @@ pub struct Weights {
     small_dtype: DType,
     /// Quantize matrices under this scheme (for a model of this many layers), through the cache.
     quant: Option<(Scheme, usize, QuantCache)>,
-    /// Q8_0 matrices may use candle's repacked kernels (see `allow_repacking`).
-    repack_q8: bool,
+    /// Quantized matrices may use candle's repacked kernels (see `allow_repacking`).
+    repack: bool,
 }
 
 impl Weights {
@@ -49,7 +49,7 @@ impl Weights {
             matmul_dtype,
             small_dtype,
             quant: None,
-            repack_q8: false,
+            repack: false,
         })
     }
 
@@ -66,19 +66,17 @@ impl Weights {
             matmul_dtype,
             small_dtype,
             quant: None,
-            repack_q8: false,
+            repack: false,
         }
     }
 
-    /// Let Q8_0 matrices keep candle's repacked copy (faster, twice their memory).
+    /// Let quantized matrices keep candle's repacked copy (faster, twice their memory).
     pub fn allow_repacking(&mut self, allow: bool) {
-        self.repack_q8 = allow;
+        self.repack = allow;
     }
 
     fn quantized(&self, q: Arc<QTensor>) -> Matrix {
-        // Only Q8_0 gains enough from candle's repacked tiles (VNNI decode 27 against 15 tok/s
-        // on TinyLlama, 2 threads) to be worth its copy; K-quants decode faster without it.
-        if self.repack_q8 && q.dtype() == GgmlDType::Q8_0 {
+        if self.repack {
             Matrix::Repacked(q)
         } else {
             Matrix::Quantized(q)
