@@ -283,21 +283,7 @@ fn gguf_files_are_pulled_by_quantization_tag() {
         doc["tokens"].clone()
     };
     // One quantization's file, as llama-cli -hf picks it: the same tokens as the file itself.
-    let direct = {
-        let r = sb.run(&[
-            "run",
-            gguf.join("llama.gguf").to_str().unwrap(),
-            prompt,
-            "--raw",
-            "-t",
-            "0",
-            "-n",
-            "12",
-            "--json",
-        ]);
-        r.ok();
-        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["tokens"].clone()
-    };
+    let direct = run(gguf.join("llama.gguf").to_str().unwrap());
     assert_eq!(run("hf:owrun-test/tiny-llama-GGUF:q8_0"), direct);
     // A split F32 file: both shards, read as one; exact against transformers.
     assert_eq!(

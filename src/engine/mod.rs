@@ -222,6 +222,33 @@ struct TextSide {
     sampling: SamplingParams,
 }
 
+/// The weight side of a loaded model.
+struct Loaded {
+    decoder: Decoder,
+    device: Device,
+    dtype: DType,
+    quant: Option<quant::Scheme>,
+    notes: Vec<String>,
+}
+
+impl TextSide {
+    fn into_engine(self, config: ModelConfig, loaded: Loaded, started: Instant) -> Engine {
+        Engine {
+            model: Model::new(loaded.decoder),
+            tokenizer: self.tokenizer,
+            config,
+            template: self.template,
+            eos: self.eos,
+            sampling: self.sampling,
+            load_s: started.elapsed().as_secs_f64(),
+            device: loaded.device,
+            dtype: loaded.dtype,
+            quant: loaded.quant,
+            notes: loaded.notes,
+        }
+    }
+}
+
 /// From a Hugging Face folder: tokenizer.json, tokenizer_config.json, generation_config.json,
 /// plus config.json's end-of-sequence ids.
 fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<TextSide> {
@@ -300,19 +327,14 @@ impl Engine {
             }
         }
         drop(weights);
-        Ok(Engine {
-            model: Model::new(decoder),
-            tokenizer: text.tokenizer,
-            config,
-            template: text.template,
-            eos: text.eos,
-            sampling: text.sampling,
-            load_s: started.elapsed().as_secs_f64(),
+        let loaded = Loaded {
+            decoder,
             device,
             dtype: weight_dtype,
             quant: opts.quant,
             notes,
-        })
+        };
+        Ok(text.into_engine(config, loaded, started))
     }
 
     /// Load a GGUF file: hyperparameters, tokenizer and chat template from its metadata (or,
@@ -370,19 +392,14 @@ impl Engine {
         let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
             .with_context(|| format!("cannot load {}", path.display()))?;
         drop(weights);
-        Ok(Engine {
-            model: Model::new(decoder),
-            tokenizer: text.tokenizer,
-            config,
-            template: text.template,
-            eos: text.eos,
-            sampling: text.sampling,
-            load_s: started.elapsed().as_secs_f64(),
+        let loaded = Loaded {
+            decoder,
             device,
             dtype: weight_dtype.unwrap_or(DType::F32),
             quant: None,
             notes,
-        })
+        };
+        Ok(text.into_engine(config, loaded, started))
     }
 
     /// Token ids for `text`. `add_special_tokens`: let the tokenizer add BOS (raw prompts); a
