@@ -9,8 +9,27 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+pub mod half_gemm;
+pub mod quant;
+mod quant_gemm;
+
+/// Whether owrun's AVX-512 kernels may run where the CPU has them. `OWRUN_NO_AVX512=1` turns
+/// them off (to compare with the AVX2 paths, or to rule them out when a result looks wrong).
+pub fn avx512_enabled() -> bool {
+    use std::sync::OnceLock;
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("OWRUN_NO_AVX512").is_none())
+}
+
+/// An output buffer written from several tasks, each owning a disjoint set of its elements.
+pub(crate) struct SharedOut(pub *mut f32);
+// SAFETY: the kernels that share it write every element from exactly one task.
+unsafe impl Sync for SharedOut {}
+
 /// A weight element stored in 16 bits, converted to f32 on the fly.
 pub trait Half16: Copy + Send + Sync + 'static {
+    /// How the AVX-512 prefill kernel reads these weights.
+    const LOAD16: half_gemm::Load16;
     fn widen_into(src: &[Self], dst: &mut [f32]);
     /// x · w with the conversion fused into the loop (AVX2 + FMA + F16C).
     ///
@@ -21,6 +40,7 @@ pub trait Half16: Copy + Send + Sync + 'static {
 }
 
 impl Half16 for bf16 {
+    const LOAD16: half_gemm::Load16 = half_gemm::Load16::Bf16;
     fn widen_into(src: &[Self], dst: &mut [f32]) {
         // bf16 is the top half of an f32: a shift, which the compiler vectorises.
         for (d, s) in dst.iter_mut().zip(src) {
@@ -35,6 +55,7 @@ impl Half16 for bf16 {
 }
 
 impl Half16 for f16 {
+    const LOAD16: half_gemm::Load16 = half_gemm::Load16::F16;
     fn widen_into(src: &[Self], dst: &mut [f32]) {
         // half picks F16C / NEON conversion at run time where the CPU has it.
         half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
@@ -130,6 +151,9 @@ const COLUMNS_PER_TASK: usize = 16;
 pub fn matmul_wt<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
+    if m > FUSED_MAX_ROWS && half_gemm::available(k) {
+        return half_gemm::matmul(x, m, k, w, n);
+    }
     let simd = simd_available();
     #[cfg(target_arch = "x86_64")]
     let fused = m <= FUSED_MAX_ROWS && simd && is_x86_feature_detected!("f16c");

@@ -44,6 +44,11 @@ impl Matrix {
     /// `x` (m × columns) times this matrix transposed: m × rows.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Matrix::Quantized(q) | Matrix::Repacked(q)
+                if q.device().is_cpu() && kernels::quant::supports(q.dtype(), x.dim(1)?) =>
+            {
+                own_quantized(q, x)
+            }
             Matrix::Quantized(q) if q.device().is_cpu() => cpu_quantized(q, x),
             // With the copy allowed: candle's repacked tiles for Q8_0 always (decode 27 against
             // 15 tok/s on TinyLlama, 2 threads) and for prefill of the other types (Q4_K_M
@@ -69,6 +74,15 @@ impl Matrix {
 
 /// Rows of activations from which a 16-bit matmul widens the weights and runs one f32 GEMM.
 const GEMM_MIN_ROWS: usize = 16;
+
+/// A quantized matmul on the CPU through owrun's AVX-512 kernels (`kernels::quant`).
+fn own_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let n = q.shape().dims()[0];
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let y = kernels::quant::matmul(q.dtype(), &q.data()?, n, k, &xs, m);
+    Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
+}
 
 /// A quantized matmul on the CPU through candle's block dot products (`k_quants::matmul`),
 /// without the repacked copy candle's QTensor op keeps of every matrix it multiplies: that
@@ -122,7 +136,7 @@ fn cpu_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
 fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let n = w.dims()[0];
-    if m >= GEMM_MIN_ROWS {
+    if m >= GEMM_MIN_ROWS && !kernels::half_gemm::available(k) {
         let wide = {
             let (storage, layout) = w.storage_and_layout();
             let Storage::Cpu(cpu) = &*storage else {
