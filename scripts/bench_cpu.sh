@@ -3,7 +3,7 @@
 # real shape in each format, llama-bench and `owrun bench` alternating, one table of tokens/s and
 # the ratio owrun / llama.cpp. Speed is only ever a ratio measured like this (machines differ).
 #
-#   scripts/bench_cpu.sh [--shape tinyllama|llama3.2-1b] [--threads 2] [--reps 3] [--formats "f16 bf16 q8_0 q4_k_m"]
+#   scripts/bench_cpu.sh [--shape tinyllama|llama3.2-1b] [--threads "1 2"] [--reps 3] [--formats "f16 bf16 q8_0 q4_k_m"]
 #
 # Needs python3 with pip (PyPI reachable) and a C++ compiler. Everything it builds or makes is
 # cached under $OWRUN_BENCH_DIR (default ~/.cache/owrun-bench), so a second run takes minutes:
@@ -13,7 +13,7 @@
 #   - the model (scripts/make_bench_model.py) as safetensors for owrun and GGUF for llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHAPE=tinyllama THREADS=2 REPS=3 FORMATS="f16 bf16 q8_0 q4_k_m" PP=128 TG=64
+SHAPE=tinyllama THREADS="1 2" REPS=3 FORMATS="f16 bf16 q8_0 q4_k_m" PP=128 TG=64
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) SHAPE=$2; shift 2 ;;
@@ -58,18 +58,29 @@ cargo build --release -q
 OWRUN=./target/release/owrun
 export OWRUN_HOME=$DIR/owrun-home
 
+# The memory-read bandwidth probe (scripts/bandwidth.c): GB/s with N threads.
+PROBE=$DIR/bandwidth
+[ -x "$PROBE" ] && [ "$PROBE" -nt scripts/bandwidth.c ] || cc -O3 -pthread scripts/bandwidth.c -o "$PROBE"
+
 # One llama-bench run: "pp_tps tg_tps".
 llama() {
-  "$BIN/llama-bench" -m "$1" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null |
+  "$BIN/llama-bench" -m "$1" -t "$T" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null |
     python -c 'import json,sys; r=json.load(sys.stdin); print(*[x["avg_ts"] for x in r])'
 }
 # One owrun bench run: "pp_tps tg_tps peak_rss_bytes".
 owrun() {
-  RAYON_NUM_THREADS=$THREADS "$OWRUN" bench "$@" -p "$PP" -n "$TG" -r "$REPS" --threads "$THREADS" --json 2>/dev/null |
+  "$OWRUN" bench "$@" -p "$PP" -n "$TG" -r "$REPS" --threads "$T" --json 2>/dev/null |
     python -c 'import json,sys; r=json.load(sys.stdin); t=r["tests"]; print(t[0]["tokens_per_s"], t[1]["tokens_per_s"], r["peak_rss_bytes"])'
 }
+ratio() { python -c "print(f'{$1/$2:.2f}')"; }
 
-printf '%-8s %-18s %10s %10s %10s %10s %8s %8s %10s\n' format owrun-weights "llama pp$PP" "owrun pp$PP" "llama tg$TG" "owrun tg$TG" "pp ratio" "tg ratio" "owrun RSS"
+# The floor of decoding: every weight read once per token (the GGUF's size, which counts the
+# token embeddings too: 6% of an untied TinyLlama, so the floor is a little pessimistic),
+# at the bandwidth measured just before the pair of runs. "% floor" is each runner's decode
+# speed as a fraction of that.
+echo "shape $SHAPE, pp$PP / tg$TG, $REPS repetitions, llama-bench and owrun bench alternating"
+printf '%-3s %-8s %-18s %9s %9s %8s %9s %9s %8s %8s %10s %12s\n' t format owrun-weights "llama pp" "owrun pp" "pp ratio" "llama tg" "owrun tg" "tg ratio" "GB/s" "floor tg" "% floor l/o"
+for T in $THREADS; do
 for f in $FORMATS; do
   case $f in
     f16) gguf=F16; flags=(--dtype f16) ;;
@@ -82,15 +93,20 @@ for f in $FORMATS; do
   [ "$gguf" = F16 ] && file=$M/$SHAPE.f16.gguf
   # Warm the quantization cache and the page cache outside the timed runs.
   "$OWRUN" bench "$M/$SHAPE" "${flags[@]}" -p 8 -n 2 -r 1 >/dev/null 2>&1 || true
-  read -r lpp ltg <<<"$(llama "$file")"
-  read -r opp otg orss <<<"$(owrun "$M/$SHAPE" "${flags[@]}")"
-  printf '%-8s %-18s %10.2f %10.2f %10.2f %10.2f %8.2f %8.2f %9.2fG\n' "$f" "safetensors${flags[*]/#/ }" \
-    "$lpp" "$opp" "$ltg" "$otg" "$(python -c "print($opp/$lpp)")" "$(python -c "print($otg/$ltg)")" \
-    "$(python -c "print($orss/1e9)")"
+  bytes=$(stat -c %s "$file")
+  runs=("safetensors${flags[*]/#/ }|$M/$SHAPE ${flags[*]}")
   # owrun on llama.cpp's own quantized file, too.
-  if [ "$gguf" = Q8_0 ] || [ "$gguf" = Q4_K_M ]; then
-    read -r opp otg orss <<<"$(owrun "$file")"
-    printf '%-8s %-18s %10s %10.2f %10s %10.2f %8.2f %8.2f %9.2fG\n' "$f" "llama.cpp's GGUF" "" "$opp" "" "$otg" \
-      "$(python -c "print($opp/$lpp)")" "$(python -c "print($otg/$ltg)")" "$(python -c "print($orss/1e9)")"
-  fi
+  if [ "$gguf" = Q8_0 ] || [ "$gguf" = Q4_K_M ]; then runs+=("llama.cpp's GGUF|$file"); fi
+  for run in "${runs[@]}"; do
+    label=${run%%|*}
+    gbs=$("$PROBE" "$T")
+    read -r lpp ltg <<<"$(llama "$file")"
+    # shellcheck disable=SC2086
+    read -r opp otg orss <<<"$(owrun ${run#*|})"
+    floor=$(python -c "print(f'{$gbs * 1e9 / $bytes:.1f}')")
+    printf '%-3s %-8s %-18s %9.1f %9.1f %8s %9.1f %9.1f %8s %8s %10s %12s  RSS %.2fG\n' "$T" "$f" "$label" \
+      "$lpp" "$opp" "$(ratio "$opp" "$lpp")" "$ltg" "$otg" "$(ratio "$otg" "$ltg")" "$gbs" "$floor" \
+      "$(python -c "print(f'{100*$ltg/$floor:.0f}/{100*$otg/$floor:.0f}')")" "$(python -c "print($orss/1e9)")"
+  done
+done
 done

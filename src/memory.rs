@@ -78,3 +78,20 @@ mod tests {
         assert!(super::peak_resident_bytes().unwrap() >= now);
     }
 }
+
+/// Once a model is loaded: hands the loader's freed buffers back to the OS, then tells mimalloc
+/// (owrun's allocator, see main.rs) to keep whatever is freed from now on. By default it returns
+/// freed memory 10 ms after a free, and the next forward pass faults the same pages back in:
+/// 9,400 page faults over six TinyLlama prefills against 1,600 when kept, and 145 against
+/// 160 tokens/s. Keeping the load's temporaries instead would add ~150 MB to a TinyLlama
+/// Q4_K_M (1.29x the weights where 1.13x is the rest).
+pub fn keep_freed_memory() {
+    // mimalloc.h's `mi_option_purge_delay` (the Rust bindings leave it out; mimalloc keeps its
+    // option numbers stable, with placeholders for deprecated ones). -1: never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: collecting and setting an option are allowed at any time from any thread.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}

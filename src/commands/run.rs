@@ -233,6 +233,7 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
     for note in &engine.notes {
         eprintln!("owrun: {note}");
     }
+    crate::memory::keep_freed_memory();
     Ok(engine)
 }
 
