@@ -94,7 +94,7 @@ for f in $FORMATS; do
   # Warm the quantization cache and the page cache outside the timed runs.
   "$OWRUN" bench "$M/$SHAPE" "${flags[@]}" -p 8 -n 2 -r 1 >/dev/null 2>&1 || true
   bytes=$(stat -c %s "$file")
-  runs=("safetensors${flags[*]/#/ }|$M/$SHAPE ${flags[*]}")
+  runs=("folder ${flags[*]}|$M/$SHAPE ${flags[*]}")
   # owrun on llama.cpp's own quantized file, too.
   if [ "$gguf" = Q8_0 ] || [ "$gguf" = Q4_K_M ]; then runs+=("llama.cpp's GGUF|$file"); fi
   for run in "${runs[@]}"; do

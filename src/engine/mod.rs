@@ -176,9 +176,11 @@ fn files_bytes(files: &[PathBuf]) -> u64 {
 /// Whether quantized weights of `bytes` may keep candle's repacked copy (Q8_0 decoding 1.8x and
 /// K-quant prefill 3.5x faster, twice the memory): when the memory available holds both copies
 /// with a tenth to spare.
+/// Said only where it matters: owrun's AVX-512 kernels multiply Q8_0 / Q4_K / Q6_K (every
+/// matrix of a real model's Q8_0 and Q4_K_M) faster without any copy.
 fn repacking_fits(bytes: f64, available: Option<u64>, notes: &mut Vec<String>) -> bool {
     let fits = available.is_none_or(|a| a as f64 >= 2.2 * bytes);
-    if !fits {
+    if !fits && !kernels::quant::own_kernels_available() {
         notes.push(
             "memory is short: quantized matrices run without the repacked copy that makes them faster"
                 .into(),

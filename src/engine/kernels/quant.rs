@@ -60,6 +60,11 @@ impl Kind {
     }
 }
 
+/// Whether owrun's kernels (rather than candle's) multiply Q8_0, Q4_K and Q6_K on this CPU.
+pub fn own_kernels_available() -> bool {
+    avx512_available()
+}
+
 /// AVX-512 with the byte/word instructions and VNNI's dot products, as the standard library
 /// detects them: CPUID and the OS's XCR0 (that the kernel saves the 512-bit registers), so a
 /// flag the OS does not back is not trusted. F16C and FMA come with every such CPU.
@@ -85,7 +90,7 @@ fn avx512_available() -> bool {
 }
 
 /// Activations quantized for one weight type: `m` rows of `k` int8 values, one f32 scale per
-/// weight block, and the sums of every 16 quantized values (K-quants fold their minimums and
+/// weight block, and the sums of every 32 (Q4_K) or 16 quantized values (K-quants fold their minimums and
 /// offsets into those). For Q4_K each run of 128 values is stored in the order its nibbles come
 /// out of the weights (0..32, 64..96, 32..64, 96..128), so each 64-byte load lines up.
 struct Acts {
@@ -93,6 +98,14 @@ struct Acts {
     qs: Vec<i8>,
     scales: Vec<f32>,
     sums: Vec<i16>,
+}
+
+/// Values per activation sum: Q4_K's minimums apply to 32 values, Q6_K's offsets to 16.
+fn sum_len(kind: Kind) -> usize {
+    match kind {
+        Kind::Q4K => 32,
+        Kind::Q6K | Kind::Q8_0 => 16,
+    }
 }
 
 /// Where value `p` of a row is stored for `kind` (the Q4_K order above; identity otherwise).
@@ -121,11 +134,11 @@ unsafe fn quantize_acts(kind: Kind, x: &[f32], m: usize, k: usize) -> Acts {
         k,
         qs: vec![0; m * k],
         scales: vec![0.0; m * k / block],
-        sums: vec![0; m * k / 16],
+        sums: vec![0; m * k / sum_len(kind)],
     };
     let bytes = acts.qs.chunks_mut(k);
     let scales = acts.scales.chunks_mut(k / block);
-    let sums = acts.sums.chunks_mut(k / 16);
+    let sums = acts.sums.chunks_mut(k / sum_len(kind));
     for (((row, qs), scales), sums) in x.chunks(k).zip(bytes).zip(scales).zip(sums) {
         for (b, values) in row.chunks(block).enumerate() {
             let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -137,7 +150,7 @@ unsafe fn quantize_acts(kind: Kind, x: &[f32], m: usize, k: usize) -> Acts {
                 // Rounds to nearest; |v| * inverse ≤ 127, so the value fits (never -128).
                 let q = (v * inverse).round_ties_even() as i8;
                 qs[stored_at(kind, p)] = q;
-                sums[p / 16] += q as i16;
+                sums[p / sum_len(kind)] += q as i16;
             }
         }
     }
@@ -161,6 +174,8 @@ pub fn matmul(dtype: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usiz
     // Tasks own disjoint runs of output columns: enough of them to balance the cores, each long
     // enough to amortise its scheduling.
     let threads = rayon::current_num_threads();
+    // Measured on TinyLlama Q4_K_M decode (2 threads): one task per thread, or two, were 10%
+    // slower; two weight rows per pass (two memory streams per thread) 25% slower.
     let per_task = (n / (threads * 8)).clamp(4, 64);
     let out = SharedOut(y.as_mut_ptr());
     (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
@@ -315,7 +330,7 @@ mod avx512 {
         let xd: [*const f32; R] =
             std::array::from_fn(|r| acts.scales.as_ptr().add((first + r) * blocks));
         let xs: [*const i16; R] =
-            std::array::from_fn(|r| acts.sums.as_ptr().add((first + r) * k / 16));
+            std::array::from_fn(|r| acts.sums.as_ptr().add((first + r) * k / 32));
         for b in 0..blocks {
             let p = w.as_ptr().add(b * 144);
             let d = half(p);
@@ -347,12 +362,7 @@ mod avx512 {
                 let dx = *xd[r].add(b);
                 acc[r] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r]), _mm512_set1_ps(d * dx), acc[r]);
-                // Sums of 32 activations per sub-block, from the sums of 16.
-                let s16 = _mm256_loadu_si256(xs[r].add(b * 16) as *const __m256i);
-                let s32 = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(s16),
-                    _mm256_extracti128_si256(s16, 1),
-                );
+                let s32 = _mm_loadu_si128(xs[r].add(b * 8) as *const __m128i);
                 let m = _mm_cvtepi32_ps(_mm_madd_epi16(mn, s32));
                 acc_min[r] = _mm_fmadd_ps(m, _mm_set1_ps(dmin * dx), acc_min[r]);
             }
