@@ -1,6 +1,6 @@
 // Memory read bandwidth with N threads: the physical floor of decoding is weight bytes / this.
 // Each thread sums its share of a buffer far larger than the caches, several times; the best
-// pass counts. Built and run by scripts/bench_cpu.sh:  cc -O3 -march=x86-64-v2 -pthread
+// pass counts. Built and run by scripts/bench_cpu.sh:  cc -O3 [-mavx2|-mavx512f] -pthread
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
