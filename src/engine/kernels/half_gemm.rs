@@ -40,17 +40,8 @@ pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
     assert!(available(k), "AVX-512 and rows of a multiple of 16");
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
-    // bf16 weights on a CPU with AVX-512 BF16 multiply bf16 pairs: the activations are rounded
-    // to bf16 once (as llama.cpp does for bf16 models), and each instruction does 32 products
-    // instead of 16.
     #[cfg(target_arch = "x86_64")]
-    let x_bf16 = match T::LOAD16 {
-        Load16::Bf16 if k.is_multiple_of(32) && bf16_dot_available() => {
-            // SAFETY: AVX-512 BF16 was detected.
-            Some(unsafe { avx512::to_bf16(x) })
-        }
-        _ => None,
-    };
+    let x_bf16 = bf16_activations::<T>(x, k);
     let mut y = vec![0f32; m * n];
     let out = SharedOut(y.as_mut_ptr());
     let rows_per_task = RN * TILES_PER_TASK;
@@ -119,13 +110,7 @@ pub fn matvec<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
     #[cfg(target_arch = "x86_64")]
-    let x_bf16 = match T::LOAD16 {
-        Load16::Bf16 if k.is_multiple_of(32) && bf16_dot_available() => {
-            // SAFETY: AVX-512 BF16 was detected.
-            Some(unsafe { avx512::to_bf16(x) })
-        }
-        _ => None,
-    };
+    let x_bf16 = bf16_activations::<T>(x, k);
     let mut y = vec![0f32; m * n];
     let out = SharedOut(y.as_mut_ptr());
     (0..n.div_ceil(MATVEC_ROWS_PER_TASK))
@@ -152,6 +137,20 @@ pub fn matvec<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
             }
         });
     y
+}
+
+/// bf16 weights on a CPU with AVX-512 BF16 multiply bf16 pairs: the activations are rounded to
+/// bf16 once per matmul (as llama.cpp does for bf16 models), and each instruction does 32
+/// products instead of 16. None: the f32 activations are used as they are.
+#[cfg(target_arch = "x86_64")]
+fn bf16_activations<T: Half16>(x: &[f32], k: usize) -> Option<Vec<u16>> {
+    match T::LOAD16 {
+        // SAFETY: AVX-512 BF16 was detected.
+        Load16::Bf16 if k.is_multiple_of(32) && bf16_dot_available() => {
+            Some(unsafe { avx512::to_bf16(x) })
+        }
+        _ => None,
+    }
 }
 
 /// AVX-512 BF16's pair dot products (`vdpbf16ps`), as the standard library detects them.

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::quant::Kind;
+use super::quant::{block_scale, to_int8, Kind};
 use super::SharedOut;
 
 /// Activation rows from which `quant::matmul` comes here.
@@ -61,13 +61,10 @@ unsafe fn group_acts(x: &[f32], m: usize, k: usize, block: usize, sub: usize) ->
     for (r, row) in x.chunks(k).enumerate() {
         let (g, lane) = (r / LANES, r % LANES);
         for (b, values) in row.chunks(block).enumerate() {
-            let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let (scale, inverse) = block_scale(values);
             scales[b] = scale;
             for (i, v) in values.iter().enumerate() {
-                // |v| * inverse ≤ 127: never -128.
-                q[b * block + i] = (v * inverse).round_ties_even() as i8;
+                q[b * block + i] = to_int8(*v, inverse);
             }
         }
         for (p, quad) in q.chunks(4).enumerate() {
