@@ -21,6 +21,16 @@ pub fn avx512_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var_os("OWRUN_NO_AVX512").is_none())
 }
 
+/// The largest absolute difference between two results (the kernels' tests).
+#[cfg(test)]
+pub(crate) fn max_difference(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "results of different sizes");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
 /// An output buffer written from several tasks, each owning a disjoint set of its elements.
 pub(crate) struct SharedOut(pub *mut f32);
 // SAFETY: the kernels that share it write every element from exactly one task.
@@ -393,11 +403,7 @@ mod tests {
                 }
             }
             for (got, want) in [(got_b, want_b), (got_h, want_h), (portable, want_portable)] {
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let err = max_difference(&got, &want);
                 assert!(err < 1e-4 * k as f32, "{m}x{k}x{n}: max error {err}");
             }
         }

@@ -534,11 +534,7 @@ mod tests {
                 ),
             ];
             for (got, want) in cases {
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let err = super::super::max_difference(&got, &want);
                 assert!(err < 1e-4 * k as f32, "{m}x{k}x{n}: max error {err}");
             }
         }

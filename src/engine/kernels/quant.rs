@@ -531,11 +531,7 @@ mod tests {
                 let want = reference(dtype, &q, &x, m, k);
                 let got = matmul(dtype, &q.data().unwrap(), n, k, &x, m);
                 let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let err = super::super::max_difference(&got, &want);
                 assert!(
                     err <= 1e-5 * scale.max(1.0) * (k as f32).sqrt(),
                     "{dtype:?} {m}x{k}x{n}: {err} of {scale}"
