@@ -2,6 +2,7 @@
 //!
 //! `main` parses the command line, dispatches, and turns errors into messages and exit codes.
 
+mod builtin;
 mod cli;
 mod commands;
 mod engine;

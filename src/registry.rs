@@ -43,6 +43,10 @@ pub struct ModelEntry {
     /// A Hub repo of GGUF files of this model (one per quantization), for `NAME:QUANT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf_repo: Option<String>,
+    /// The model ships inside owrun: the folder under `assets/` embedded in the binary. It
+    /// runs from there and is never downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
 }
 
 fn default_revision() -> String {
@@ -82,6 +86,15 @@ impl ModelEntry {
         }
         if self.family.trim().is_empty() {
             return Err(bad("family is empty"));
+        }
+        if let Some(folder) = &self.builtin {
+            if crate::builtin::find(folder).is_none() {
+                let known: Vec<&str> = crate::builtin::ASSETS.iter().map(|a| a.folder).collect();
+                return Err(bad(&format!(
+                    "builtin {folder:?} is not a model this owrun carries (it has: {})",
+                    known.join(", ")
+                )));
+            }
         }
         if self.license.trim().is_empty() {
             return Err(bad(
@@ -371,8 +384,10 @@ pub fn format_params(n: u64) -> String {
         } else {
             format!("{b:.1}B")
         }
-    } else {
+    } else if n >= 1_000_000 {
         format!("{}M", (n as f64 / 1e6).round() as u64)
+    } else {
+        format!("{}K", (n as f64 / 1e3).round() as u64)
     }
 }
 

@@ -5,10 +5,11 @@ mod support;
 use std::time::Duration;
 
 use expectrl::{ControlCode, Expect, Session};
-use support::{shared_model, Sandbox};
+use support::Sandbox;
 
-fn stories() -> Option<String> {
-    shared_model("stories260K").map(|p| p.to_str().unwrap().to_string())
+/// The built-in model, by its registry name: run from the binary.
+fn stories() -> String {
+    "stories260k".to_string()
 }
 
 /// `owrun chat` on a pseudo-terminal with the sandbox's environment.
@@ -44,7 +45,7 @@ fn first_answer(m: &str, prompt: &str, n: &str) -> String {
 
 #[test]
 fn a_conversation_in_a_terminal() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = Sandbox::new("http://127.0.0.1:9");
     let mut s = spawn_chat(&sb, &[&m, "-t", "0", "-n", "20"], &[]);
 
@@ -103,7 +104,7 @@ fn a_conversation_in_a_terminal() {
 
 #[test]
 fn ctrl_c_stops_an_answer_and_keeps_it() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = Sandbox::new("http://127.0.0.1:9");
     let mut s = spawn_chat(
         &sb,
@@ -147,7 +148,7 @@ fn ctrl_c_stops_an_answer_and_keeps_it() {
 
 #[test]
 fn save_clear_load_and_continue() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = Sandbox::new("http://127.0.0.1:9");
     let file = sb.dir.path().join("conv.json");
     let mut s = spawn_chat(
@@ -196,7 +197,7 @@ fn chat_piped(sb: &Sandbox, args: &[&str], input: &str) -> support::Run {
 
 #[test]
 fn piped_stdin_answers_each_line_and_prints_only_answers() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = Sandbox::new("http://127.0.0.1:9");
     let r = chat_piped(
         &sb,
@@ -212,7 +213,7 @@ fn piped_stdin_answers_each_line_and_prints_only_answers() {
 
 #[test]
 fn a_conversation_longer_than_the_context_drops_its_oldest_turns_once_told() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = Sandbox::new("http://127.0.0.1:9");
     // stories260K has a 512-token context; each line is about 150 tokens.
     let line = "the little dog ran to the big park and played with a red ball. ".repeat(10);

@@ -16,7 +16,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{shared_model, Sandbox};
+use support::{stories260k_dir, stories260k_expected, Sandbox};
 
 fn kld(model: &Path, dtype: &str) -> serde_json::Value {
     let sb = Sandbox::new("http://127.0.0.1:9");
@@ -71,9 +71,7 @@ fn sixteen_bit_weights_stay_close_to_f32_in_every_family() {
 
 #[test]
 fn sixteen_bit_weights_keep_a_trained_model_s_predictions() {
-    let Some(m) = shared_model("stories260K") else {
-        return;
-    };
+    let m = stories260k_dir();
     let f16 = kld(&m, "f16");
     let bf16 = kld(&m, "bf16");
     assert!(num(&f16, "mean_kld") < 1e-4, "f16: {f16}");
@@ -107,12 +105,9 @@ fn kld_refuses_bad_input_clearly() {
 /// to Q5_0 / Q8_0 as llama-quantize does; real K-quant blocks are checked on a wider model below.
 #[test]
 fn q8_0_keeps_every_greedy_token_of_a_trained_model() {
-    let Some(m) = shared_model("stories260K") else {
-        return;
-    };
+    let m = stories260k_dir();
     let sb = Sandbox::new("http://127.0.0.1:9");
-    let text = std::fs::read_to_string(m.join("expected_generations.json")).unwrap();
-    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let expected = serde_json::json!({"generations": stories260k_expected()});
     for g in expected["generations"].as_array().unwrap() {
         let n = g["new_token_ids"].as_array().unwrap().len().to_string();
         let r = sb.run(&[
@@ -320,9 +315,7 @@ fn the_avx512_kernels_and_the_portable_ones_agree() {
 
 #[test]
 fn a_quantized_model_is_cached_and_loads_from_the_cache() {
-    let Some(m) = shared_model("stories260K") else {
-        return;
-    };
+    let m = stories260k_dir();
     let sb = Sandbox::new("http://127.0.0.1:9");
     let args = [
         m.to_str().unwrap(),
@@ -363,12 +356,9 @@ fn a_quantized_model_is_cached_and_loads_from_the_cache() {
 
 #[test]
 fn a_model_too_big_for_the_memory_runs_quantized_and_says_so() {
-    let Some(m) = shared_model("stories260K") else {
-        return;
-    };
+    let m = stories260k_dir();
     let sb = Sandbox::new("http://127.0.0.1:9");
-    let text = std::fs::read_to_string(m.join("expected_generations.json")).unwrap();
-    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let expected = serde_json::json!({"generations": stories260k_expected()});
     let g = &expected["generations"][0];
     let run_with = |limit: &str, extra: &[&str], env: &[(&str, &str)]| {
         let mut args = vec![

@@ -345,3 +345,70 @@ fn shell_completions_cover_the_commands() {
     sb.run(&["completions", "tcsh"])
         .fails_with(2, "invalid value");
 }
+
+#[test]
+fn the_builtin_model_is_listed_with_its_license_and_runs_without_files() {
+    let sb = sandbox();
+    let all = list_json(&sb, &[]);
+    let m = all
+        .iter()
+        .find(|m| m["name"] == "stories260k")
+        .expect("stories260k is in the registry");
+    assert_eq!(m["licenses"], serde_json::json!(["mit"]));
+    assert_eq!(m["commercial"], "allowed");
+    assert_eq!(m["builtin"], true);
+    assert_eq!(m["pulled"], true);
+    let r = sb.run(&["list"]);
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("stories260k"))
+        .unwrap();
+    assert!(row.contains("mit") && row.contains("built in"), "{row}");
+
+    // Nothing is downloaded (the sandbox's hub is a closed port), nothing is in the HF cache.
+    let r = sb.run(&[
+        "run",
+        "stories260k",
+        "Once upon a time",
+        "-t",
+        "0",
+        "-n",
+        "8",
+    ]);
+    r.ok();
+    assert!(
+        r.stdout.starts_with(", there was a little girl"),
+        "{}",
+        r.stdout
+    );
+    assert!(!sb.hub_cache().join("models--karpathy--tinyllamas").exists());
+    // Its license text and model card travel with it.
+    let r = sb.run(&["show", "stories260k"]);
+    r.ok();
+    assert!(r.stdout.contains("built into owrun"), "{}", r.stdout);
+    assert!(r.stdout.contains("LICENSE"), "{}", r.stdout);
+    sb.run(&["pull", "stories260k"])
+        .fails_with(2, "built into owrun");
+    sb.run(&["rm", "stories260k"])
+        .fails_with(2, "built into owrun");
+}
+
+#[test]
+fn only_models_owrun_carries_can_be_builtin() {
+    let sb = sandbox();
+    let reg = sb.registry_file(
+        "bad.toml",
+        r#"[models.x]
+repo = "a/b"
+builtin = "not-here"
+family = "llama"
+params = 1
+context = 8
+license = "mit"
+description = "x"
+"#,
+    );
+    sb.run(&["--registry", reg.to_str().unwrap(), "list"])
+        .fails_with(2, "not a model this owrun carries");
+}

@@ -1,23 +1,22 @@
-//! `owrun run` end to end on ../shared/models/stories260K, a real trained TinyStories Llama,
+//! `owrun run` end to end on the built-in stories260k, a real trained TinyStories Llama,
 //! against its expected greedy generations (recorded with transformers).
 
 mod support;
 
 use support::hub::{FakeHub, RepoFixture};
-use support::{shared_model, Sandbox};
+use support::{stories260k_dir, stories260k_expected, Sandbox};
 
 fn sandbox() -> Sandbox {
     Sandbox::new("http://127.0.0.1:9")
 }
 
-fn stories() -> Option<String> {
-    shared_model("stories260K").map(|p| p.to_str().unwrap().to_string())
+/// The built-in model, by its registry name: run from the binary.
+fn stories() -> String {
+    "stories260k".to_string()
 }
 
-fn expected(model: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(format!("{model}/expected_generations.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["generations"].as_array().unwrap().clone()
+fn expected() -> Vec<serde_json::Value> {
+    stories260k_expected()
 }
 
 fn json_run(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
@@ -43,9 +42,9 @@ fn ids(v: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 fn greedy_generations_match_transformers_token_for_token() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
-    for g in expected(&m) {
+    for g in expected() {
         let prompt = g["prompt"].as_str().unwrap();
         let out = json_run(&sb, &["run", &m, prompt, "-n", "40", "-t", "0", "--json"]);
         assert_eq!(
@@ -67,7 +66,7 @@ fn greedy_generations_match_transformers_token_for_token() {
 
 #[test]
 fn generation_stops_at_the_end_token() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     let out = json_run(&sb, &["run", &m, "Once upon a time", "-t", "0", "--json"]);
     assert_eq!(out["finish_reason"], "stop", "{out}");
@@ -80,7 +79,7 @@ fn generation_stops_at_the_end_token() {
 
 #[test]
 fn stop_strings_end_generation_and_are_not_printed() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     let r = sb.run(&["run", &m, "Once upon a time", "-t", "0", "--stop", "Lily"]);
     r.ok();
@@ -104,7 +103,7 @@ fn stop_strings_end_generation_and_are_not_printed() {
 
 #[test]
 fn the_same_seed_gives_the_same_output() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     let sample = |seed: &str| {
         let r = sb.run(&[
@@ -133,7 +132,7 @@ fn the_same_seed_gives_the_same_output() {
 
 #[test]
 fn the_prompt_comes_from_stdin_then_the_argument() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     let run_with_stdin = |stdin: &str, args: &[&str]| {
         let r = sb.run_with_stdin(args, stdin);
@@ -141,7 +140,7 @@ fn the_prompt_comes_from_stdin_then_the_argument() {
         r.stdout
     };
     let piped = run_with_stdin("Once upon a time\n", &["run", &m, "-n", "40", "-t", "0"]);
-    assert_eq!(piped, expected(&m)[0]["continuation"].as_str().unwrap());
+    assert_eq!(piped, expected()[0]["continuation"].as_str().unwrap());
 
     let both = run_with_stdin(
         "Once upon a time",
@@ -168,7 +167,7 @@ fn the_prompt_comes_from_stdin_then_the_argument() {
 
 #[test]
 fn a_closed_stdout_ends_generation_quietly() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     sb.assert_quiet_on_closed_stdout(&["run", &m, "Once upon a time", "-t", "0"]);
 
@@ -188,7 +187,7 @@ fn a_closed_stdout_ends_generation_quietly() {
 
 #[test]
 fn a_prompt_longer_than_the_context_fails_before_any_work() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     let long = "the dog ran to the park. ".repeat(120);
     let r = sb.run(&["run", &m, &long]);
@@ -198,7 +197,7 @@ fn a_prompt_longer_than_the_context_fails_before_any_work() {
 
 #[test]
 fn bad_inputs_get_clear_errors() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     sb.run(&["run", &m, "hi", "--device", "tpu"])
         .fails_with(2, "expected auto, cpu, cuda");
@@ -215,7 +214,7 @@ fn bad_inputs_get_clear_errors() {
     let dir = sb.dir.path().join("mamba");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["tokenizer.json", "model.safetensors"] {
-        std::fs::copy(format!("{m}/{f}"), dir.join(f)).unwrap();
+        std::fs::copy(stories260k_dir().join(f), dir.join(f)).unwrap();
     }
     std::fs::write(
         dir.join("config.json"),
@@ -234,9 +233,8 @@ fn bad_inputs_get_clear_errors() {
 
 #[test]
 fn a_hub_model_is_pulled_through_the_gate_then_run() {
-    let Some(m) = stories() else { return };
     let hub = FakeHub::start();
-    hub.add_repo(RepoFixture::from_dir("karpathy/stories260K", std::path::Path::new(&m)).unwrap());
+    hub.add_repo(RepoFixture::from_dir("karpathy/stories260K", &stories260k_dir()).unwrap());
     let sb = Sandbox::new(&hub.url);
     let r = sb.run(&[
         "run",
@@ -249,7 +247,7 @@ fn a_hub_model_is_pulled_through_the_gate_then_run() {
     ]);
     r.ok();
     assert!(r.stderr.contains("not pulled yet"), "{}", r.stderr);
-    assert_eq!(r.stdout, expected(&m)[0]["continuation"].as_str().unwrap());
+    assert_eq!(r.stdout, expected()[0]["continuation"].as_str().unwrap());
     // Offline now: it runs from the store.
     hub.clear_log();
     let r = sb.run_env(
@@ -270,7 +268,7 @@ fn a_hub_model_is_pulled_through_the_gate_then_run() {
 
 #[test]
 fn bench_reports_prefill_and_decode_speed() {
-    let Some(m) = stories() else { return };
+    let m = stories();
     let sb = sandbox();
     let v = json_run(
         &sb,
@@ -287,7 +285,7 @@ fn bench_reports_prefill_and_decode_speed() {
     // lm_head copy is not loaded), the KV cache, and the process's resident memory, which holds
     // at least the weights.
     let weights = v["weight_bytes"].as_u64().unwrap();
-    let file = std::fs::metadata(format!("{m}/model.safetensors"))
+    let file = std::fs::metadata(stories260k_dir().join("model.safetensors"))
         .unwrap()
         .len();
     assert!(
@@ -432,7 +430,8 @@ fn a_system_prompt_is_folded_into_the_first_turn_when_the_template_has_no_system
 
 #[test]
 fn sharded_weights_and_other_dtypes_load() {
-    let Some(m) = stories() else { return };
+    let m = stories260k_dir();
+    let m = m.to_str().unwrap();
     let sb = sandbox();
     // A sharded copy of stories260K: two safetensors files and an index, made here.
     let dir = sb.dir.path().join("sharded");
@@ -443,9 +442,9 @@ fn sharded_weights_and_other_dtypes_load() {
         "tokenizer_config.json",
         "generation_config.json",
     ] {
-        std::fs::copy(format!("{m}/{f}"), dir.join(f)).unwrap();
+        std::fs::copy(stories260k_dir().join(f), dir.join(f)).unwrap();
     }
-    let bytes = std::fs::read(format!("{m}/model.safetensors")).unwrap();
+    let bytes = std::fs::read(stories260k_dir().join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
@@ -471,7 +470,7 @@ fn sharded_weights_and_other_dtypes_load() {
         serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
     )
     .unwrap();
-    let want = &expected(&m)[0];
+    let want = &expected()[0];
     let d = dir.to_str().unwrap();
     let out = greedy(&sb, d, "Once upon a time", "40", &[]);
     assert_eq!(ids(&out["tokens"]), ids(&want["new_token_ids"]));
@@ -494,14 +493,13 @@ fn sharded_weights_and_other_dtypes_load() {
 
 #[test]
 fn a_checkpoint_missing_a_tensor_is_an_error_not_a_crash() {
-    let Some(m) = stories() else { return };
     let sb = sandbox();
     let dir = sb.dir.path().join("truncated");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(format!("{m}/{f}"), dir.join(f)).unwrap();
+        std::fs::copy(stories260k_dir().join(f), dir.join(f)).unwrap();
     }
-    let bytes = std::fs::read(format!("{m}/model.safetensors")).unwrap();
+    let bytes = std::fs::read(stories260k_dir().join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let missing = "model.layers.2.mlp.down_proj.weight";
     let views: Vec<(String, safetensors::tensor::TensorView)> = st
@@ -524,7 +522,7 @@ fn a_checkpoint_missing_a_tensor_is_an_error_not_a_crash() {
 
     // A config.json that does not describe the weights: the tensor and both shapes are named.
     std::fs::copy(
-        format!("{m}/model.safetensors"),
+        stories260k_dir().join("model.safetensors"),
         dir.join("model.safetensors"),
     )
     .unwrap();

@@ -27,6 +27,8 @@ struct Row {
     description: String,
     tags: Vec<String>,
     pulled: bool,
+    /// Shipped inside owrun (always available, never downloaded).
+    builtin: bool,
     size_on_disk: u64,
     /// Estimated size of the weights in 16 bits and in each quantization.
     sizes: std::collections::BTreeMap<String, u64>,
@@ -75,6 +77,12 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
             entry: entry.clone(),
             gguf: None,
         };
+        if let Some(asset) = entry.builtin.as_deref().and_then(crate::builtin::find) {
+            // Shipped in the binary: always there, never in the Hub cache.
+            let snapshot = ctx.local_snapshot(&model);
+            rows.push(make_row(&model, snapshot.as_ref(), asset.size()));
+            continue;
+        }
         let repo_store = store.repo(&entry.repo);
         let snapshot = repo_store.complete_snapshot(&entry.revision);
         seen.push((entry.repo.clone(), entry.revision.clone()));
@@ -138,7 +146,11 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
             r.sizes
                 .get("Q4_K_M")
                 .map_or("-".into(), |b| format_bytes(*b)),
-            yes_no(r.pulled).into(),
+            if r.builtin {
+                "built in".into()
+            } else {
+                yes_no(r.pulled).into()
+            },
             if r.size_on_disk > 0 {
                 format_bytes(r.size_on_disk)
             } else {
@@ -204,6 +216,7 @@ fn make_row(model: &ModelRef, snapshot: Option<&Snapshot>, size_on_disk: u64) ->
         description,
         tags,
         pulled: snapshot.is_some(),
+        builtin: matches!(model, ModelRef::Registry { entry, .. } if entry.builtin.is_some()),
         size_on_disk,
         sizes: params
             .map(variant_sizes)

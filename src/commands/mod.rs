@@ -43,6 +43,16 @@ impl Ctx {
                 dir: path.clone(),
                 commit: None,
             }),
+            ModelRef::Registry { entry, .. } if entry.builtin.is_some() => {
+                let asset = crate::builtin::find(entry.builtin.as_deref()?)?;
+                match asset.folder_in(&self.settings.data_dir) {
+                    Ok(dir) => Some(Snapshot { dir, commit: None }),
+                    Err(e) => {
+                        eprintln!("owrun: {e:#}");
+                        None
+                    }
+                }
+            }
             _ => {
                 let (repo, revision) = model.hub_repo()?;
                 let repo = self.store().repo(repo);

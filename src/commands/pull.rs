@@ -28,6 +28,11 @@ pub fn pull(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<std::pa
             "{name} is a local directory: there is nothing to pull"
         )));
     };
+    if matches!(model, ModelRef::Registry { entry, .. } if entry.builtin.is_some()) {
+        return Err(usage(format!(
+            "{name} is built into owrun: there is nothing to pull"
+        )));
+    }
     let key = acceptance_key(model);
     let registry_licenses: Vec<license::License> = match model {
         ModelRef::Registry { entry, .. } => entry

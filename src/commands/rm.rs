@@ -18,6 +18,12 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
                 ctx.settings.hub_cache.display()
             )))
         }
+        ModelRef::Registry { entry, .. } if entry.builtin.is_some() => {
+            return Err(usage(format!(
+                "{} is built into owrun: there is nothing to remove",
+                model.display_name()
+            )))
+        }
         _ => model
             .hub_repo()
             .map(|(r, _)| r.to_string())

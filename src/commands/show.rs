@@ -15,8 +15,10 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
     let model = ctx.resolve(&args.model)?;
     let repo_store = model.hub_repo().map(|(r, _)| ctx.store().repo(r));
     // A partial snapshot is shown too (with what is missing); the license card may be in it.
+    let builtin = matches!(&model, ModelRef::Registry { entry, .. } if entry.builtin.is_some());
     let snapshot = match &model {
         ModelRef::Local { .. } => ctx.local_snapshot(&model),
+        _ if builtin => ctx.local_snapshot(&model),
         _ => model
             .hub_repo()
             .and_then(|(r, rev)| ctx.store().repo(r).snapshot(rev)),
@@ -85,6 +87,7 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
         }
         match snapshot.as_ref().and_then(|s| s.commit.as_deref()) {
             Some(c) => writeln!(out, "commit:       {c} (on disk)")?,
+            None if builtin => writeln!(out, "commit:       built into owrun")?,
             None if model.hub_repo().is_some() => writeln!(out, "commit:       not pulled")?,
             None => {}
         }

@@ -182,23 +182,17 @@ pub fn model_repo(id: &str, license: &str, weights_len: usize) -> hub::RepoFixtu
         .file("original/consolidated.00.pth", noise(1000, 8))
 }
 
-/// Path of `../shared/models/<name>` beside the checkout, if present. Absent on a user's clone:
-/// tests then skip loudly, but CI (CI=true) must have it.
-pub fn shared_model(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("shared")
-        .join("models")
-        .join(name);
-    if p.join("config.json").exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but {} is missing", p.display());
-    }
-    eprintln!(
-        "\n*** SKIPPED: {} not found; this test needs ../shared/models/{name} beside the checkout ***\n",
-        p.display()
-    );
-    None
+/// stories260K as committed under assets/ (the folder owrun embeds as `stories260k`): for tests
+/// that need it as a folder (a fake Hub repo, a quantization, a sharded copy).
+pub fn stories260k_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/stories260K")
+}
+
+/// stories260K's greedy generations recorded with transformers (prompt, ids, continuation).
+pub fn stories260k_expected() -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/stories260K_expected_generations.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["generations"].as_array().unwrap().clone()
 }
