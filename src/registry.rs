@@ -190,6 +190,8 @@ impl Registry {
 }
 
 /// What a model name on the command line refers to.
+// One per command, never in a collection: the size of the registry variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ModelRef {
     /// A registry entry; with `gguf`, that quantization's file from its GGUF repo.
