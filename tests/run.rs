@@ -478,16 +478,16 @@ fn sharded_weights_and_other_dtypes_load() {
     // 16-bit weights run on the CPU too (greedy tokens may differ after a while; the first
     // ones do not). `owrun kld` measures how far they drift.
     for dtype in ["f16", "bf16"] {
-        let out = greedy(&sb, &m, "Once upon a time", "5", &["--dtype", dtype]);
+        let out = greedy(&sb, m, "Once upon a time", "5", &["--dtype", dtype]);
         assert_eq!(
             ids(&out["tokens"]),
             ids(&want["new_token_ids"])[..5],
             "{dtype}"
         );
     }
-    sb.run(&["run", &m, "hi", "--threads", "0"])
+    sb.run(&["run", m, "hi", "--threads", "0"])
         .fails_with(2, "--threads must be at least 1");
-    let out = greedy(&sb, &m, "Once upon a time", "5", &["--threads", "1"]);
+    let out = greedy(&sb, m, "Once upon a time", "5", &["--threads", "1"]);
     assert_eq!(ids(&out["tokens"]), ids(&want["new_token_ids"])[..5]);
 }
 
