@@ -376,6 +376,8 @@ pub struct GateRequest<'a> {
     pub force_acceptance: Vec<String>,
     /// `--accept-license` was given.
     pub accept_flag: bool,
+    /// Ask on the terminal when there is one (the server never asks: it answers 403).
+    pub may_ask: bool,
 }
 
 /// Refuse a model whose license does not allow the declared use, then make sure every license
@@ -398,7 +400,8 @@ pub fn gate(settings: &Settings, req: &GateRequest) -> Result<()> {
             );
             continue;
         }
-        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        let interactive =
+            req.may_ask && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
         if !interactive {
             return Err(Fatal::LicenseNotAccepted(format!(
                 "{} is under the {} ({}), which must be accepted before first use.\n{}\n\

@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         )));
     }
     // A fixed, non-special token sequence spread over the vocabulary.
-    let vocab = engine.tokenizer.get_vocab_size(true).max(4) as u64;
+    let vocab = engine.text.tokenizer.get_vocab_size(true).max(4) as u64;
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
         .map(|i| (3 + (i * 7919) % (vocab - 3)) as u32)
         .collect();

@@ -68,7 +68,7 @@ pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
         .join(" + ");
     let interactive = std::io::stdin().is_terminal();
     let mut chat = Chat {
-        params: sampling_params(engine.sampling.clone(), &args.sampling),
+        params: sampling_params(engine.text.sampling.clone(), &args.sampling),
         session: Session::new(&mut engine),
         engine,
         messages: args
@@ -324,8 +324,8 @@ impl Chat {
             self.told_folded = true;
         }
         self.cancel.store(false, Ordering::SeqCst);
-        let mut sampler = Sampler::new(self.params.clone());
-        let eos = self.engine.eos.clone();
+        let sampler = Sampler::new(self.params.clone());
+        let eos = self.engine.text.eos.clone();
         let params = GenerateParams {
             max_tokens: self.max_tokens,
             stop: &self.stop,
@@ -343,7 +343,7 @@ impl Chat {
         let gen = generate_shown(
             &mut self.engine,
             self.session.seq(),
-            &mut sampler,
+            sampler,
             turn.new_tokens(),
             &params,
             &mut shown,

@@ -25,7 +25,7 @@ pub fn note_folded_system() {
 pub fn generate_shown(
     engine: &mut Engine,
     seq: SeqId,
-    sampler: &mut Sampler,
+    sampler: Sampler,
     prompt: &[u32],
     params: &GenerateParams,
     shown: &mut Shown,
@@ -36,10 +36,15 @@ pub fn generate_shown(
         on_text(text);
         shown.feed(out, text)
     };
-    let Engine {
-        model, tokenizer, ..
-    } = engine;
-    let gen = generate(model, seq, tokenizer, sampler, prompt, params, &mut emit)?;
+    let gen = generate(
+        &mut engine.model,
+        seq,
+        &engine.text.tokenizer,
+        sampler,
+        prompt,
+        params,
+        &mut emit,
+    )?;
     shown.finish(out)?;
     Ok(gen)
 }

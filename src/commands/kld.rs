@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx, args: &KldArgs) -> Result<()> {
         ..args.load.clone()
     };
     let mut reference = load_engine(ctx, &dir, &reference_load)?;
-    let tokens = reference.encode(&text, true)?;
+    let tokens = reference.text.encode(&text, true)?;
     if tokens.len() < 2 {
         return Err(usage("the text is too short: it needs at least 2 tokens"));
     }

@@ -54,6 +54,7 @@ pub fn pull(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<std::pa
                 licenses: registry_licenses.clone(),
                 force_acceptance: Vec::new(),
                 accept_flag: accept_license,
+                may_ask: true,
             },
         )?;
     }
@@ -120,6 +121,7 @@ pub fn pull(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<std::pa
                     Vec::new()
                 },
                 accept_flag: accept_license,
+                may_ask: true,
             },
         )?;
     }

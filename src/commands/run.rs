@@ -59,7 +59,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
     let dir = ready_model(ctx, &model, args.accept_license)?;
     let mut engine = load_engine(ctx, &dir, &args.load)?;
 
-    let prompt = engine.prompt(&messages, args.raw)?;
+    let prompt = engine.text.prompt(&messages, args.raw)?;
     if prompt.folded_system {
         note_folded_system();
     }
@@ -75,9 +75,9 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
         )));
     }
 
-    let sampling = sampling_params(engine.sampling.clone(), &args.sampling);
-    let mut sampler = Sampler::new(sampling);
-    let eos = engine.eos.clone();
+    let sampling = sampling_params(engine.text.sampling.clone(), &args.sampling);
+    let sampler = Sampler::new(sampling);
+    let eos = engine.text.eos.clone();
     let params = GenerateParams {
         max_tokens: args.sampling.max_tokens,
         stop: &args.sampling.stop,
@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
     let gen = generate_shown(
         &mut engine,
         seq,
-        &mut sampler,
+        sampler,
         &tokens,
         &params,
         &mut shown,
@@ -169,6 +169,7 @@ pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<
                     licenses,
                     force_acceptance: Vec::new(),
                     accept_flag: accept_license,
+                    may_ask: true,
                 },
             )?,
         }

@@ -50,27 +50,116 @@ pub struct GenerateParams<'a> {
     pub cancel: Option<&'a AtomicBool>,
 }
 
+/// One sequence's generation state after its prompt: the sampler, end-of-sequence ids, stop
+/// strings, the token limit and the streaming detokenizer. `generate` drives it for run and chat;
+/// the server drives one per client, its forwards batched with the others'.
+pub struct Decoding<'a> {
+    sampler: Sampler,
+    eos: &'a [u32],
+    stops: StopMatcher,
+    detok: Detokenizer<'a>,
+    /// Prompt and generated tokens (the penalties look at them).
+    history: Vec<u32>,
+    pub tokens: Vec<u32>,
+    limit: usize,
+}
+
+/// What one sampled token did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The token sampled (None when it was an end-of-sequence token).
+    pub token: Option<u32>,
+    /// Text that is final now (stop strings cut, what could start one held back).
+    pub text: String,
+    /// Generation ended with this token; else feed `token` and call `next` again.
+    pub finish: Option<Finish>,
+}
+
+impl<'a> Decoding<'a> {
+    /// `limit`: most tokens to generate (the caller bounds it by the room left in the context).
+    pub fn new(
+        tokenizer: &'a Tokenizer,
+        sampler: Sampler,
+        prompt: &[u32],
+        stop: &[String],
+        eos: &'a [u32],
+        limit: usize,
+    ) -> Self {
+        Decoding {
+            sampler,
+            eos,
+            stops: StopMatcher::new(stop.to_vec()),
+            detok: Detokenizer::new(tokenizer, prompt),
+            history: prompt.to_vec(),
+            tokens: Vec::new(),
+            limit,
+        }
+    }
+
+    /// The limit allows no token at all.
+    pub fn is_exhausted(&self) -> bool {
+        self.tokens.len() >= self.limit
+    }
+
+    /// Sample the next token from `logits` (changed in place by the penalties).
+    pub fn next(&mut self, logits: &mut [f32]) -> Result<Step> {
+        let next = self.sampler.sample(logits, &self.history);
+        if self.eos.contains(&next) {
+            return Ok(Step {
+                token: None,
+                text: self.flush()?,
+                finish: Some(Finish::Stop),
+            });
+        }
+        self.tokens.push(next);
+        self.history.push(next);
+        let piece = self.detok.push(next)?;
+        let (mut text, stopped) = self.stops.feed(&piece);
+        let finish = if stopped {
+            Some(Finish::Stop)
+        } else if self.tokens.len() >= self.limit {
+            text.push_str(&self.flush()?);
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        Ok(Step {
+            token: Some(next),
+            text,
+            finish,
+        })
+    }
+
+    /// Text still held back (an unfinished character, a possible stop string's start), for a
+    /// generation that ends without a stop string.
+    pub fn flush(&mut self) -> Result<String> {
+        if self.stops.stopped {
+            return Ok(String::new());
+        }
+        let rest = self.detok.finish()?;
+        let (ready, _) = self.stops.feed(&rest);
+        Ok(format!("{ready}{}", self.stops.flush()))
+    }
+}
+
 /// Append `prompt` to the sequence `seq` and generate after it, calling `emit` with text as
 /// soon as it is final. Returns everything generated.
 pub fn generate(
     model: &mut Model,
     seq: SeqId,
     tokenizer: &Tokenizer,
-    sampler: &mut Sampler,
+    sampler: Sampler,
     prompt: &[u32],
     params: &GenerateParams,
     emit: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
     let started = Instant::now();
-    let mut history = prompt.to_vec();
-    let mut detok = Detokenizer::new(tokenizer, prompt);
-    let mut stops = StopMatcher::new(params.stop);
-    let mut tokens = Vec::new();
     let mut timings = Timings::default();
     let room = model
         .context()
         .saturating_sub(model.len(seq) + prompt.len());
     let limit = params.max_tokens.map_or(room, |m| m.min(room));
+    let mut decoding = Decoding::new(tokenizer, sampler, prompt, params.stop, params.eos, limit);
 
     let mut logits = model.forward(seq, prompt)?;
     let prefill_s = started.elapsed().as_secs_f64();
@@ -78,44 +167,32 @@ pub fn generate(
     let decode_started = Instant::now();
     let mut finish = Finish::Length;
     let mut fed = 0;
-    while tokens.len() < limit {
+    while !decoding.is_exhausted() {
         if params.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             finish = Finish::Cancelled;
             break;
         }
-        let next = sampler.sample(&mut logits, &history);
-        if tokens.is_empty() {
+        let step = decoding.next(&mut logits)?;
+        if decoding.tokens.len() <= 1 {
             timings.time_to_first_token_s = started.elapsed().as_secs_f64();
         }
-        if params.eos.contains(&next) {
-            finish = Finish::Stop;
+        if !step.text.is_empty() {
+            emit(&step.text)?;
+        }
+        if let Some(f) = step.finish {
+            finish = f;
             break;
         }
-        tokens.push(next);
-        history.push(next);
-        let piece = detok.push(next)?;
-        let (ready, stopped) = stops.feed(&piece);
-        if !ready.is_empty() {
-            emit(&ready)?;
-        }
-        if stopped {
-            finish = Finish::Stop;
-            break;
-        }
-        if tokens.len() >= limit {
-            break;
-        }
-        logits = model.forward(seq, &[next])?;
+        logits = model.forward(seq, &[step.token.expect("a token when not finished")])?;
         fed += 1;
     }
-    if finish == Finish::Length || !stops.stopped {
-        let rest = detok.finish()?;
-        let (ready, _) = stops.feed(&rest);
-        let tail = format!("{ready}{}", stops.flush());
+    if finish != Finish::Stop {
+        let tail = decoding.flush()?;
         if !tail.is_empty() {
             emit(&tail)?;
         }
     }
+    let tokens = decoding.tokens;
     // Decode speed counts the tokens produced after the first (the first came from prefill).
     let decoded = tokens.len().saturating_sub(1);
     let decode_s = decode_started.elapsed().as_secs_f64();
@@ -133,14 +210,14 @@ pub fn generate(
 }
 
 /// Holds back text that could be the start of a stop string, and cuts at the first stop string.
-struct StopMatcher<'a> {
-    stop: &'a [String],
+struct StopMatcher {
+    stop: Vec<String>,
     pending: String,
     stopped: bool,
 }
 
-impl<'a> StopMatcher<'a> {
-    fn new(stop: &'a [String]) -> Self {
+impl StopMatcher {
+    fn new(stop: Vec<String>) -> Self {
         StopMatcher {
             stop,
             pending: String::new(),
@@ -200,13 +277,13 @@ mod tests {
     #[test]
     fn stop_strings_are_cut_and_prefixes_held_back() {
         let stop = vec!["END".to_string(), "\n\n".to_string()];
-        let mut m = StopMatcher::new(&stop);
+        let mut m = StopMatcher::new(stop.clone());
         assert_eq!(m.feed("hello E"), ("hello ".into(), false));
         assert_eq!(m.feed("N"), ("".into(), false));
         assert_eq!(m.feed("Dless"), ("".into(), true));
         assert_eq!(m.feed("more"), ("".into(), true));
 
-        let mut m = StopMatcher::new(&stop);
+        let mut m = StopMatcher::new(stop.clone());
         assert_eq!(m.feed("a\n"), ("a".into(), false));
         assert_eq!(m.feed("b"), ("\nb".into(), false));
         assert_eq!(m.flush(), "");
@@ -215,7 +292,7 @@ mod tests {
     #[test]
     fn stop_matching_respects_utf8() {
         let stop = vec!["é!".to_string()];
-        let mut m = StopMatcher::new(&stop);
+        let mut m = StopMatcher::new(stop.clone());
         assert_eq!(m.feed("café"), ("caf".into(), false));
         assert_eq!(m.feed("?"), ("é?".into(), false));
     }

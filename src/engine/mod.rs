@@ -27,6 +27,7 @@ pub mod template;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -85,13 +86,10 @@ pub enum LoadError {
 
 pub struct Engine {
     pub model: Model,
-    pub tokenizer: Tokenizer,
+    /// Tokenizer, template, end-of-sequence ids and sampling defaults: shared with the threads
+    /// that prepare prompts while the model computes (the server's).
+    pub text: Arc<Text>,
     pub config: ModelConfig,
-    pub template: Option<ChatTemplate>,
-    /// End-of-sequence ids: config.json ∪ generation_config.json ∪ the tokenizer's eos token.
-    pub eos: Vec<u32>,
-    /// Sampling defaults from generation_config.json.
-    pub sampling: SamplingParams,
     pub load_s: f64,
     pub device: Device,
     /// The dtype the weights are held in (the dense ones, under a quantization scheme).
@@ -217,11 +215,13 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 }
 
 /// The text side of a model: tokenizer, template, end-of-sequence ids, sampling defaults.
-struct TextSide {
-    tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
-    eos: Vec<u32>,
-    sampling: SamplingParams,
+pub struct Text {
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// End-of-sequence ids: config.json ∪ generation_config.json ∪ the tokenizer's eos token.
+    pub eos: Vec<u32>,
+    /// Sampling defaults from generation_config.json.
+    pub sampling: SamplingParams,
 }
 
 /// The weight side of a loaded model.
@@ -233,15 +233,12 @@ struct Loaded {
     notes: Vec<String>,
 }
 
-impl TextSide {
+impl Text {
     fn into_engine(self, config: ModelConfig, loaded: Loaded, started: Instant) -> Engine {
         Engine {
             model: Model::new(loaded.decoder),
-            tokenizer: self.tokenizer,
+            text: Arc::new(self),
             config,
-            template: self.template,
-            eos: self.eos,
-            sampling: self.sampling,
             load_s: started.elapsed().as_secs_f64(),
             device: loaded.device,
             dtype: loaded.dtype,
@@ -253,7 +250,7 @@ impl TextSide {
 
 /// From a Hugging Face folder: tokenizer.json, tokenizer_config.json, generation_config.json,
 /// plus config.json's end-of-sequence ids.
-fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<TextSide> {
+fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<Text> {
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
@@ -269,7 +266,7 @@ fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<TextSide> {
     }
     eos.sort_unstable();
     eos.dedup();
-    Ok(TextSide {
+    Ok(Text {
         tokenizer,
         template,
         eos,
@@ -351,7 +348,7 @@ impl Engine {
         let beside = path.parent().unwrap_or(Path::new("."));
         let text = if file.meta("tokenizer.ggml.model").is_some() {
             let v = gguf_vocab::from_gguf(&file)?;
-            TextSide {
+            Text {
                 tokenizer: v.tokenizer,
                 template: v.template,
                 eos: v.eos,
@@ -403,7 +400,9 @@ impl Engine {
         };
         Ok(text.into_engine(config, loaded, started))
     }
+}
 
+impl Text {
     /// Token ids for `text`. `add_special_tokens`: let the tokenizer add BOS (raw prompts); a
     /// rendered chat template already contains it, as in transformers' apply_chat_template.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

@@ -46,12 +46,12 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
 }
 
 fn greedy(engine: &mut Engine, seq: SeqId, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut sampler = Sampler::new(SamplingParams {
+    let sampler = Sampler::new(SamplingParams {
         temperature: 0.0,
         repeat_penalty: 1.0,
         ..SamplingParams::default()
     });
-    let eos = engine.eos.clone();
+    let eos = engine.text.eos.clone();
     let params = GenerateParams {
         max_tokens: Some(n),
         stop: &[],
@@ -61,8 +61,8 @@ fn greedy(engine: &mut Engine, seq: SeqId, prompt: &[u32], n: usize) -> Vec<u32>
     generate(
         &mut engine.model,
         seq,
-        &engine.tokenizer,
-        &mut sampler,
+        &engine.text.tokenizer,
+        sampler,
         prompt,
         &params,
         &mut |_| Ok(()),
@@ -81,11 +81,12 @@ fn every_family_matches_transformers() {
         let mut engine = load(&dir, DTypeChoice::F32);
         let mut want_eos = ids(&exp["eos_token_ids"]);
         want_eos.sort_unstable();
-        assert_eq!(engine.eos, want_eos, "{family}: end-of-sequence ids");
+        assert_eq!(engine.text.eos, want_eos, "{family}: end-of-sequence ids");
 
         // Plain prompt: tokenizer BOS handling as transformers does it.
         let plain = &exp["plain"];
         let prompt = engine
+            .text
             .encode(plain["prompt"].as_str().unwrap(), true)
             .unwrap();
         assert_eq!(
@@ -101,14 +102,14 @@ fn every_family_matches_transformers() {
         if exp["system_folded"] == true {
             messages.remove(0);
         }
-        let template = engine.template.as_ref().expect("fixture has a template");
+        let template = engine.text.template.as_ref().expect("fixture has a template");
         let rendered = template.render(&messages, true).unwrap();
         assert_eq!(
             rendered,
             chat["rendered"].as_str().unwrap(),
             "{family}: rendered chat"
         );
-        let chat_prompt = engine.encode(&rendered, false).unwrap();
+        let chat_prompt = engine.text.encode(&rendered, false).unwrap();
         assert_eq!(
             chat_prompt,
             ids(&chat["prompt_ids"]),

@@ -16,7 +16,11 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1.0 disables.
     pub repeat_penalty: f32,
-    /// How many of the most recent tokens the penalty looks at.
+    /// OpenAI's penalties: subtracted once from a recent token's logit (presence), and once per
+    /// time it occurs (frequency). 0 disables.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// How many of the most recent tokens the penalties look at.
     pub repeat_last_n: usize,
     pub seed: u64,
 }
@@ -29,6 +33,8 @@ impl Default for SamplingParams {
             top_p: 0.95,
             min_p: 0.05,
             repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             repeat_last_n: 64,
             seed: 299_792_458,
         }
@@ -75,20 +81,23 @@ impl Sampler {
     /// Pick a token. `history` is every token of the sequence so far (for the penalty).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        if p.repeat_penalty != 1.0 {
+        if p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             let start = history.len().saturating_sub(p.repeat_last_n);
             let mut seen = history[start..].to_vec();
             seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    // As transformers and llama.cpp do: shrink positive logits, grow negative ones.
+            for run in seen.chunk_by(|a, b| a == b) {
+                let Some(l) = logits.get_mut(run[0] as usize) else {
+                    continue;
+                };
+                // As transformers and llama.cpp do: shrink positive logits, grow negative ones.
+                if p.repeat_penalty != 1.0 {
                     *l = if *l >= 0.0 {
                         *l / p.repeat_penalty
                     } else {
                         *l * p.repeat_penalty
                     };
                 }
+                *l -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
             }
         }
         if p.temperature <= 0.0 {
@@ -160,6 +169,8 @@ mod tests {
             top_p: 1.0,
             min_p: 0.0,
             repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             repeat_last_n: 64,
             seed: 1,
         }
@@ -209,5 +220,18 @@ mod tests {
             ..params(0.0)
         });
         assert_eq!(s.sample(&mut [1.0, 1.5, 1.2], &[1]), 2);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_subtract_per_token_and_per_occurrence() {
+        let mut logits = [1.0f32, 1.0, 1.0];
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..params(0.0)
+        });
+        // Token 1 seen twice, token 2 once: 1 - 0.5 - 0.5 and 1 - 0.5 - 0.25.
+        assert_eq!(s.sample(&mut logits, &[1, 2, 1]), 0);
+        assert_eq!(logits, [1.0, 0.0, 0.25]);
     }
 }

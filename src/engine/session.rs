@@ -11,7 +11,7 @@ use super::generate::Generation;
 use super::model::SeqId;
 use super::reasoning::Splitter;
 use super::template::Message;
-use super::Engine;
+use super::{Engine, Text};
 
 /// A conversation rendered for the model.
 pub struct Prompt {
@@ -22,7 +22,7 @@ pub struct Prompt {
     pub opens_thinking: bool,
 }
 
-impl Engine {
+impl Text {
     /// The conversation as the model sees it: its chat template, or (for models without one,
     /// or `raw`) the messages' text one after another: each user message starts a new
     /// paragraph, each answer follows its prompt directly (as it was generated).
@@ -96,7 +96,7 @@ impl Session {
     /// Render `messages` (ending with the user's new message) and cut the cache back to what
     /// the new prompt shares with it.
     pub fn prepare(&mut self, engine: &mut Engine, messages: &[Message]) -> Result<Turn> {
-        let prompt = engine.prompt(messages, false)?;
+        let prompt = engine.text.prompt(messages, false)?;
         let shared = self
             .cached
             .iter()
