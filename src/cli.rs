@@ -21,6 +21,7 @@ ENVIRONMENT:
   HF_TOKEN          Hub access token for gated repos (else the file HF_HOME/token)
   HF_HOME, HF_HUB_CACHE   where models are stored (standard Hugging Face cache)
   HF_HUB_OFFLINE=1  never touch the network; use only pulled models
+  OWRUN_API_KEY     the key `owrun serve` requires (as --api-key)
   OWRUN_MEMORY_LIMIT  memory owrun may use (e.g. 8G; default: what is available); a model
                     that does not fit runs quantized
 
@@ -67,6 +68,9 @@ pub enum Command {
     Kld(KldArgs),
     /// Write a model as a GGUF file (quantized with --quant) that llama.cpp and owrun load
     Quantize(QuantizeArgs),
+    /// Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health), many clients at once
+    Serve(Box<ServeArgs>),
     /// Print a shell completion script (e.g. `owrun completions bash > ~/.local/share/bash-completion/completions/owrun`)
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -230,6 +234,61 @@ pub struct LoadArgs {
     /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+EXAMPLES:
+  owrun serve stories260k                      # the built-in model, on http://127.0.0.1:11435
+  owrun serve llama3.2-1b --parallel 8         # 8 sequences decoded together
+  OWRUN_API_KEY=secret owrun serve --host 0.0.0.0 qwen2.5-7b
+
+  curl http://127.0.0.1:11435/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{\"model\": \"stories260k\", \"messages\": [{\"role\": \"user\", \"content\": \"Once upon a time\"}]}'
+
+Models load on their first request from what is pulled (the server never downloads), and go
+after --keep-alive without requests. A model whose license needs acceptance is refused (403)
+until `owrun license accept NAME`; with OWRUN_USE=commercial, non-commercial models are refused.")]
+pub struct ServeArgs {
+    /// Models to load at start and keep loaded (others load on their first request)
+    #[arg(value_name = "MODEL")]
+    pub models: Vec<String>,
+    /// Address to listen on. Anything but a loopback address makes the server reachable from
+    /// other machines: set --api-key
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: any free port, printed at start)
+    #[arg(long, default_value_t = 11435, value_name = "PORT")]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every request but /health
+    #[arg(
+        long,
+        env = "OWRUN_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// Let web pages from this origin call the server (repeatable; `*` for any). Without it
+    /// no CORS headers are sent and browsers refuse cross-origin calls
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Sequences decoded together per model (default: what memory allows, 4 to 16)
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
+    /// Requests that may wait per model when every slot is busy; beyond it, 503 with Retry-After
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub queue: usize,
+    /// Unload a model after this long without requests: 30s, 5m, 1h, 0 (at once), -1 (never)
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub keep_alive: String,
+    /// Most models loaded at once; the one unused longest makes room for a new one
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_models: usize,
+    /// Largest request body accepted (413 beyond)
+    #[arg(long, default_value = "8M", value_name = "SIZE")]
+    pub max_body: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 #[derive(Debug, Args)]

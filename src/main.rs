@@ -11,6 +11,7 @@ mod hub;
 mod license;
 mod memory;
 mod registry;
+mod server;
 mod settings;
 mod store;
 

@@ -19,6 +19,7 @@ pub mod pull;
 mod quantize;
 mod rm;
 mod run;
+mod serve;
 mod show;
 
 /// What every command starts from.
@@ -88,6 +89,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Kld(args) => kld::run(&ctx, &args),
         Command::Quantize(args) => quantize::run(&ctx, &args),
         Command::Chat(args) => chat::run(&ctx, &args),
+        Command::Serve(args) => serve::run(&ctx, &args),
         Command::Completions { .. } => unreachable!("handled before the settings load"),
     }
 }

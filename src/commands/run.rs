@@ -155,24 +155,7 @@ pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<
                 missing.join(", ")
             )));
         }
-        let licenses = licenses_of(model, Some(&snapshot));
-        match model {
-            // Files the user already has: only a declared commercial use is checked.
-            ModelRef::Local { .. } => {
-                license::check_declared_use(&ctx.settings, &model.display_name(), &licenses)?
-            }
-            _ => license::gate(
-                &ctx.settings,
-                &GateRequest {
-                    display_name: &model.display_name(),
-                    model_key: &acceptance_key(model),
-                    licenses,
-                    force_acceptance: Vec::new(),
-                    accept_flag: accept_license,
-                    may_ask: true,
-                },
-            )?,
-        }
+        gate_pulled(ctx, model, &snapshot, accept_license, true)?;
         return gguf_or_folder(model, snapshot.dir);
     }
     eprintln!(
@@ -183,9 +166,37 @@ pub fn ready_model(ctx: &Ctx, model: &ModelRef, accept_license: bool) -> Result<
     gguf_or_folder(model, dir)
 }
 
+/// The license gate for a model on disk. Files the user already has (a local directory) are
+/// checked only against a declared commercial use. `may_ask`: on a terminal, ask for acceptance.
+pub fn gate_pulled(
+    ctx: &Ctx,
+    model: &ModelRef,
+    snapshot: &crate::store::Snapshot,
+    accept_license: bool,
+    may_ask: bool,
+) -> Result<()> {
+    let licenses = licenses_of(model, Some(snapshot));
+    match model {
+        ModelRef::Local { .. } => {
+            license::check_declared_use(&ctx.settings, &model.display_name(), &licenses)
+        }
+        _ => license::gate(
+            &ctx.settings,
+            &GateRequest {
+                display_name: &model.display_name(),
+                model_key: &acceptance_key(model),
+                licenses,
+                force_acceptance: Vec::new(),
+                accept_flag: accept_license,
+                may_ask,
+            },
+        ),
+    }
+}
+
 /// For `NAME:QUANT` and `hf:repo:QUANT`, the (first) GGUF file of that quantization in the
 /// snapshot; else the snapshot folder.
-fn gguf_or_folder(model: &ModelRef, dir: PathBuf) -> Result<PathBuf> {
+pub fn gguf_or_folder(model: &ModelRef, dir: PathBuf) -> Result<PathBuf> {
     let Some(tag) = model.gguf() else {
         return Ok(dir);
     };
@@ -196,6 +207,17 @@ fn gguf_or_folder(model: &ModelRef, dir: PathBuf) -> Result<PathBuf> {
 }
 
 pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
+    configure_threads(load)?;
+    let engine = open_engine(ctx, dir, load)?;
+    for note in &engine.notes {
+        eprintln!("owrun: {note}");
+    }
+    Ok(engine)
+}
+
+/// The thread count of every CPU pool, from --threads (default: every core). Set once, before
+/// any pool starts (the server calls it before its threads exist).
+pub fn configure_threads(load: &LoadArgs) -> Result<()> {
     if let Some(n) = load.threads {
         if n == 0 {
             return Err(usage("--threads must be at least 1"));
@@ -210,6 +232,12 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
+    Ok(())
+}
+
+/// Load the model in `dir` (a folder or a GGUF file) as `load` says; its notes are left for
+/// the caller to show.
+pub fn open_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<Engine> {
     let quant = load.quant.or_else(|| auto_quant(dir, load));
     let options = LoadOptions {
         device: load.device,
@@ -231,9 +259,6 @@ pub fn load_engine(ctx: &Ctx, dir: &std::path::Path, load: &LoadArgs) -> Result<
             e.context(format!("cannot load the model in {}", dir.display()))
         }
     })?;
-    for note in &engine.notes {
-        eprintln!("owrun: {note}");
-    }
     crate::memory::keep_freed_memory();
     Ok(engine)
 }

@@ -46,6 +46,11 @@ impl KvCache {
         }
     }
 
+    /// Bytes one more token takes (keys and values of every layer).
+    pub fn bytes_per_token(&self) -> usize {
+        self.layer_count * self.kv_heads * self.head_dim * 2 * self.dtype.size_in_bytes()
+    }
+
     /// Tokens the cache holds.
     pub fn len(&self) -> usize {
         self.len

@@ -42,8 +42,8 @@ impl Model {
         id
     }
 
-    /// Drop a sequence and its cache. (The server frees a finished client's sequence; run and
-    /// chat hold one sequence for their lifetime.)
+    /// Drop a sequence and its cache. (The server keeps its slots' sequences for prefix reuse;
+    /// run and chat hold one sequence for their lifetime.)
     #[allow(dead_code)]
     pub fn free(&mut self, seq: SeqId) {
         self.sequences.remove(&seq);
@@ -63,6 +63,11 @@ impl Model {
             }
             None => bail!("no sequence {seq:?}"),
         }
+    }
+
+    /// Bytes of KV cache one token of one sequence takes.
+    pub fn cache_bytes_per_token(&self) -> usize {
+        self.decoder.new_cache(0).bytes_per_token()
     }
 
     /// Bytes the sequences' KV caches reserve.

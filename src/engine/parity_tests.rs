@@ -102,7 +102,11 @@ fn every_family_matches_transformers() {
         if exp["system_folded"] == true {
             messages.remove(0);
         }
-        let template = engine.text.template.as_ref().expect("fixture has a template");
+        let template = engine
+            .text
+            .template
+            .as_ref()
+            .expect("fixture has a template");
         let rendered = template.render(&messages, true).unwrap();
         assert_eq!(
             rendered,

@@ -1,0 +1,209 @@
+//! `owrun serve [MODEL…]`: the OpenAI-compatible server, with models from the registry and the
+//! store, behind the license gate.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::run::{configure_threads, gate_pulled, gguf_or_folder, open_engine};
+use super::{licenses_of, Ctx};
+use crate::cli::{LoadArgs, ServeArgs};
+use crate::error::{usage, Fatal};
+use crate::license;
+use crate::registry::ModelRef;
+use crate::server::models::{Card, Catalog, Models, Opened, Options};
+use crate::server::{ApiError, ServeOptions};
+
+pub fn run(ctx: &Ctx, args: &ServeArgs) -> Result<()> {
+    if args.parallel == Some(0) || args.parallel.is_some_and(|p| p > 256) {
+        return Err(usage("--parallel must be between 1 and 256"));
+    }
+    if args.queue == 0 {
+        return Err(usage("--queue must be at least 1"));
+    }
+    if args.max_models == 0 {
+        return Err(usage("--max-models must be at least 1"));
+    }
+    if args.models.len() > args.max_models {
+        return Err(usage(format!(
+            "{} models named but --max-models is {}",
+            args.models.len(),
+            args.max_models
+        )));
+    }
+    let keep_alive = parse_keep_alive(&args.keep_alive)?;
+    let body_limit = crate::memory::parse_size(&args.max_body)
+        .filter(|&b| b >= 1024)
+        .ok_or_else(|| {
+            usage(format!(
+                "--max-body {:?}: give a size such as 8M",
+                args.max_body
+            ))
+        })?;
+    configure_threads(&args.load)?;
+    let catalog = StoreCatalog {
+        ctx: Ctx {
+            settings: ctx.settings.clone(),
+            registry: ctx.registry.clone(),
+        },
+        load: args.load.clone(),
+        named: args.models.clone(),
+    };
+    // Models named on the command line are checked now, so a typo or a license stops the
+    // start with the usual exit code instead of a server that answers 404.
+    for name in &args.models {
+        catalog.check(name)?;
+    }
+    let models = Models::new(
+        Box::new(catalog),
+        Options {
+            parallel: args.parallel,
+            queue: args.queue,
+            keep_alive,
+            max_models: args.max_models,
+        },
+    );
+    crate::server::serve(
+        models,
+        ServeOptions {
+            host: args.host,
+            port: args.port,
+            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            cors_origins: args.cors_origins.clone(),
+            body_limit: body_limit as usize,
+            preload: args.models.clone(),
+        },
+    )
+}
+
+/// `30s`, `5m`, `1h`, a number of seconds, `0`; `-1` or `forever`: None (never unloaded).
+fn parse_keep_alive(s: &str) -> Result<Option<Duration>> {
+    let s = s.trim();
+    if s == "-1" || s.eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => 0.0,
+    };
+    match number.parse::<f64>() {
+        Ok(n) if scale > 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n * scale))),
+        _ => Err(usage(format!(
+            "--keep-alive {s:?}: give a duration such as 30s, 5m or 1h, 0, or -1 for never"
+        ))),
+    }
+}
+
+/// Models from the registry and the local store, loaded as `run` loads them.
+struct StoreCatalog {
+    ctx: Ctx,
+    load: LoadArgs,
+    /// Named on the command line (listed by /v1/models even when they are local paths).
+    named: Vec<String>,
+}
+
+impl StoreCatalog {
+    /// Resolve, find on disk and pass the license gate (never asking: a server has no one to
+    /// ask).
+    fn check(&self, name: &str) -> Result<(ModelRef, std::path::PathBuf)> {
+        let model = self.ctx.resolve(name)?;
+        let Some(snapshot) = self.ctx.local_snapshot(&model) else {
+            return Err(usage(format!(
+                "{} is not pulled: run `owrun pull {}` first (the server never downloads)",
+                model.display_name(),
+                model.display_name()
+            )));
+        };
+        gate_pulled(&self.ctx, &model, &snapshot, false, false)?;
+        let dir = gguf_or_folder(&model, snapshot.dir)?;
+        Ok((model, dir))
+    }
+}
+
+impl Catalog for StoreCatalog {
+    fn open(&self, name: &str) -> Result<Opened, ApiError> {
+        let (model, dir) = self.check(name).map_err(|e| {
+            let message = format!("{e:#}");
+            match e.downcast_ref::<Fatal>() {
+                Some(Fatal::LicenseNotAccepted(_)) => {
+                    ApiError::license(message, "license_not_accepted")
+                }
+                Some(Fatal::LicenseForbidsUse(_)) => {
+                    ApiError::license(message, "license_forbids_use")
+                }
+                _ => ApiError::model_not_found(message),
+            }
+        })?;
+        let ctx = Ctx {
+            settings: self.ctx.settings.clone(),
+            registry: self.ctx.registry.clone(),
+        };
+        let load = self.load.clone();
+        Ok(Opened {
+            id: model.display_name(),
+            load: Box::new(move || open_engine(&ctx, &dir, &load)),
+        })
+    }
+
+    fn cards(&self) -> Vec<Card> {
+        let mut models: Vec<ModelRef> = self
+            .ctx
+            .registry
+            .iter()
+            .map(|(name, entry)| ModelRef::Registry {
+                name: name.clone(),
+                entry: entry.clone(),
+                gguf: None,
+            })
+            .collect();
+        for name in &self.named {
+            if let Ok(m) = self.ctx.resolve(name) {
+                if !models.iter().any(|x| x.display_name() == m.display_name()) {
+                    models.push(m);
+                }
+            }
+        }
+        models
+            .iter()
+            .map(|m| {
+                let snapshot = self.ctx.local_snapshot(m);
+                let licenses = licenses_of(m, snapshot.as_ref());
+                Card {
+                    id: m.display_name(),
+                    commercial: serde_json::to_value(license::strictest(&licenses))
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    licenses: licenses.into_iter().map(|l| l.id).collect(),
+                    pulled: snapshot.is_some(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_durations() {
+        assert_eq!(
+            parse_keep_alive("5m").unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_keep_alive("30").unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_keep_alive("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(parse_keep_alive("-1").unwrap(), None);
+        assert!(parse_keep_alive("5 parsecs").is_err());
+    }
+}

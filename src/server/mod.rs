@@ -1,0 +1,523 @@
+//! `owrun serve`: an OpenAI-compatible HTTP server (axum on tokio) over the engine.
+//!
+//! - `openai`: the request fields and the response/stream shapes;
+//! - `scheduler`: continuous batching of many sequences on one model;
+//! - `models`: loading on first use, keep-alive, `--max-models`;
+//! - `error`: OpenAI-shaped errors.
+//!
+//! Requests pass a Host check (on loopback, against DNS rebinding), then the API key, then the
+//! handlers. The model thread does the computing; the async threads only parse, tokenize and
+//! stream.
+
+mod error;
+pub mod models;
+mod openai;
+mod scheduler;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+pub use error::ApiError;
+use models::{Models, Served};
+use openai::{Common, Kind, PromptInput, Reply};
+use scheduler::{Event, Job, Refused};
+
+pub struct ServeOptions {
+    pub host: IpAddr,
+    pub port: u16,
+    pub api_key: Option<String>,
+    /// Origins allowed to call from a browser ("*" for any); none: no CORS headers.
+    pub cors_origins: Vec<String>,
+    pub body_limit: usize,
+    /// Models to load at start and keep loaded.
+    pub preload: Vec<String>,
+}
+
+struct App {
+    models: Models,
+    api_key: Option<String>,
+    /// The Host check applies (the server listens on a loopback address).
+    loopback: bool,
+    body_limit: usize,
+    /// Models named on the command line not loaded yet (the health check says "loading").
+    warming: AtomicUsize,
+}
+
+/// Run the server until SIGTERM or Ctrl-C.
+pub fn serve(models: Models, opts: ServeOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the server's runtime")?;
+    runtime.block_on(run(models, opts))
+}
+
+async fn run(models: Models, opts: ServeOptions) -> Result<()> {
+    let addr = SocketAddr::new(opts.host, opts.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another server using it? pick one with --port)")
+    })?;
+    let local = listener.local_addr()?;
+    if !opts.host.is_loopback() {
+        eprintln!(
+            "owrun: warning: listening on {local}, reachable from other machines{}",
+            if opts.api_key.is_none() {
+                " with no API key: anyone who can reach it can use it (set --api-key)"
+            } else {
+                ""
+            }
+        );
+    }
+    let app = Arc::new(App {
+        models,
+        api_key: opts.api_key.clone(),
+        loopback: opts.host.is_loopback(),
+        body_limit: opts.body_limit,
+        warming: AtomicUsize::new(opts.preload.len()),
+    });
+    for name in opts.preload.clone() {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.models.get(&name, true).await {
+                eprintln!("owrun: cannot load {name}: {}", e.message);
+            }
+            app.warming.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    let reaper = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reaper.models.reap().await;
+        }
+    });
+
+    let router = router(app.clone(), &opts)?;
+    eprintln!("owrun: listening on http://{local} (OpenAI API under /v1; Ctrl-C or SIGTERM stops)");
+    let stop = app.models.stop.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        eprintln!("owrun: shutting down: ending the streams in flight");
+        stop.store(true, Ordering::SeqCst);
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    // Streams end within a step of the stop; connections that linger are not waited for long.
+    let stopped = app.models.stop.clone();
+    tokio::select! {
+        r = server => r.context("the server failed")?,
+        _ = async {
+            while !stopped.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => {}
+    }
+    eprintln!("owrun: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn router(app: Arc<App>, opts: &ServeOptions) -> Result<Router> {
+    let mut router = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(one_model))
+        .route("/health", get(health))
+        .fallback(|req: Request| async move { ApiError::not_found_path(req.uri().path()) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .layer(DefaultBodyLimit::max(opts.body_limit))
+        .with_state(app);
+    if !opts.cors_origins.is_empty() {
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        let origin = if opts.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            let list = opts
+                .cors_origins
+                .iter()
+                .map(|o| {
+                    HeaderValue::from_str(o).with_context(|| format!("bad --cors-origin {o:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            AllowOrigin::list(list)
+        };
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(origin)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    Ok(router)
+}
+
+/// The Host check (DNS rebinding: a web page on another name must not reach a loopback
+/// server), then the API key (not for /health).
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if app.loopback {
+        if let Some(host) = req.headers().get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !is_loopback_host(host) {
+                return ApiError::forbidden_host(host).into_response();
+            }
+        }
+    }
+    if let Some(key) = &app.api_key {
+        if req.uri().path() != "/health" {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !same_secret(given.trim(), key) {
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// `localhost`, `127.0.0.1` (any 127.x), `[::1]`, each with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compares without stopping at the first difference (no timing hint about the key).
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let loading = app.models.loading() + app.warming.load(Ordering::SeqCst);
+    let mut loaded: Vec<Value> = app
+        .models
+        .all()
+        .await
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "slots": s.scheduler.slots,
+                "slots_busy": s.scheduler.active(),
+                "queued": s.scheduler.queued(),
+            })
+        })
+        .collect();
+    loaded.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    if loading > 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({"status": "loading", "models": loaded})),
+        )
+            .into_response();
+    }
+    Json(json!({"status": "ok", "models": loaded})).into_response()
+}
+
+async fn model_cards(app: &App) -> Vec<Value> {
+    let loaded = app.models.loaded_ids().await;
+    app.models
+        .cards()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "owrun",
+                "license": c.licenses.first(),
+                "licenses": c.licenses,
+                "commercial_use": c.commercial,
+                "pulled": c.pulled,
+                "loaded": loaded.contains(&c.id),
+            })
+        })
+        .collect()
+}
+
+async fn list_models(State(app): State<Arc<App>>) -> Response {
+    Json(json!({"object": "list", "data": model_cards(&app).await})).into_response()
+}
+
+async fn one_model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match model_cards(&app).await.into_iter().find(|c| c["id"] == id) {
+        Some(card) => Json(card).into_response(),
+        None => ApiError::model_not_found(format!("no model {id:?}")).into_response(),
+    }
+}
+
+fn body_json(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(app.body_limit)
+        } else {
+            ApiError::invalid("", format!("cannot read the request body: {e}"))
+        }
+    })?;
+    openai::parse_json(&bytes)
+}
+
+async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let req = openai::parse_chat(&body_json(&app, body)?)?;
+        let served = app.models.get(&req.common.model, false).await?;
+        let text = served.text.clone();
+        let messages = req.messages;
+        let prompt = tokio::task::spawn_blocking(move || text.prompt(&messages, false))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        generate(
+            &served,
+            Kind::Chat,
+            req.common,
+            prompt.tokens,
+            prompt.opens_thinking,
+        )
+        .await
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let req = openai::parse_completion(&body_json(&app, body)?)?;
+        let served = app.models.get(&req.common.model, false).await?;
+        let tokens = match req.prompt {
+            PromptInput::Tokens(t) => {
+                let vocab = served.text.tokenizer.get_vocab_size(true) as u32;
+                if let Some(bad) = t.iter().find(|&&t| t >= vocab) {
+                    return Err(ApiError::invalid(
+                        "prompt",
+                        format!("token {bad} is not in the vocabulary ({vocab} tokens)"),
+                    ));
+                }
+                t
+            }
+            PromptInput::Text(s) => {
+                let text = served.text.clone();
+                tokio::task::spawn_blocking(move || text.encode(&s, true))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?
+            }
+        };
+        generate(&served, Kind::Completion, req.common, tokens, false).await
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Queue the request's choices and answer: a stream of chunks, or the whole object.
+async fn generate(
+    served: &Served,
+    kind: Kind,
+    common: Common,
+    prompt: Vec<u32>,
+    opens_thinking: bool,
+) -> Result<Response, ApiError> {
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("prompt", "the prompt is empty"));
+    }
+    if prompt.len() >= served.context {
+        let what = match kind {
+            Kind::Chat => "messages",
+            Kind::Completion => "prompt",
+        };
+        return Err(ApiError::invalid(
+            what,
+            format!(
+                "this model's maximum context length is {} tokens, but the {what} take {} \
+                 tokens (leaving none to generate): shorten them by at least {} tokens",
+                served.context,
+                prompt.len(),
+                prompt.len() + 1 - served.context
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let (events, rx) = unbounded_channel();
+    for index in 0..common.n {
+        let job = Job {
+            index,
+            prompt: prompt.clone(),
+            sampling: common.sampling(&served.text.sampling, index),
+            max_tokens: common.max_tokens,
+            stop: common.stop.clone(),
+            logprobs: common.logprobs,
+            events: events.clone(),
+        };
+        match served.scheduler.submit(job) {
+            Ok(()) => {}
+            // Jobs already queued see their receiver dropped with this answer, and go.
+            Err(Refused::QueueFull) => {
+                return Err(ApiError::busy(
+                    format!(
+                        "{} is busy: {} requests generating and {} waiting; try again shortly",
+                        served.id,
+                        served.scheduler.active(),
+                        served.scheduler.queued()
+                    ),
+                    1,
+                ))
+            }
+            Err(Refused::Stopped) => {
+                return Err(ApiError::busy("the server is shutting down", 5));
+            }
+        }
+    }
+    drop(events);
+    let reply = Reply::new(kind, &served.id, common.n, opens_thinking, &common);
+    if common.stream {
+        Ok(stream_reply(reply, rx).into_response())
+    } else {
+        whole_reply(reply, rx).await
+    }
+}
+
+async fn whole_reply(
+    mut reply: Reply,
+    mut rx: UnboundedReceiver<(usize, Event)>,
+) -> Result<Response, ApiError> {
+    while !reply.done() {
+        match rx.recv().await {
+            Some((_, Event::Failed(why))) => return Err(failure(why)),
+            Some((index, event)) => {
+                reply.on_event(index, event);
+            }
+            None => return Err(ApiError::internal("the model stopped before answering")),
+        }
+    }
+    Ok(Json(reply.response()).into_response())
+}
+
+fn failure(why: String) -> ApiError {
+    if why.contains("shutting down") {
+        ApiError::busy(why, 5)
+    } else {
+        ApiError::internal(why)
+    }
+}
+
+/// Server-sent events as the `openai` client reads them: `data: {chunk}` events with one id,
+/// the usage chunk when asked, then `data: [DONE]`; a failure midway is `data: {"error": …}`.
+fn stream_reply(
+    reply: Reply,
+    rx: UnboundedReceiver<(usize, Event)>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let data = |v: &Value| SseEvent::default().data(v.to_string());
+    let events = stream::unfold(Some((reply, rx)), move |state| async move {
+        let (mut reply, mut rx) = state?;
+        let mut out = Vec::new();
+        match rx.recv().await {
+            Some((_, Event::Failed(why))) => {
+                out.push(data(&failure(why).body()));
+                out.push(SseEvent::default().data("[DONE]"));
+                return Some((out, None));
+            }
+            Some((index, event)) => {
+                out.extend(reply.on_event(index, event).iter().map(data));
+                if reply.done() {
+                    out.extend(reply.usage_chunk().as_ref().map(data));
+                    out.push(SseEvent::default().data("[DONE]"));
+                    return Some((out, None));
+                }
+            }
+            None => {
+                let e = ApiError::internal("the model stopped before finishing");
+                out.push(data(&e.body()));
+                out.push(SseEvent::default().data("[DONE]"));
+                return Some((out, None));
+            }
+        }
+        Some((out, Some((reply, rx))))
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    Sse::new(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_pass_and_others_do_not() {
+        for ok in [
+            "localhost",
+            "localhost:11435",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]:11435",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:11435",
+            "10.0.0.1:11435",
+            "localhost.evil",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+}
