@@ -217,6 +217,17 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     next.run(req).await
 }
 
+/// A pause the tests set (OWRUN_TEST_STEP_DELAY_MS per scheduler step, OWRUN_TEST_LOAD_DELAY_MS
+/// per model load) to make a tiny model slow enough to watch a busy slot, a full queue or a
+/// loading model; unset, nothing waits.
+pub(crate) fn test_delay(var: &str) -> Option<Duration> {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+}
+
 /// `localhost`, `127.0.0.1` (any 127.x), `[::1]`, each with or without a port.
 fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {

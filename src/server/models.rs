@@ -131,7 +131,14 @@ impl Models {
         self.make_room(&opened.id).await?;
         self.loading.fetch_add(1, Ordering::SeqCst);
         let id = opened.id.clone();
-        let loaded = tokio::task::spawn_blocking(opened.load).await;
+        let delay = super::test_delay("OWRUN_TEST_LOAD_DELAY_MS");
+        let loaded = tokio::task::spawn_blocking(move || {
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            (opened.load)()
+        })
+        .await;
         self.loading.fetch_sub(1, Ordering::SeqCst);
         let engine = match loaded {
             Ok(Ok(engine)) => engine,

@@ -202,6 +202,7 @@ impl Busy<'_> {
 impl Worker {
     fn run(mut self, jobs: Receiver<Job>, slots: usize) {
         let text = self.text.clone();
+        let step_delay = super::test_delay("OWRUN_TEST_STEP_DELAY_MS");
         let mut slots: Vec<Slot> = (0..slots)
             .map(|_| Slot {
                 seq: self.model.new_sequence(),
@@ -252,6 +253,9 @@ impl Worker {
                 self.admit(&mut slots, job, &text);
             }
             if slots.iter().any(|s| s.busy.is_some()) {
+                if let Some(d) = step_delay {
+                    std::thread::sleep(d);
+                }
                 self.step(&mut slots);
             }
         }
@@ -384,11 +388,22 @@ impl Worker {
 
     /// Token texts for the chosen token and the alternatives.
     fn describe(&self, token: u32, lp: &Logprobs) -> TokenLogprobs {
-        let name = |t: u32| {
-            self.text
-                .tokenizer
-                .decode(&[t], false)
-                .unwrap_or_else(|_| format!("<{t}>"))
+        let tokenizer = &self.text.tokenizer;
+        // A token's text as it reads after other text: decoded alone, sentencepiece decoders
+        // drop its leading space ("▁there" → "there"), so decode it after an anchor token and
+        // keep what it adds.
+        let anchor = tokenizer
+            .encode("a", false)
+            .ok()
+            .and_then(|e| e.get_ids().first().copied());
+        let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
+        let name = |t: u32| match anchor {
+            Some(a) => {
+                let base = decode(&[a]);
+                let both = decode(&[a, t]);
+                both.strip_prefix(&base).map(str::to_string).unwrap_or(both)
+            }
+            None => decode(&[t]),
         };
         TokenLogprobs {
             chosen: Candidate {
