@@ -259,15 +259,21 @@ fn bad_requests_get_openai_shaped_errors() {
         "",
     );
     assert!(r.header("access-control-allow-origin").is_none());
-    // Features not implemented are refused by name, not ignored.
+    // An invalid (or unsupported) JSON schema is a 400 saying why.
     let e = error(
         &server.post(
             "/v1/chat/completions",
-            &chat_body("x", json!({"response_format": {"type": "json_object"}})),
+            &chat_body(
+                "x",
+                json!({"response_format": {"type": "json_schema", "json_schema":
+                    {"name": "x", "schema": {"type": "object", "required": ["a"],
+                                             "properties": {"b": {"type": "string"}}}}}}),
+            ),
         ),
         400,
     );
     assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("\"a\""), "{e}");
     // After all that, it still answers.
     let r = server.post(
         "/v1/completions",
@@ -768,4 +774,74 @@ fn the_openai_python_client_works_against_it() {
         server.stderr()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[test]
+fn response_formats_are_enforced_by_constrained_decoding() {
+    let sb = sandbox();
+    let server = Server::start(&sb, &["stories260k"], &[]);
+    server.wait_healthy();
+    // A story model knows nothing of JSON: whatever it writes is held to the schema.
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer"},
+            "happy": {"type": "boolean"},
+            "mood": {"enum": ["glad", "sad"]},
+            "pets": {"type": "array", "items": {"type": "null"}, "maxItems": 2}
+        },
+        "required": ["age", "happy", "mood"]
+    });
+    for (seed, stream) in [(1, false), (2, true), (3, false)] {
+        let body = chat_body(
+            "Once upon a time",
+            json!({"max_tokens": 120, "temperature": 1.0, "seed": seed, "stream": stream,
+                   "response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "kid", "schema": schema}}}),
+        );
+        let r = server.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let content: String = if stream {
+            r.sse_data()
+                .iter()
+                .filter(|d| *d != "[DONE]")
+                .filter_map(|d| {
+                    let v: Value = serde_json::from_str(d).unwrap();
+                    v["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        } else {
+            r.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let v: Value =
+            serde_json::from_str(&content).unwrap_or_else(|e| panic!("{e}: not JSON: {content:?}"));
+        assert!(v["age"].is_i64(), "{v}");
+        assert!(v["happy"].is_boolean(), "{v}");
+        assert!(v["mood"] == "glad" || v["mood"] == "sad", "{v}");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert!(keys
+            .iter()
+            .all(|k| ["age", "happy", "mood", "pets"].contains(&k.as_str())));
+    }
+    // json_object: whatever it writes is a JSON object, as far as it got.
+    let r = server
+        .post(
+            "/v1/completions",
+            &completion_body(
+                "Once upon a time",
+                json!({"max_tokens": 60, "temperature": 0,
+                       "response_format": {"type": "json_object"}}),
+            ),
+        )
+        .json();
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    assert!(text.trim_start().starts_with('{'), "{text:?}");
+    if r["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(text).unwrap().is_object());
+    }
 }

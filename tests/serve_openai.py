@@ -133,6 +133,36 @@ try:
 except openai.AuthenticationError:
     pass
 
+# Structured output: the answer parses and follows the schema.
+r = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Once upon a time"}],
+    max_tokens=100,
+    temperature=0,
+    response_format={
+        "type": "json_schema",
+        "json_schema": {
+            "name": "kid",
+            "schema": {
+                "type": "object",
+                "properties": {"happy": {"type": "boolean"}, "age": {"type": "integer"}},
+                "required": ["happy", "age"],
+            },
+        },
+    },
+)
+doc = json.loads(r.choices[0].message.content)
+check(isinstance(doc["happy"], bool) and isinstance(doc["age"], int), f"schema: {doc}")
+try:
+    client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "x"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}},
+    )
+    check(False, "invalid schema accepted")
+except openai.BadRequestError as e:
+    check("unknown type" in e.body["message"], f"schema error {e.body}")
+
 # Models, with their licenses.
 models = {m.id: m for m in client.models.list()}
 check(MODEL in models, "stories260k listed")

@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use super::constrain::{JsonConstraint, TokenTexts};
 use super::detok::Detokenizer;
 use super::model::{Model, SeqId};
 use super::sampler::Sampler;
@@ -62,6 +63,8 @@ pub struct Decoding<'a> {
     history: Vec<u32>,
     pub tokens: Vec<u32>,
     limit: usize,
+    /// Output held to a JSON document (response_format).
+    constraint: Option<(JsonConstraint, &'a TokenTexts)>,
 }
 
 /// What one sampled token did.
@@ -93,7 +96,14 @@ impl<'a> Decoding<'a> {
             history: prompt.to_vec(),
             tokens: Vec::new(),
             limit,
+            constraint: None,
         }
+    }
+
+    /// Hold the output to a JSON document: tokens that would break it are never sampled, and
+    /// end-of-sequence comes only once it is whole.
+    pub fn constrain(&mut self, constraint: JsonConstraint, texts: &'a TokenTexts) {
+        self.constraint = Some((constraint, texts));
     }
 
     /// The limit allows no token at all.
@@ -103,7 +113,22 @@ impl<'a> Decoding<'a> {
 
     /// Sample the next token from `logits` (changed in place by the penalties).
     pub fn next(&mut self, logits: &mut [f32]) -> Result<Step> {
+        if let Some((c, texts)) = &self.constraint {
+            if !texts.mask(c, self.eos, logits) {
+                // Nothing may follow (the vocabulary cannot continue the document).
+                return Ok(Step {
+                    token: None,
+                    text: self.flush()?,
+                    finish: Some(Finish::Stop),
+                });
+            }
+        }
         let next = self.sampler.sample(logits, &self.history);
+        if let Some((c, texts)) = &mut self.constraint {
+            if !self.eos.contains(&next) {
+                c.feed(texts.text(next).unwrap_or_default());
+            }
+        }
         if self.eos.contains(&next) {
             return Ok(Step {
                 token: None,

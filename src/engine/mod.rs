@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod constrain;
 pub mod decoder;
 pub mod detok;
 pub mod generate;
@@ -222,6 +223,8 @@ pub struct Text {
     pub eos: Vec<u32>,
     /// Sampling defaults from generation_config.json.
     pub sampling: SamplingParams,
+    /// Every token's text, for constrained decoding (made on first use).
+    token_texts: std::sync::OnceLock<constrain::TokenTexts>,
 }
 
 /// The weight side of a loaded model.
@@ -271,6 +274,7 @@ fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<Text> {
         template,
         eos,
         sampling: SamplingParams::from_generation_config(&gen),
+        token_texts: Default::default(),
     })
 }
 
@@ -353,6 +357,7 @@ impl Engine {
                 template: v.template,
                 eos: v.eos,
                 sampling: SamplingParams::default(),
+                token_texts: Default::default(),
             }
         } else {
             folder_text_side(beside, &[]).with_context(|| {
@@ -403,6 +408,13 @@ impl Engine {
 }
 
 impl Text {
+    /// Every token's text as it reads after other text (for constrained decoding; made once,
+    /// on first use).
+    pub fn token_texts(&self) -> &constrain::TokenTexts {
+        self.token_texts
+            .get_or_init(|| constrain::TokenTexts::new(&self.tokenizer))
+    }
+
     /// Token ids for `text`. `add_special_tokens`: let the tokenizer add BOS (raw prompts); a
     /// rendered chat template already contains it, as in transformers' apply_chat_template.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

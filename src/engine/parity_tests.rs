@@ -250,7 +250,10 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             },
         )
         .unwrap_or_else(|e| panic!("{family}: {e:#}"));
-        assert_eq!(theirs.text.eos, ours.text.eos, "{family}: end-of-sequence ids");
+        assert_eq!(
+            theirs.text.eos, ours.text.eos,
+            "{family}: end-of-sequence ids"
+        );
         for case in ["plain", "chat"] {
             let prompt = ids(&exp[case]["prompt_ids"]);
             let a = ours.model.new_sequence();

@@ -399,6 +399,16 @@ async fn generate(
         )
         .with_code("context_length_exceeded"));
     }
+    if common.schema.is_some() {
+        // The vocabulary's texts, made once per model off the async threads (not in the
+        // model's thread, where it would stall every sequence).
+        let text = served.text.clone();
+        tokio::task::spawn_blocking(move || {
+            text.token_texts();
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
     let (events, rx) = unbounded_channel();
     for index in 0..common.n {
         let job = Job {
@@ -408,6 +418,7 @@ async fn generate(
             max_tokens: common.max_tokens,
             stop: common.stop.clone(),
             logprobs: common.logprobs,
+            schema: common.schema.clone(),
             events: events.clone(),
         };
         match served.scheduler.submit(job) {

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::scheduler::{Event, TokenLogprobs};
+use crate::engine::constrain::Schema;
 use crate::engine::generate::Finish;
 use crate::engine::reasoning::{Piece, Splitter};
 use crate::engine::sampler::SamplingParams;
@@ -94,6 +95,8 @@ pub struct Common {
     pub n: usize,
     /// Log-probabilities asked for, with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// The output is held to this (response_format json_object / json_schema).
+    pub schema: Option<Schema>,
 }
 
 impl Common {
@@ -159,6 +162,7 @@ impl Common {
             stop,
             n: f.integer("n", 1, MAX_N as i64)?.unwrap_or(1) as usize,
             logprobs,
+            schema: response_format(f)?,
         })
     }
 
@@ -217,16 +221,37 @@ fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(rf) = f.get("response_format") {
-        let kind = rf.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(ApiError::invalid(
-                "response_format",
-                "only response_format {\"type\": \"text\"} is supported by this owrun server yet",
-            ));
-        }
-    }
     Ok(())
+}
+
+/// `response_format`: None for text; the schema the output is held to otherwise.
+fn response_format(f: &Fields) -> Result<Option<Schema>, ApiError> {
+    let Some(rf) = f.get("response_format") else {
+        return Ok(None);
+    };
+    let bad = |m: String| ApiError::invalid("response_format", m);
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Schema::any_object())),
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    bad(
+                        "json_schema needs {\"json_schema\": {\"name\": …, \"schema\": {…}}}"
+                            .into(),
+                    )
+                })?;
+            Schema::from_json(schema)
+                .map(Some)
+                .map_err(|e| bad(format!("invalid JSON schema: {e}")))
+        }
+        _ => Err(bad(format!(
+            "response_format type must be text, json_object or json_schema, not {}",
+            rf.get("type").unwrap_or(&Value::Null)
+        ))),
+    }
 }
 
 pub struct ChatRequest {

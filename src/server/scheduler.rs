@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::engine::constrain::{JsonConstraint, Schema};
 use crate::engine::generate::{Decoding, Finish};
 use crate::engine::model::{Model, SeqId};
 use crate::engine::sampler::{Sampler, SamplingParams};
@@ -33,6 +34,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Report each token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Hold the output to a JSON document of this schema.
+    pub schema: Option<Schema>,
     pub events: UnboundedSender<(usize, Event)>,
 }
 
@@ -285,7 +288,7 @@ impl Worker {
         slot.cached.truncate(reuse);
         let room = self.model.context().saturating_sub(job.prompt.len());
         let limit = job.max_tokens.map_or(room, |m| m.min(room));
-        let decoding = Decoding::new(
+        let mut decoding = Decoding::new(
             &text.tokenizer,
             Sampler::new(job.sampling.clone()),
             &job.prompt,
@@ -293,6 +296,9 @@ impl Worker {
             &text.eos,
             limit,
         );
+        if let Some(schema) = &job.schema {
+            decoding.constrain(JsonConstraint::new(schema.clone()), text.token_texts());
+        }
         self.shared.active.fetch_add(1, Ordering::SeqCst);
         slot.busy = Some(Busy {
             pending: job.prompt[reuse..].to_vec(),

@@ -1,0 +1,863 @@
+//! Constrained decoding for JSON: a character-level recognizer of JSON (any JSON object, or a
+//! value of a JSON schema), and the token mask it gives. Before each sample, every token whose
+//! text cannot continue a valid document is masked out; end-of-sequence is allowed only once
+//! the document is complete. So `response_format` is enforced, not just asked for.
+//!
+//! Written here because the crates that do this (llguidance, outlines-core) bring their own
+//! tokenizer layers and large grammar engines; the subset of JSON Schema clients send for
+//! structured output (objects with properties and required keys, arrays, strings, numbers,
+//! integers, booleans, null, enum and const) fits in one small pushdown recognizer.
+
+use serde_json::Value;
+
+/// Whitespace between JSON tokens is nothing, one space, or a newline and up to this many spaces
+/// or tabs (llama.cpp's JSON grammar allows the same): indented output, but no rambling in
+/// blank lines forever.
+const MAX_INDENT: usize = 20;
+/// Digits in one number's integer, fraction or exponent part.
+const MAX_DIGITS: usize = 18;
+
+/// What a value may be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schema {
+    /// Any JSON value.
+    Any,
+    /// An object: with `properties`, only those keys (each at most once) and every `required`
+    /// one; without, any keys (values `Any`).
+    Object {
+        properties: Option<Vec<(String, Schema)>>,
+        required: Vec<String>,
+    },
+    Array {
+        items: Box<Schema>,
+        min_items: usize,
+        max_items: Option<usize>,
+    },
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Null,
+    /// One of these values, written compactly.
+    OneOf(Vec<String>),
+    /// Any of several types (`"type": ["string", "null"]`).
+    Types(Vec<Schema>),
+}
+
+impl Schema {
+    /// `response_format: json_object`: any object.
+    pub fn any_object() -> Schema {
+        Schema::Object {
+            properties: None,
+            required: Vec::new(),
+        }
+    }
+
+    /// Read a JSON schema; an error says what is wrong or not supported.
+    pub fn from_json(v: &Value) -> Result<Schema, String> {
+        let Some(o) = v.as_object() else {
+            return match v {
+                Value::Bool(true) => Ok(Schema::Any),
+                _ => Err(format!("a schema must be an object, not {v}")),
+            };
+        };
+        for k in [
+            "$ref",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "not",
+            "if",
+            "pattern",
+            "patternProperties",
+        ] {
+            if o.contains_key(k) {
+                return Err(format!("the schema keyword {k:?} is not supported"));
+            }
+        }
+        if let Some(c) = o.get("const") {
+            return Ok(Schema::OneOf(vec![c.to_string()]));
+        }
+        if let Some(e) = o.get("enum") {
+            let values = e
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or("enum must be a non-empty list")?;
+            return Ok(Schema::OneOf(values.iter().map(Value::to_string).collect()));
+        }
+        match o.get("type") {
+            None => {
+                if o.contains_key("properties") {
+                    Self::typed("object", o)
+                } else {
+                    Ok(Schema::Any)
+                }
+            }
+            Some(Value::String(t)) => Self::typed(t, o),
+            Some(Value::Array(types)) => {
+                let all = types
+                    .iter()
+                    .map(|t| {
+                        t.as_str()
+                            .ok_or_else(|| format!("type must name types, not {t}"))
+                            .and_then(|t| Self::typed(t, o))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if all.is_empty() {
+                    return Err("type is an empty list".into());
+                }
+                Ok(Schema::Types(all))
+            }
+            Some(t) => Err(format!("type must be a string or a list, not {t}")),
+        }
+    }
+
+    fn typed(t: &str, o: &serde_json::Map<String, Value>) -> Result<Schema, String> {
+        Ok(match t {
+            "object" => {
+                let properties = match o.get("properties") {
+                    None => None,
+                    Some(Value::Object(p)) => Some(
+                        p.iter()
+                            .map(|(k, v)| Ok((k.clone(), Schema::from_json(v)?)))
+                            .collect::<Result<Vec<_>, String>>()?,
+                    ),
+                    Some(p) => return Err(format!("properties must be an object, not {p}")),
+                };
+                let required: Vec<String> = match o.get("required") {
+                    None => Vec::new(),
+                    Some(Value::Array(r)) => r
+                        .iter()
+                        .map(|k| {
+                            k.as_str()
+                                .map(str::to_string)
+                                .ok_or_else(|| format!("required must list names, not {k}"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(r) => return Err(format!("required must be a list, not {r}")),
+                };
+                if let Some(p) = &properties {
+                    if let Some(k) = required.iter().find(|k| !p.iter().any(|(n, _)| n == *k)) {
+                        return Err(format!("required names {k:?}, which is not a property"));
+                    }
+                }
+                Schema::Object {
+                    properties,
+                    required,
+                }
+            }
+            "array" => {
+                let items = match o.get("items") {
+                    None => Schema::Any,
+                    Some(i) => Schema::from_json(i)?,
+                };
+                let count = |k: &str| -> Result<Option<usize>, String> {
+                    o.get(k)
+                        .map(|v| {
+                            v.as_u64()
+                                .map(|n| n as usize)
+                                .ok_or_else(|| format!("{k} must be a non-negative integer"))
+                        })
+                        .transpose()
+                };
+                Schema::Array {
+                    items: Box::new(items),
+                    min_items: count("minItems")?.unwrap_or(0),
+                    max_items: count("maxItems")?,
+                }
+            }
+            "string" => Schema::String,
+            "number" => Schema::Number,
+            "integer" => Schema::Integer,
+            "boolean" => Schema::Boolean,
+            "null" => Schema::Null,
+            other => return Err(format!("unknown type {other:?}")),
+        })
+    }
+
+    /// Whether a value of this schema may start with `c`.
+    fn starts_with(&self, c: char) -> bool {
+        match self {
+            Schema::Any => matches!(c, '{' | '[' | '"' | '-' | '0'..='9' | 't' | 'f' | 'n'),
+            Schema::Object { .. } => c == '{',
+            Schema::Array { .. } => c == '[',
+            Schema::String => c == '"',
+            Schema::Number | Schema::Integer => c == '-' || c.is_ascii_digit(),
+            Schema::Boolean => c == 't' || c == 'f',
+            Schema::Null => c == 'n',
+            Schema::OneOf(v) => v.iter().any(|s| s.starts_with(c)),
+            Schema::Types(t) => t.iter().any(|s| s.starts_with(c)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ObjectAt {
+    /// After `{`: a key or `}`.
+    Open,
+    /// In a key: its text so far.
+    Key(String, bool),
+    /// After a key: `:`.
+    Colon(String),
+    /// After a value: `,` or `}`.
+    Next,
+    /// After `,`: a key.
+    Comma,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Number {
+    Sign,
+    Zero,
+    Int(usize),
+    Dot,
+    Frac(usize),
+    E,
+    ESign,
+    Exp(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Frame {
+    /// A value of this schema is expected next.
+    Value(Schema),
+    Object {
+        properties: Option<Vec<(String, Schema)>>,
+        required: Vec<String>,
+        seen: Vec<String>,
+        at: ObjectAt,
+    },
+    Array {
+        items: Schema,
+        min: usize,
+        max: Option<usize>,
+        count: usize,
+        /// After a value (`,` or `]` next), else after `[` or `,`.
+        after_value: bool,
+    },
+    /// Inside a string: `escape` counts the characters of an escape still to come (a `u`
+    /// escape's hex digits count down from 4; `\` alone is marked by `usize::MAX`).
+    String {
+        escape: usize,
+    },
+    Number {
+        integer: bool,
+        at: Number,
+    },
+    /// One of these exact texts; `typed` so far.
+    Literal {
+        options: Vec<String>,
+        typed: String,
+    },
+}
+
+impl Frame {
+    /// The frame may end here (its value is whole).
+    fn complete(&self) -> bool {
+        match self {
+            Frame::Number { at, .. } => {
+                matches!(
+                    at,
+                    Number::Zero | Number::Int(_) | Number::Frac(_) | Number::Exp(_)
+                )
+            }
+            Frame::Literal { options, typed } => options.iter().any(|o| o == typed),
+            _ => false,
+        }
+    }
+}
+
+/// Where a JSON document stands, character by character.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonConstraint {
+    stack: Vec<Frame>,
+    gap: Gap,
+}
+
+/// The whitespace since the last JSON token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Gap {
+    None,
+    Space,
+    Indent(usize),
+}
+
+enum Step {
+    /// Taken; the frame goes on.
+    Took,
+    /// Taken, and it ended the frame's value.
+    Ended,
+    /// Not for this frame; it ends here if it may, and the character goes to its parent.
+    No,
+}
+
+impl JsonConstraint {
+    pub fn new(schema: Schema) -> Self {
+        JsonConstraint {
+            stack: vec![Frame::Value(schema)],
+            gap: Gap::None,
+        }
+    }
+
+    /// The document is whole (nothing but end-of-sequence may follow).
+    pub fn is_complete(&self) -> bool {
+        match self.stack.as_slice() {
+            [] => true,
+            [only] => only.complete(),
+            _ => false,
+        }
+    }
+
+    /// Whether `text` may follow what was fed (without changing anything).
+    pub fn accepts(&self, text: &str) -> bool {
+        let mut chars = text.chars();
+        let Some(first) = chars.next() else {
+            return false;
+        };
+        // Most tokens fail at their first character: test it before copying the stack.
+        let mut probe = self.clone();
+        if !probe.feed_char(first) {
+            return false;
+        }
+        chars.all(|c| probe.feed_char(c))
+    }
+
+    /// Take `text`; false (and a state to throw away) if it breaks the document.
+    pub fn feed(&mut self, text: &str) -> bool {
+        text.chars().all(|c| self.feed_char(c))
+    }
+
+    fn feed_char(&mut self, c: char) -> bool {
+        let in_string = matches!(self.stack.last(), Some(Frame::String { .. }));
+        if is_ws(c) && !in_string {
+            let gap = match (self.gap, c) {
+                (Gap::None, ' ') => Gap::Space,
+                (Gap::None, '\n') => Gap::Indent(0),
+                (Gap::Indent(n), ' ' | '\t') if n < MAX_INDENT => Gap::Indent(n + 1),
+                _ => return false,
+            };
+            if !self.take(c) {
+                return false;
+            }
+            self.gap = gap;
+            return true;
+        }
+        let ok = self.take(c);
+        if ok {
+            self.gap = Gap::None;
+        }
+        ok
+    }
+
+    fn take(&mut self, c: char) -> bool {
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                return false;
+            };
+            let complete = top.complete();
+            match step(top, c) {
+                Err(push) => {
+                    self.stack.push(push);
+                    return true;
+                }
+                Ok(Step::Took) => return true,
+                Ok(Step::Ended) => {
+                    self.stack.pop();
+                    self.child_ended();
+                    return true;
+                }
+                Ok(Step::No) if complete => {
+                    self.stack.pop();
+                    self.child_ended();
+                }
+                Ok(Step::No) => return false,
+            }
+        }
+    }
+
+    /// A value ended: its parent moves past it.
+    fn child_ended(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Object { at, .. }) => *at = ObjectAt::Next,
+            Some(Frame::Array {
+                count, after_value, ..
+            }) => {
+                *count += 1;
+                *after_value = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// One character for the top frame. `Err(frame)`: taken, and a new frame starts above it.
+fn step(frame: &mut Frame, c: char) -> Result<Step, Frame> {
+    match frame {
+        Frame::Value(schema) => {
+            if is_ws(c) {
+                return Ok(Step::Took);
+            }
+            if !schema.starts_with(c) {
+                return Ok(Step::No);
+            }
+            *frame = start_value(schema.clone(), c);
+            Ok(match frame {
+                // A one-character literal (an enum of digits) may be whole already.
+                Frame::Literal { options, typed } if literal_ended(options, typed) => Step::Ended,
+                _ => Step::Took,
+            })
+        }
+        Frame::Object {
+            properties,
+            required,
+            seen,
+            at,
+        } => {
+            let properties = &*properties;
+            let key_allowed = |k: &str, seen: &[String]| {
+                !seen.iter().any(|s| s == k)
+                    && properties
+                        .as_ref()
+                        .is_none_or(|p| p.iter().any(|(n, _)| n == k))
+            };
+            let key_prefix_ok = |k: &str, seen: &[String]| match properties {
+                None => true,
+                Some(p) => p
+                    .iter()
+                    .any(|(n, _)| n.starts_with(k) && !seen.iter().any(|s| s == n)),
+            };
+            match at {
+                ObjectAt::Open | ObjectAt::Comma if is_ws(c) => Ok(Step::Took),
+                ObjectAt::Open if c == '}' => {
+                    if required.iter().all(|r| seen.contains(r)) {
+                        Ok(Step::Ended)
+                    } else {
+                        Ok(Step::No)
+                    }
+                }
+                ObjectAt::Open | ObjectAt::Comma if c == '"' => {
+                    *at = ObjectAt::Key(String::new(), false);
+                    Ok(Step::Took)
+                }
+                ObjectAt::Key(key, escaped) => {
+                    if *escaped {
+                        // Keys with escapes are taken as written (any object's keys only).
+                        if properties.is_some() || !"\"\\/bfnrt".contains(c) {
+                            return Ok(Step::No);
+                        }
+                        key.push('\\');
+                        key.push(c);
+                        *escaped = false;
+                        return Ok(Step::Took);
+                    }
+                    match c {
+                        '"' if key_allowed(key, seen) => {
+                            *at = ObjectAt::Colon(std::mem::take(key));
+                            Ok(Step::Took)
+                        }
+                        '"' => Ok(Step::No),
+                        '\\' if properties.is_none() => {
+                            *escaped = true;
+                            Ok(Step::Took)
+                        }
+                        c if (c as u32) < 0x20 || c == '\\' => Ok(Step::No),
+                        c => {
+                            key.push(c);
+                            if key_prefix_ok(key, seen) {
+                                Ok(Step::Took)
+                            } else {
+                                key.pop();
+                                Ok(Step::No)
+                            }
+                        }
+                    }
+                }
+                ObjectAt::Colon(_) if is_ws(c) => Ok(Step::Took),
+                ObjectAt::Colon(key) if c == ':' => {
+                    let key = std::mem::take(key);
+                    let schema = match properties {
+                        None => Schema::Any,
+                        Some(p) => p
+                            .iter()
+                            .find(|(n, _)| *n == key)
+                            .map(|(_, s)| s.clone())
+                            .unwrap_or(Schema::Any),
+                    };
+                    seen.push(key);
+                    *at = ObjectAt::Next;
+                    Err(Frame::Value(schema))
+                }
+                ObjectAt::Next if is_ws(c) => Ok(Step::Took),
+                ObjectAt::Next if c == ',' => {
+                    let more = match properties {
+                        None => true,
+                        Some(p) => p.iter().any(|(n, _)| !seen.contains(n)),
+                    };
+                    if more {
+                        *at = ObjectAt::Comma;
+                        Ok(Step::Took)
+                    } else {
+                        Ok(Step::No)
+                    }
+                }
+                ObjectAt::Next if c == '}' => {
+                    if required.iter().all(|r| seen.contains(r)) {
+                        Ok(Step::Ended)
+                    } else {
+                        Ok(Step::No)
+                    }
+                }
+                _ => Ok(Step::No),
+            }
+        }
+        Frame::Array {
+            items,
+            min,
+            max,
+            count,
+            after_value,
+        } => {
+            if is_ws(c) {
+                return Ok(Step::Took);
+            }
+            if c == ']' && (*after_value || *count == 0) && *count >= *min {
+                return Ok(Step::Ended);
+            }
+            if *after_value {
+                if c == ',' && max.is_none_or(|m| *count < m) {
+                    *after_value = false;
+                    return Ok(Step::Took);
+                }
+                return Ok(Step::No);
+            }
+            if (*count > 0 || max.is_none_or(|m| m > 0)) && items.starts_with(c) {
+                let mut value = Frame::Value(items.clone());
+                // The new value takes this very character.
+                return match step(&mut value, c) {
+                    Ok(Step::Took) => Err(value),
+                    Ok(Step::Ended) => {
+                        *count += 1;
+                        *after_value = true;
+                        Ok(Step::Took)
+                    }
+                    _ => Ok(Step::No),
+                };
+            }
+            Ok(Step::No)
+        }
+        Frame::String { escape } => {
+            if *escape == usize::MAX {
+                return match c {
+                    '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't' => {
+                        *escape = 0;
+                        Ok(Step::Took)
+                    }
+                    'u' => {
+                        *escape = 4;
+                        Ok(Step::Took)
+                    }
+                    _ => Ok(Step::No),
+                };
+            }
+            if *escape > 0 {
+                if c.is_ascii_hexdigit() {
+                    *escape -= 1;
+                    return Ok(Step::Took);
+                }
+                return Ok(Step::No);
+            }
+            match c {
+                '"' => Ok(Step::Ended),
+                '\\' => {
+                    *escape = usize::MAX;
+                    Ok(Step::Took)
+                }
+                c if (c as u32) < 0x20 => Ok(Step::No),
+                _ => Ok(Step::Took),
+            }
+        }
+        Frame::Number { integer, at } => {
+            let next = match (&*at, c) {
+                (Number::Sign, '0') => Number::Zero,
+                (Number::Sign, '1'..='9') => Number::Int(1),
+                (Number::Int(n), '0'..='9') if *n < MAX_DIGITS => Number::Int(n + 1),
+                (Number::Zero | Number::Int(_), '.') if !*integer => Number::Dot,
+                (Number::Dot, '0'..='9') => Number::Frac(1),
+                (Number::Frac(n), '0'..='9') if *n < MAX_DIGITS => Number::Frac(n + 1),
+                (Number::Zero | Number::Int(_) | Number::Frac(_), 'e' | 'E') if !*integer => {
+                    Number::E
+                }
+                (Number::E, '+' | '-') => Number::ESign,
+                (Number::E | Number::ESign, '0'..='9') => Number::Exp(1),
+                (Number::Exp(n), '0'..='9') if *n < 3 => Number::Exp(n + 1),
+                _ => return Ok(Step::No),
+            };
+            *at = next;
+            Ok(Step::Took)
+        }
+        Frame::Literal { options, typed } => {
+            typed.push(c);
+            if options.iter().any(|o| o.starts_with(typed.as_str())) {
+                Ok(if literal_ended(options, typed) {
+                    Step::Ended
+                } else {
+                    Step::Took
+                })
+            } else {
+                typed.pop();
+                Ok(Step::No)
+            }
+        }
+    }
+}
+
+/// `typed` is one of the options and no longer option continues it.
+fn literal_ended(options: &[String], typed: &str) -> bool {
+    options.iter().any(|o| o == typed)
+        && !options
+            .iter()
+            .any(|o| o.len() > typed.len() && o.starts_with(typed))
+}
+
+/// The frame for a value of `schema` that starts with `c` (which `schema.starts_with`).
+fn start_value(schema: Schema, c: char) -> Frame {
+    match schema {
+        Schema::Types(types) => {
+            let first = types
+                .into_iter()
+                .find(|t| t.starts_with(c))
+                .expect("checked");
+            start_value(first, c)
+        }
+        Schema::Any => match c {
+            '{' => start_value(Schema::any_object(), c),
+            '[' => start_value(
+                Schema::Array {
+                    items: Box::new(Schema::Any),
+                    min_items: 0,
+                    max_items: None,
+                },
+                c,
+            ),
+            '"' => Frame::String { escape: 0 },
+            't' | 'f' => start_value(Schema::Boolean, c),
+            'n' => start_value(Schema::Null, c),
+            _ => start_value(Schema::Number, c),
+        },
+        Schema::Object {
+            properties,
+            required,
+        } => Frame::Object {
+            properties,
+            required,
+            seen: Vec::new(),
+            at: ObjectAt::Open,
+        },
+        Schema::Array {
+            items,
+            min_items,
+            max_items,
+        } => Frame::Array {
+            items: *items,
+            min: min_items,
+            max: max_items,
+            count: 0,
+            after_value: false,
+        },
+        Schema::String => Frame::String { escape: 0 },
+        Schema::Number | Schema::Integer => Frame::Number {
+            integer: schema == Schema::Integer,
+            at: if c == '-' {
+                Number::Sign
+            } else if c == '0' {
+                Number::Zero
+            } else {
+                Number::Int(1)
+            },
+        },
+        Schema::Boolean => Frame::Literal {
+            options: vec!["true".into(), "false".into()],
+            typed: c.to_string(),
+        },
+        Schema::Null => Frame::Literal {
+            options: vec!["null".into()],
+            typed: c.to_string(),
+        },
+        Schema::OneOf(options) => Frame::Literal {
+            options,
+            typed: c.to_string(),
+        },
+    }
+}
+
+/// The constraint over a vocabulary: each token's text, decoded as it reads after other text.
+pub struct TokenTexts {
+    texts: Vec<Option<String>>,
+}
+
+impl TokenTexts {
+    /// Texts for every id of `tokenizer` (tokens that decode to nothing or to a broken character,
+    /// such as a lone byte of a multi-byte character, are never allowed).
+    pub fn new(tokenizer: &tokenizers::Tokenizer) -> Self {
+        let n = tokenizer.get_vocab_size(true) as u32;
+        let anchor = tokenizer
+            .encode("a", false)
+            .ok()
+            .and_then(|e| e.get_ids().first().copied());
+        let texts = (0..n)
+            .map(|t| {
+                let text = match anchor {
+                    Some(a) => {
+                        let base = tokenizer.decode(&[a], false).ok()?;
+                        let both = tokenizer.decode(&[a, t], false).ok()?;
+                        both.strip_prefix(&base)?.to_string()
+                    }
+                    None => tokenizer.decode(&[t], false).ok()?,
+                };
+                (!text.is_empty() && !text.contains('\u{FFFD}')).then_some(text)
+            })
+            .collect();
+        TokenTexts { texts }
+    }
+
+    pub fn text(&self, id: u32) -> Option<&str> {
+        self.texts.get(id as usize)?.as_deref()
+    }
+
+    /// Set to -inf the logits of tokens that cannot follow; end-of-sequence ids only when the
+    /// document is whole. Returns false when nothing at all may follow (the caller ends).
+    pub fn mask(&self, constraint: &JsonConstraint, eos: &[u32], logits: &mut [f32]) -> bool {
+        let complete = constraint.is_complete();
+        let mut any = false;
+        for (id, l) in logits.iter_mut().enumerate() {
+            let ok = if eos.contains(&(id as u32)) {
+                complete
+            } else {
+                self.text(id as u32).is_some_and(|t| constraint.accepts(t))
+            };
+            if ok {
+                any = true;
+            } else {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid(schema: &Schema, text: &str) -> bool {
+        let mut c = JsonConstraint::new(schema.clone());
+        c.feed(text) && c.is_complete()
+    }
+
+    fn prefix_ok(schema: &Schema, text: &str) -> bool {
+        JsonConstraint::new(schema.clone()).feed(text)
+    }
+
+    #[test]
+    fn any_object_takes_json_objects_and_nothing_else() {
+        let s = Schema::any_object();
+        for ok in [
+            "{}",
+            "{\"a\": 1}",
+            "{ \"a\" : [1, 2.5, -3e4, true, null, \"x\\n\\u00e9\"], \"b\": {\"c\": {}} }",
+            "{\"k\\\"ey\": \"é\"}",
+        ] {
+            assert!(valid(&s, ok), "{ok}");
+            assert!(serde_json::from_str::<Value>(ok).is_ok());
+        }
+        for bad in [
+            "[]",
+            "{\"a\" 1}",
+            "{\"a\": 01}",
+            "{\"a\": tru}",
+            "{,}",
+            "{\"a\":1,}",
+        ] {
+            assert!(!valid(&s, bad), "{bad}");
+        }
+        assert!(prefix_ok(&s, "{\"a\": [1, "));
+        assert!(!prefix_ok(&s, "x"));
+        // Whole, then nothing more.
+        assert!(!prefix_ok(&s, "{} {}"));
+    }
+
+    #[test]
+    fn a_schema_fixes_keys_types_and_required_ones() {
+        let s = Schema::from_json(&json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": "integer"},
+                "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2},
+                "ok": {"type": ["boolean", "null"]}
+            },
+            "required": ["name", "age"]
+        }))
+        .unwrap();
+        assert!(valid(&s, "{\"name\": \"x\", \"age\": 3}"));
+        assert!(valid(
+            &s,
+            "{\"age\": 3, \"name\": \"x\", \"tags\": [\"a\", \"b\"], \"ok\": null}"
+        ));
+        assert!(!valid(&s, "{\"name\": \"x\"}"), "age is required");
+        assert!(!prefix_ok(&s, "{\"nam\": "), "not a key");
+        assert!(!prefix_ok(&s, "{\"zzz"), "not a key prefix");
+        assert!(!prefix_ok(&s, "{\"age\": 3.5"), "an integer");
+        assert!(!prefix_ok(&s, "{\"age\": \"3\""), "not a string");
+        assert!(!prefix_ok(&s, "{\"age\": 1, \"age\""), "each key once");
+        assert!(!prefix_ok(&s, "{\"tags\": [\"c\""), "enum");
+        assert!(!prefix_ok(&s, "{\"tags\": [\"a\", \"a\", "), "maxItems");
+        assert!(prefix_ok(&s, "{\"ok\": tr"));
+    }
+
+    #[test]
+    fn bad_and_unsupported_schemas_say_why() {
+        for (schema, why) in [
+            (json!({"type": "thing"}), "unknown type"),
+            (json!({"anyOf": []}), "anyOf"),
+            (
+                json!({"type": "object", "required": ["x"], "properties": {}}),
+                "not a property",
+            ),
+            (json!("string"), "must be an object"),
+            (json!({"enum": []}), "enum"),
+        ] {
+            let e = Schema::from_json(&schema).unwrap_err();
+            assert!(e.contains(why), "{schema}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_mask_allows_continuations_and_eos_only_when_whole() {
+        let c = JsonConstraint::new(Schema::any_object());
+        let texts = TokenTexts {
+            texts: vec![
+                Some("{".into()),
+                Some("}".into()),
+                Some("{\"".into()),
+                Some("hello".into()),
+                None,
+                None,
+            ],
+        };
+        let mut logits = vec![0.0; 6];
+        assert!(texts.mask(&c, &[5], &mut logits));
+        let allowed: Vec<bool> = logits.iter().map(|l| l.is_finite()).collect();
+        assert_eq!(allowed, [true, false, true, false, false, false]);
+        let mut c = c;
+        assert!(c.feed("{}"));
+        let mut logits = vec![0.0; 6];
+        texts.mask(&c, &[5], &mut logits);
+        assert!(logits[5].is_finite() && !logits[0].is_finite());
+    }
+}
