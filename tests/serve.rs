@@ -845,3 +845,137 @@ fn response_formats_are_enforced_by_constrained_decoding() {
         assert!(serde_json::from_str::<Value>(text).unwrap().is_object());
     }
 }
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object",
+                           "properties": {"city": {"enum": ["Paris", "Oslo"]},
+                                          "days": {"type": "integer"}},
+                           "required": ["city"]}}},
+        {"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
+    ])
+}
+
+#[test]
+fn tool_calls_are_made_parsed_and_streamed_with_indexes() {
+    let sb = sandbox();
+    let server = Server::start(&sb, &["stories260k"], &[]);
+    server.wait_healthy();
+    let ask = |extra: Value| {
+        let mut body = chat_body(
+            "What is the weather in Oslo?",
+            json!({"max_tokens": 120, "temperature": 0, "tools": weather_tools()}),
+        );
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        server.post("/v1/chat/completions", &body)
+    };
+    // A named function: the model must call it, with arguments of its schema.
+    let r = ask(json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}));
+    let v = r.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    assert!(choice["message"]["content"].is_null());
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"] == "Oslo" || args["city"] == "Paris", "{args}");
+
+    // Streaming: the call arrives as a tool_calls delta with its index.
+    let r = ask(json!({"tool_choice": "required", "stream": true}));
+    let chunks: Vec<Value> = r
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert!(!calls.is_empty(), "{chunks:?}");
+    for c in &calls {
+        assert_eq!(c[0]["index"], 0);
+        assert!(["get_weather", "add"].contains(&c[0]["function"]["name"].as_str().unwrap()));
+    }
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // tool_choice none: a plain answer; auto: a story model answers in prose.
+    for choice in ["none", "auto"] {
+        let v = ask(json!({"tool_choice": choice, "max_tokens": 10})).json();
+        assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+        assert!(v["choices"][0]["message"]["content"].is_string());
+    }
+    // A conversation that carries a call and its result renders and answers.
+    let v = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "stories260k", "max_tokens": 5, "tools": weather_tools(),
+                "messages": [
+                    {"role": "user", "content": "Weather in Oslo?"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                        "type": "function", "function": {"name": "get_weather",
+                        "arguments": "{\"city\": \"Oslo\"}"}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}]}),
+        )
+        .json();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    // Bad tool requests are 400s naming the field.
+    let r = ask(json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "tool_choice");
+    let r = server.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "x",
+            json!({"tools": [{"type": "function", "function": {"name": "f",
+            "parameters": {"type": "wat"}}}]}),
+        ),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "tools[0]");
+}
+
+#[test]
+fn a_reasoning_model_s_thinking_goes_to_reasoning_content() {
+    let sb = sandbox();
+    // The tiny DeepSeek-R1-distill fixture: its template opens <think> for the model.
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/deepseek_r1_llama");
+    let model = model.to_str().unwrap();
+    let server = Server::start(&sb, &[model], &[]);
+    server.wait_healthy();
+    let body = json!({"model": model, "max_tokens": 12, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Hi"}]});
+    let v = server.post("/v1/chat/completions", &body).json();
+    let message = &v["choices"][0]["message"];
+    let reasoning = message["reasoning_content"].as_str().unwrap();
+    assert!(!reasoning.is_empty(), "{v}");
+    assert!(!message["content"].as_str().unwrap().contains(reasoning));
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = server.post("/v1/chat/completions", &streamed);
+    let thinking: String = r
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            let c: Value = serde_json::from_str(d).unwrap();
+            c["choices"][0]["delta"]["reasoning_content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(thinking.trim(), reasoning);
+}

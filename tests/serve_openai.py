@@ -163,6 +163,45 @@ try:
 except openai.BadRequestError as e:
     check("unknown type" in e.body["message"], f"schema error {e.body}")
 
+# Tools: a named function is called, with arguments of its schema; streamed with an index.
+tools = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"enum": ["Paris", "Oslo"]}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+r = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Weather in Oslo?"}],
+    max_tokens=120,
+    temperature=0,
+    tools=tools,
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+)
+call = r.choices[0].message.tool_calls[0]
+check(r.choices[0].finish_reason == "tool_calls", f"finish {r}")
+check(call.function.name == "get_weather", f"call {call}")
+check(json.loads(call.function.arguments)["city"] in ("Paris", "Oslo"), f"arguments {call}")
+stream = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Weather in Oslo?"}],
+    max_tokens=120,
+    temperature=0,
+    tools=tools,
+    tool_choice="required",
+    stream=True,
+)
+deltas = [tc for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+check(deltas and all(d.index == 0 for d in deltas), f"tool call deltas {deltas}")
+check(deltas[0].function.name == "get_weather", "streamed call name")
+
 # Models, with their licenses.
 models = {m.id: m for m in client.models.list()}
 check(MODEL in models, "stories260k listed")

@@ -74,10 +74,7 @@ pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
         messages: args
             .system
             .iter()
-            .map(|s| Message {
-                role: "system".into(),
-                content: s.clone(),
-            })
+            .map(|s| Message::new("system", s.clone()))
             .collect(),
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),
@@ -195,13 +192,8 @@ impl Chat {
             },
             "system" => {
                 self.messages.retain(|m| m.role != "system");
-                self.messages.insert(
-                    0,
-                    Message {
-                        role: "system".into(),
-                        content: rest.to_string(),
-                    },
-                );
+                self.messages
+                    .insert(0, Message::new("system", rest.to_string()));
                 eprintln!("(system prompt set)");
             }
             "set" => self.set(rest)?,
@@ -276,10 +268,7 @@ impl Chat {
 
     /// Answer one user message, streaming to stdout.
     fn answer(&mut self, text: String) -> Result<()> {
-        self.messages.push(Message {
-            role: "user".into(),
-            content: text,
-        });
+        self.messages.push(Message::new("user", text));
         let context = self.engine.config.context;
         // Room kept for the answer when deciding whether the conversation still fits.
         let reserve = self
@@ -364,10 +353,7 @@ impl Chat {
         // The next turn cuts the cache back to what its prompt shares with it (a stop string's
         // tokens, or an answer the template rewrites, are simply not shared).
         self.session.record(&turn, &gen);
-        self.messages.push(Message {
-            role: "assistant".into(),
-            content: shown.answer,
-        });
+        self.messages.push(Message::new("assistant", shown.answer));
         let stats = Stats {
             timings: gen.timings,
             new_prompt_tokens: turn.new_tokens().len(),

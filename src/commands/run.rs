@@ -35,19 +35,10 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<()> {
     };
     if let Some(system) = &args.system {
         messages.retain(|m| m.role != "system");
-        messages.insert(
-            0,
-            Message {
-                role: "system".into(),
-                content: system.clone(),
-            },
-        );
+        messages.insert(0, Message::new("system", system.clone()));
     }
     if !prompt.is_empty() {
-        messages.push(Message {
-            role: "user".into(),
-            content: prompt.clone(),
-        });
+        messages.push(Message::new("user", prompt.clone()));
     }
     if !messages.iter().any(|m| m.role == "user") {
         return Err(usage(

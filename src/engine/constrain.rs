@@ -27,6 +27,8 @@ pub enum Schema {
     Object {
         properties: Option<Vec<(String, Schema)>>,
         required: Vec<String>,
+        /// Keys come in the order of `properties` (optional ones may be left out).
+        ordered: bool,
     },
     Array {
         items: Box<Schema>,
@@ -42,6 +44,9 @@ pub enum Schema {
     OneOf(Vec<String>),
     /// Any of several types (`"type": ["string", "null"]`).
     Types(Vec<Schema>),
+    /// In an object: the schema named by the value written earlier in it as an exact literal
+    /// (a tool call's arguments, by the function's `"name"`); any object if none matches.
+    ByName(Vec<(String, Schema)>),
 }
 
 impl Schema {
@@ -50,6 +55,7 @@ impl Schema {
         Schema::Object {
             properties: None,
             required: Vec::new(),
+            ordered: false,
         }
     }
 
@@ -144,6 +150,7 @@ impl Schema {
                 Schema::Object {
                     properties,
                     required,
+                    ordered: false,
                 }
             }
             "array" => {
@@ -187,6 +194,7 @@ impl Schema {
             Schema::Null => c == 'n',
             Schema::OneOf(v) => v.iter().any(|s| s.starts_with(c)),
             Schema::Types(t) => t.iter().any(|s| s.starts_with(c)),
+            Schema::ByName(v) => v.iter().any(|(_, s)| s.starts_with(c)),
         }
     }
 }
@@ -224,8 +232,11 @@ enum Frame {
     Object {
         properties: Option<Vec<(String, Schema)>>,
         required: Vec<String>,
+        ordered: bool,
         seen: Vec<String>,
         at: ObjectAt,
+        /// The last exact literal among its values (for `Schema::ByName`).
+        literal: Option<String>,
     },
     Array {
         items: Schema,
@@ -280,6 +291,8 @@ enum Gap {
     None,
     Space,
     Indent(usize),
+    /// No more whitespace here.
+    Full,
 }
 
 enum Step {
@@ -289,12 +302,35 @@ enum Step {
     Ended,
     /// Not for this frame; it ends here if it may, and the character goes to its parent.
     No,
+    /// Taken, and a new frame starts above this one.
+    Push(Box<Frame>),
 }
 
 impl JsonConstraint {
     pub fn new(schema: Schema) -> Self {
         JsonConstraint {
             stack: vec![Frame::Value(schema)],
+            gap: Gap::None,
+        }
+    }
+
+    /// A JSON value of `schema` between two exact texts (a tool call's `<tool_call>` and
+    /// `</tool_call>`).
+    pub fn wrapped(prefix: &str, schema: Schema, suffix: &str) -> Self {
+        let literal = |t: &str| Frame::Literal {
+            options: vec![t.to_string()],
+            typed: String::new(),
+        };
+        let mut stack = Vec::new();
+        if !suffix.is_empty() {
+            stack.push(literal(suffix));
+        }
+        stack.push(Frame::Value(schema));
+        if !prefix.is_empty() {
+            stack.push(literal(prefix));
+        }
+        JsonConstraint {
+            stack,
             gap: Gap::None,
         }
     }
@@ -329,6 +365,15 @@ impl JsonConstraint {
 
     fn feed_char(&mut self, c: char) -> bool {
         let in_string = matches!(self.stack.last(), Some(Frame::String { .. }));
+        // Whitespace inside a wrapper's exact text is that text's, and no more follows it.
+        if is_ws(c)
+            && matches!(self.stack.last(), Some(Frame::Literal { typed, options })
+            if options.iter().any(|o| o.starts_with(&format!("{typed}{c}"))))
+        {
+            let ok = self.take(c);
+            self.gap = Gap::Full;
+            return ok;
+        }
         if is_ws(c) && !in_string {
             let gap = match (self.gap, c) {
                 (Gap::None, ' ') => Gap::Space,
@@ -356,29 +401,34 @@ impl JsonConstraint {
             };
             let complete = top.complete();
             match step(top, c) {
-                Err(push) => {
-                    self.stack.push(push);
+                Step::Push(frame) => {
+                    self.stack.push(*frame);
                     return true;
                 }
-                Ok(Step::Took) => return true,
-                Ok(Step::Ended) => {
-                    self.stack.pop();
-                    self.child_ended();
+                Step::Took => return true,
+                Step::Ended => {
+                    let ended = self.stack.pop();
+                    self.child_ended(ended);
                     return true;
                 }
-                Ok(Step::No) if complete => {
-                    self.stack.pop();
-                    self.child_ended();
+                Step::No if complete => {
+                    let ended = self.stack.pop();
+                    self.child_ended(ended);
                 }
-                Ok(Step::No) => return false,
+                Step::No => return false,
             }
         }
     }
 
     /// A value ended: its parent moves past it.
-    fn child_ended(&mut self) {
+    fn child_ended(&mut self, child: Option<Frame>) {
         match self.stack.last_mut() {
-            Some(Frame::Object { at, .. }) => *at = ObjectAt::Next,
+            Some(Frame::Object { at, literal, .. }) => {
+                *at = ObjectAt::Next;
+                if let Some(Frame::Literal { typed, .. }) = child {
+                    *literal = Some(typed);
+                }
+            }
             Some(Frame::Array {
                 count, after_value, ..
             }) => {
@@ -394,92 +444,88 @@ fn is_ws(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
-/// One character for the top frame. `Err(frame)`: taken, and a new frame starts above it.
-fn step(frame: &mut Frame, c: char) -> Result<Step, Frame> {
+/// One character for the top frame.
+fn step(frame: &mut Frame, c: char) -> Step {
     match frame {
         Frame::Value(schema) => {
             if is_ws(c) {
-                return Ok(Step::Took);
+                return Step::Took;
             }
             if !schema.starts_with(c) {
-                return Ok(Step::No);
+                return Step::No;
             }
             *frame = start_value(schema.clone(), c);
-            Ok(match frame {
+            match frame {
                 // A one-character literal (an enum of digits) may be whole already.
                 Frame::Literal { options, typed } if literal_ended(options, typed) => Step::Ended,
                 _ => Step::Took,
-            })
+            }
         }
         Frame::Object {
             properties,
             required,
+            ordered,
             seen,
             at,
+            literal,
         } => {
             let properties = &*properties;
-            let key_allowed = |k: &str, seen: &[String]| {
-                !seen.iter().any(|s| s == k)
-                    && properties
-                        .as_ref()
-                        .is_none_or(|p| p.iter().any(|(n, _)| n == k))
-            };
-            let key_prefix_ok = |k: &str, seen: &[String]| match properties {
-                None => true,
-                Some(p) => p
-                    .iter()
-                    .any(|(n, _)| n.starts_with(k) && !seen.iter().any(|s| s == n)),
+            let keys = next_keys(properties, required, seen, *ordered);
+            let key_allowed = |k: &str| keys.as_ref().is_none_or(|ks| ks.contains(&k));
+            let key_prefix_ok = |k: &str| {
+                keys.as_ref()
+                    .is_none_or(|ks| ks.iter().any(|n| n.starts_with(k)))
             };
             match at {
-                ObjectAt::Open | ObjectAt::Comma if is_ws(c) => Ok(Step::Took),
+                ObjectAt::Open | ObjectAt::Comma if is_ws(c) => Step::Took,
                 ObjectAt::Open if c == '}' => {
                     if required.iter().all(|r| seen.contains(r)) {
-                        Ok(Step::Ended)
+                        Step::Ended
                     } else {
-                        Ok(Step::No)
+                        Step::No
                     }
                 }
                 ObjectAt::Open | ObjectAt::Comma if c == '"' => {
                     *at = ObjectAt::Key(String::new(), false);
-                    Ok(Step::Took)
+                    Step::Took
                 }
                 ObjectAt::Key(key, escaped) => {
                     if *escaped {
                         // Keys with escapes are taken as written (any object's keys only).
                         if properties.is_some() || !"\"\\/bfnrt".contains(c) {
-                            return Ok(Step::No);
+                            return Step::No;
                         }
                         key.push('\\');
                         key.push(c);
                         *escaped = false;
-                        return Ok(Step::Took);
+                        return Step::Took;
                     }
                     match c {
-                        '"' if key_allowed(key, seen) => {
+                        '"' if key_allowed(key) => {
                             *at = ObjectAt::Colon(std::mem::take(key));
-                            Ok(Step::Took)
+                            Step::Took
                         }
-                        '"' => Ok(Step::No),
+                        '"' => Step::No,
                         '\\' if properties.is_none() => {
                             *escaped = true;
-                            Ok(Step::Took)
+                            Step::Took
                         }
-                        c if (c as u32) < 0x20 || c == '\\' => Ok(Step::No),
+                        c if (c as u32) < 0x20 || c == '\\' => Step::No,
                         c => {
                             key.push(c);
-                            if key_prefix_ok(key, seen) {
-                                Ok(Step::Took)
+                            if key_prefix_ok(key) {
+                                Step::Took
                             } else {
                                 key.pop();
-                                Ok(Step::No)
+                                Step::No
                             }
                         }
                     }
                 }
-                ObjectAt::Colon(_) if is_ws(c) => Ok(Step::Took),
+                ObjectAt::Colon(_) if is_ws(c) => Step::Took,
                 ObjectAt::Colon(key) if c == ':' => {
                     let key = std::mem::take(key);
-                    let schema = match properties {
+                    let mut schema = match properties {
                         None => Schema::Any,
                         Some(p) => p
                             .iter()
@@ -487,31 +533,34 @@ fn step(frame: &mut Frame, c: char) -> Result<Step, Frame> {
                             .map(|(_, s)| s.clone())
                             .unwrap_or(Schema::Any),
                     };
+                    if let Schema::ByName(variants) = &schema {
+                        schema = variants
+                            .iter()
+                            .find(|(name, _)| Some(name) == literal.as_ref())
+                            .map_or(Schema::any_object(), |(_, s)| s.clone());
+                    }
                     seen.push(key);
                     *at = ObjectAt::Next;
-                    Err(Frame::Value(schema))
+                    Step::Push(Box::new(Frame::Value(schema)))
                 }
-                ObjectAt::Next if is_ws(c) => Ok(Step::Took),
+                ObjectAt::Next if is_ws(c) => Step::Took,
                 ObjectAt::Next if c == ',' => {
-                    let more = match properties {
-                        None => true,
-                        Some(p) => p.iter().any(|(n, _)| !seen.contains(n)),
-                    };
+                    let more = keys.as_ref().is_none_or(|ks| !ks.is_empty());
                     if more {
                         *at = ObjectAt::Comma;
-                        Ok(Step::Took)
+                        Step::Took
                     } else {
-                        Ok(Step::No)
+                        Step::No
                     }
                 }
                 ObjectAt::Next if c == '}' => {
                     if required.iter().all(|r| seen.contains(r)) {
-                        Ok(Step::Ended)
+                        Step::Ended
                     } else {
-                        Ok(Step::No)
+                        Step::No
                     }
                 }
-                _ => Ok(Step::No),
+                _ => Step::No,
             }
         }
         Frame::Array {
@@ -522,62 +571,62 @@ fn step(frame: &mut Frame, c: char) -> Result<Step, Frame> {
             after_value,
         } => {
             if is_ws(c) {
-                return Ok(Step::Took);
+                return Step::Took;
             }
             if c == ']' && (*after_value || *count == 0) && *count >= *min {
-                return Ok(Step::Ended);
+                return Step::Ended;
             }
             if *after_value {
                 if c == ',' && max.is_none_or(|m| *count < m) {
                     *after_value = false;
-                    return Ok(Step::Took);
+                    return Step::Took;
                 }
-                return Ok(Step::No);
+                return Step::No;
             }
             if (*count > 0 || max.is_none_or(|m| m > 0)) && items.starts_with(c) {
                 let mut value = Frame::Value(items.clone());
                 // The new value takes this very character.
                 return match step(&mut value, c) {
-                    Ok(Step::Took) => Err(value),
-                    Ok(Step::Ended) => {
+                    Step::Took => Step::Push(Box::new(value)),
+                    Step::Ended => {
                         *count += 1;
                         *after_value = true;
-                        Ok(Step::Took)
+                        Step::Took
                     }
-                    _ => Ok(Step::No),
+                    _ => Step::No,
                 };
             }
-            Ok(Step::No)
+            Step::No
         }
         Frame::String { escape } => {
             if *escape == usize::MAX {
                 return match c {
                     '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't' => {
                         *escape = 0;
-                        Ok(Step::Took)
+                        Step::Took
                     }
                     'u' => {
                         *escape = 4;
-                        Ok(Step::Took)
+                        Step::Took
                     }
-                    _ => Ok(Step::No),
+                    _ => Step::No,
                 };
             }
             if *escape > 0 {
                 if c.is_ascii_hexdigit() {
                     *escape -= 1;
-                    return Ok(Step::Took);
+                    return Step::Took;
                 }
-                return Ok(Step::No);
+                return Step::No;
             }
             match c {
-                '"' => Ok(Step::Ended),
+                '"' => Step::Ended,
                 '\\' => {
                     *escape = usize::MAX;
-                    Ok(Step::Took)
+                    Step::Took
                 }
-                c if (c as u32) < 0x20 => Ok(Step::No),
-                _ => Ok(Step::Took),
+                c if (c as u32) < 0x20 => Step::No,
+                _ => Step::Took,
             }
         }
         Frame::Number { integer, at } => {
@@ -594,25 +643,56 @@ fn step(frame: &mut Frame, c: char) -> Result<Step, Frame> {
                 (Number::E, '+' | '-') => Number::ESign,
                 (Number::E | Number::ESign, '0'..='9') => Number::Exp(1),
                 (Number::Exp(n), '0'..='9') if *n < 3 => Number::Exp(n + 1),
-                _ => return Ok(Step::No),
+                _ => return Step::No,
             };
             *at = next;
-            Ok(Step::Took)
+            Step::Took
         }
         Frame::Literal { options, typed } => {
             typed.push(c);
             if options.iter().any(|o| o.starts_with(typed.as_str())) {
-                Ok(if literal_ended(options, typed) {
+                if literal_ended(options, typed) {
                     Step::Ended
                 } else {
                     Step::Took
-                })
+                }
             } else {
                 typed.pop();
-                Ok(Step::No)
+                Step::No
             }
         }
     }
+}
+
+/// The keys that may come next in an object (None: any key).
+fn next_keys<'p>(
+    properties: &'p Option<Vec<(String, Schema)>>,
+    required: &[String],
+    seen: &[String],
+    ordered: bool,
+) -> Option<Vec<&'p str>> {
+    let p = properties.as_ref()?;
+    if !ordered {
+        return Some(
+            p.iter()
+                .filter(|(n, _)| !seen.contains(n))
+                .map(|(n, _)| n.as_str())
+                .collect(),
+        );
+    }
+    // In order: the keys after the last one written, up to the first required one.
+    let start = seen
+        .last()
+        .and_then(|l| p.iter().position(|(n, _)| n == l))
+        .map_or(0, |i| i + 1);
+    let mut keys = Vec::new();
+    for (n, _) in &p[start..] {
+        keys.push(n.as_str());
+        if required.contains(n) {
+            break;
+        }
+    }
+    Some(keys)
 }
 
 /// `typed` is one of the options and no longer option continues it.
@@ -651,11 +731,14 @@ fn start_value(schema: Schema, c: char) -> Frame {
         Schema::Object {
             properties,
             required,
+            ordered,
         } => Frame::Object {
             properties,
             required,
+            ordered,
             seen: Vec::new(),
             at: ObjectAt::Open,
+            literal: None,
         },
         Schema::Array {
             items,
@@ -691,6 +774,8 @@ fn start_value(schema: Schema, c: char) -> Frame {
             options,
             typed: c.to_string(),
         },
+        // Only meaningful inside an object (resolved there); alone, any object.
+        Schema::ByName(_) => start_value(Schema::any_object(), c),
     }
 }
 
@@ -789,6 +874,20 @@ mod tests {
         assert!(!prefix_ok(&s, "x"));
         // Whole, then nothing more.
         assert!(!prefix_ok(&s, "{} {}"));
+    }
+
+    #[test]
+    fn a_wrapped_value_needs_its_prefix_and_suffix() {
+        let schema = Schema::from_json(&json!({"type": "object",
+            "properties": {"n": {"enum": [1, 2]}}, "required": ["n"]}))
+        .unwrap();
+        let ok = "<call>\n{\"n\": 2}\n</call>";
+        let mut c = JsonConstraint::wrapped("<call>\n", schema.clone(), "\n</call>");
+        assert!(c.feed(ok) && c.is_complete());
+        let c = JsonConstraint::wrapped("<call>\n", schema, "\n</call>");
+        assert!(!c.accepts("{"));
+        assert!(!c.accepts("<call>\n{\"n\": 3"));
+        assert!(!c.accepts("<call>\n{\"n\": 1}x"));
     }
 
     #[test]

@@ -27,8 +27,18 @@ impl Text {
     /// or `raw`) the messages' text one after another: each user message starts a new
     /// paragraph, each answer follows its prompt directly (as it was generated).
     pub fn prompt(&self, messages: &[Message], raw: bool) -> Result<Prompt> {
+        self.prompt_with_tools(messages, None, raw)
+    }
+
+    /// The conversation with `tools` offered to the model through its template.
+    pub fn prompt_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        raw: bool,
+    ) -> Result<Prompt> {
         if let Some(t) = self.template.as_ref().filter(|_| !raw) {
-            let (text, folded_system) = t.render_chat(messages)?;
+            let (text, folded_system) = t.render_chat(messages, tools)?;
             // A rendered template already holds BOS, as in transformers' apply_chat_template.
             return Ok(Prompt {
                 tokens: self.encode(&text, false)?,

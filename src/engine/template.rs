@@ -13,6 +13,27 @@ use serde_json::Value;
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls, as OpenAI writes them (`[{"id", "type": "function",
+    /// "function": {"name", "arguments"}}]`): templates render them back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    /// A tool turn's answer names the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
+        }
+    }
 }
 
 pub struct ChatTemplate {
@@ -73,7 +94,24 @@ impl ChatTemplate {
         }))
     }
 
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    #[cfg(test)]
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Render with `tools` (OpenAI's list of `{"type": "function", "function": {…}}`) in the
+    /// template's context, as transformers' apply_chat_template passes them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -94,6 +132,7 @@ impl ChatTemplate {
         let tmpl = env.get_template("chat")?;
         let out = tmpl.render(minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            tools => tools.map_or(minijinja::Value::UNDEFINED, |t| minijinja::Value::from(minijinja::value::Serde(t))),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -103,13 +142,17 @@ impl ChatTemplate {
 
     /// Render, folding a system message into the first user turn when the template rejects the
     /// system role (Gemma). Returns the text and whether the system prompt was folded.
-    pub fn render_chat(&self, messages: &[Message]) -> Result<(String, bool)> {
-        match self.render(messages, true) {
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        tools: Option<&Value>,
+    ) -> Result<(String, bool)> {
+        match self.render_with_tools(messages, tools, true) {
             Ok(text) => Ok((text, false)),
             Err(e) if messages.first().is_some_and(|m| m.role == "system") => {
                 let folded = fold_system(messages);
                 let text = self
-                    .render(&folded, true)
+                    .render_with_tools(&folded, tools, true)
                     .map_err(|_| e)
                     .context("cannot render the chat template")?;
                 Ok((text, true))
@@ -124,13 +167,7 @@ fn fold_system(messages: &[Message]) -> Vec<Message> {
     let mut rest: Vec<Message> = messages[1..].to_vec();
     match rest.iter_mut().find(|m| m.role == "user") {
         Some(first_user) => first_user.content = format!("{system}\n\n{}", first_user.content),
-        None => rest.insert(
-            0,
-            Message {
-                role: "user".into(),
-                content: system.clone(),
-            },
-        ),
+        None => rest.insert(0, Message::new("user", system.clone())),
     }
     rest
 }
@@ -148,10 +185,7 @@ mod tests {
     }
 
     fn msg(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message::new(role, content)
     }
 
     #[test]
@@ -193,7 +227,7 @@ mod tests {
             "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}",
         );
         let (out, folded) = t
-            .render_chat(&[msg("system", "Be brief."), msg("user", "Hi")])
+            .render_chat(&[msg("system", "Be brief."), msg("user", "Hi")], None)
             .unwrap();
         assert!(folded);
         assert_eq!(out, "[user]Be brief.\n\nHi");

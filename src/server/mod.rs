@@ -13,6 +13,7 @@ mod error;
 pub mod models;
 mod openai;
 mod scheduler;
+mod tools;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +34,7 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::engine::constrain::JsonConstraint;
 pub use error::ApiError;
 use models::{Models, Served};
 use openai::{Common, Kind, PromptInput, Reply};
@@ -323,20 +325,36 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
     let result = async {
         let req = openai::parse_chat(&body_json(&app, body)?)?;
         let served = app.models.get(&req.common.model, false).await?;
+        let mut messages = req.messages;
+        let template = served.text.template.as_ref().map(|t| t.source());
+        let syntax = tools::Syntax::of_template(template);
+        let mut offered = None;
+        if let Some(tools) = &req.tools {
+            // A template that renders tools gets them; for one that does not, owrun lists them
+            // in the system message.
+            if template.is_some_and(|t| t.contains("tools")) {
+                offered = Some(tools.raw.clone());
+            } else {
+                tools.describe_in_system(&mut messages);
+            }
+        }
         let text = served.text.clone();
-        let messages = req.messages;
-        let prompt = tokio::task::spawn_blocking(move || text.prompt(&messages, false))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        generate(
-            &served,
-            Kind::Chat,
-            req.common,
-            prompt.tokens,
-            prompt.opens_thinking,
-        )
+        let prompt = tokio::task::spawn_blocking(move || {
+            text.prompt_with_tools(&messages, offered.as_ref(), false)
+        })
         .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        let constraint = req.tools.as_ref().and_then(|t| t.constraint(syntax));
+        let request = Generation {
+            kind: Kind::Chat,
+            common: req.common,
+            prompt: prompt.tokens,
+            opens_thinking: prompt.opens_thinking,
+            tools: req.tools.as_ref().map(|_| syntax),
+            constraint,
+        };
+        generate(&served, request).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -365,20 +383,44 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
                     .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?
             }
         };
-        generate(&served, Kind::Completion, req.common, tokens, false).await
+        let request = Generation {
+            kind: Kind::Completion,
+            common: req.common,
+            prompt: tokens,
+            opens_thinking: false,
+            tools: None,
+            constraint: None,
+        };
+        generate(&served, request).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Queue the request's choices and answer: a stream of chunks, or the whole object.
-async fn generate(
-    served: &Served,
+/// A request ready for the model.
+struct Generation {
     kind: Kind,
     common: Common,
     prompt: Vec<u32>,
+    /// The template left the model inside `<think>`.
     opens_thinking: bool,
-) -> Result<Response, ApiError> {
+    /// Tools were offered, and calls are written in this syntax.
+    tools: Option<tools::Syntax>,
+    /// The output is held to this (a required tool call); else to `common.schema`, if any.
+    constraint: Option<JsonConstraint>,
+}
+
+/// Queue the request's choices and answer: a stream of chunks, or the whole object.
+async fn generate(served: &Served, request: Generation) -> Result<Response, ApiError> {
+    let Generation {
+        kind,
+        common,
+        prompt,
+        opens_thinking,
+        tools,
+        constraint,
+    } = request;
+    let constraint = constraint.or_else(|| common.schema.clone().map(JsonConstraint::new));
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
@@ -399,7 +441,7 @@ async fn generate(
         )
         .with_code("context_length_exceeded"));
     }
-    if common.schema.is_some() {
+    if constraint.is_some() {
         // The vocabulary's texts, made once per model off the async threads (not in the
         // model's thread, where it would stall every sequence).
         let text = served.text.clone();
@@ -418,7 +460,7 @@ async fn generate(
             max_tokens: common.max_tokens,
             stop: common.stop.clone(),
             logprobs: common.logprobs,
-            schema: common.schema.clone(),
+            constraint: constraint.clone(),
             events: events.clone(),
         };
         match served.scheduler.submit(job) {
@@ -441,7 +483,7 @@ async fn generate(
         }
     }
     drop(events);
-    let reply = Reply::new(kind, &served.id, common.n, opens_thinking, &common);
+    let reply = Reply::new(kind, &served.id, opens_thinking, &common, tools);
     if common.stream {
         Ok(stream_reply(reply, rx).into_response())
     } else {

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::scheduler::{Event, TokenLogprobs};
+use super::tools::{parse_calls, Call, Syntax, Tools};
 use crate::engine::constrain::Schema;
 use crate::engine::generate::Finish;
 use crate::engine::reasoning::{Piece, Splitter};
@@ -212,14 +213,13 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Fields owrun does not implement: refused by name rather than ignored.
-fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
-    if let Some(tools) = f.get("tools") {
-        if tools.as_array().is_none_or(|a| !a.is_empty()) {
-            return Err(ApiError::invalid(
-                "tools",
-                "tools are not supported by this owrun server yet",
-            ));
-        }
+/// Tools belong to chat: the completions API has none.
+fn refuse_tools(f: &Fields) -> Result<(), ApiError> {
+    if f.get("tools").is_some() {
+        return Err(ApiError::invalid(
+            "tools",
+            "tools are offered through /v1/chat/completions",
+        ));
     }
     Ok(())
 }
@@ -257,11 +257,12 @@ fn response_format(f: &Fields) -> Result<Option<Schema>, ApiError> {
 pub struct ChatRequest {
     pub common: Common,
     pub messages: Vec<Message>,
+    pub tools: Option<Tools>,
 }
 
 pub fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
     let f = object(body)?;
-    refuse_unsupported(&f)?;
+    let tools = super::tools::parse(f.get("tools"), f.get("tool_choice"))?;
     let logprobs = if f.boolean("logprobs")?.unwrap_or(false) {
         Some(f.integer("top_logprobs", 0, 20)?.unwrap_or(0) as usize)
     } else {
@@ -306,12 +307,37 @@ pub fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
             }
         };
         let content = content_text(m.get("content"), &format!("{param}.content"))?;
-        messages.push(Message {
-            role: role.to_string(),
-            content,
-        });
+        let mut message = Message::new(role, content);
+        if let Some(calls) = m.get("tool_calls").filter(|c| !c.is_null()) {
+            if !calls.is_array() {
+                return Err(ApiError::invalid(
+                    &format!("{param}.tool_calls"),
+                    format!("{param}.tool_calls must be a list"),
+                ));
+            }
+            // Templates read the arguments as an object (`tool_call.arguments | tojson`).
+            let mut calls = calls.clone();
+            for c in calls.as_array_mut().into_iter().flatten() {
+                if let Some(args) = c.pointer_mut("/function/arguments") {
+                    if let Some(parsed) = args.as_str().and_then(|s| serde_json::from_str(s).ok()) {
+                        *args = parsed;
+                    }
+                }
+            }
+            message.tool_calls = Some(calls);
+        }
+        message.tool_call_id = m
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        message.name = m.get("name").and_then(Value::as_str).map(str::to_string);
+        messages.push(message);
     }
-    Ok(ChatRequest { common, messages })
+    Ok(ChatRequest {
+        common,
+        messages,
+        tools,
+    })
 }
 
 /// A message's text: a string, or a list of text parts.
@@ -359,7 +385,7 @@ pub struct CompletionRequest {
 
 pub fn parse_completion(body: &Value) -> Result<CompletionRequest, ApiError> {
     let f = object(body)?;
-    refuse_unsupported(&f)?;
+    refuse_tools(&f)?;
     let logprobs = f.integer("logprobs", 0, 5)?.map(|k| k as usize);
     let common = Common::parse(&f, logprobs)?;
     if f.boolean("echo")? == Some(true) {
@@ -421,6 +447,19 @@ fn finish_reason(f: Finish) -> &'static str {
     }
 }
 
+/// Where a choice's answer stands when tools are offered: its start is held back while it
+/// could be a tool call.
+#[derive(Default, PartialEq)]
+enum Calls {
+    /// No tools offered, or the answer is plain text.
+    #[default]
+    Plain,
+    /// The answer so far could still be (or is) a call.
+    Holding(String),
+    /// Parsed at the end.
+    Made(Vec<Call>),
+}
+
 #[derive(Default)]
 struct Choice {
     role_sent: bool,
@@ -428,11 +467,21 @@ struct Choice {
     content: String,
     reasoning: String,
     reasoning_seen: bool,
+    calls: Calls,
     logprobs: Vec<TokenLogprobs>,
     /// Bytes of text before each token (the completions API's text_offset).
     offsets: Vec<usize>,
     finish: Option<Finish>,
     completion_tokens: usize,
+}
+
+impl Choice {
+    fn finish_reason(&self) -> Option<&'static str> {
+        match (&self.calls, self.finish) {
+            (Calls::Made(_), Some(_)) => Some("tool_calls"),
+            (_, f) => f.map(finish_reason),
+        }
+    }
 }
 
 /// One request's answer, built from its choices' events: chunks while streaming, the whole
@@ -444,13 +493,21 @@ pub struct Reply {
     model: String,
     include_usage: bool,
     logprobs: bool,
+    /// Tools were offered: calls in this syntax are parsed out of the answers.
+    tools: Option<Syntax>,
     choices: Vec<Choice>,
     prompt_tokens: usize,
     cached_tokens: usize,
 }
 
 impl Reply {
-    pub fn new(kind: Kind, model: &str, n: usize, opens_thinking: bool, common: &Common) -> Self {
+    pub fn new(
+        kind: Kind,
+        model: &str,
+        opens_thinking: bool,
+        common: &Common,
+        tools: Option<Syntax>,
+    ) -> Self {
         let prefix = match kind {
             Kind::Chat => "chatcmpl",
             Kind::Completion => "cmpl",
@@ -465,9 +522,15 @@ impl Reply {
             model: model.to_string(),
             include_usage: common.include_usage,
             logprobs: common.logprobs.is_some(),
-            choices: (0..n)
+            tools,
+            choices: (0..common.n)
                 .map(|_| Choice {
                     splitter: (kind == Kind::Chat).then(|| Splitter::new(opens_thinking)),
+                    calls: if tools.is_some() {
+                        Calls::Holding(String::new())
+                    } else {
+                        Calls::Plain
+                    },
                     ..Choice::default()
                 })
                 .collect(),
@@ -482,19 +545,19 @@ impl Reply {
 
     /// Take in one event; returns the chunks to stream for it.
     pub fn on_event(&mut self, index: usize, event: Event) -> Vec<Value> {
-        let kind = self.kind;
+        let (kind, tools) = (self.kind, self.tools);
         let Some(choice) = self.choices.get_mut(index) else {
             return Vec::new();
         };
-        let mut chunks = Vec::new();
+        let mut deltas = Vec::new();
         match event {
             Event::Started { cached_tokens } => {
                 if kind == Kind::Chat && !choice.role_sent {
                     choice.role_sent = true;
-                    chunks.push(json!({"role": "assistant", "content": ""}));
+                    deltas.push(json!({"role": "assistant", "content": ""}));
                 }
                 self.cached_tokens = self.cached_tokens.max(cached_tokens);
-                return self.wrap(index, chunks, None, None);
+                self.wrap(index, deltas, None, None)
             }
             Event::Token { text, logprobs } => {
                 let before = choice.content.len();
@@ -502,9 +565,9 @@ impl Reply {
                     choice.offsets.push(before);
                     choice.logprobs.push(lp.clone());
                 }
-                chunks.extend(Self::text_deltas(kind, choice, &text));
+                deltas.extend(text_deltas(kind, tools, choice, &text));
                 let lp = logprobs.map(|l| self.logprobs_json(std::slice::from_ref(&l), &[before]));
-                return self.wrap(index, chunks, lp, None);
+                self.wrap(index, deltas, lp, None)
             }
             Event::Done {
                 finish,
@@ -513,53 +576,37 @@ impl Reply {
             } => {
                 if let Some(s) = choice.splitter.as_mut() {
                     for piece in s.finish() {
-                        chunks.extend(Self::piece_delta(choice, piece));
+                        deltas.extend(piece_delta(tools, choice, piece));
+                    }
+                }
+                if let (Some(syntax), Calls::Holding(held)) = (tools, &mut choice.calls) {
+                    let held = std::mem::take(held);
+                    let (rest, calls) = parse_calls(syntax, &held);
+                    if calls.is_empty() {
+                        choice.calls = Calls::Plain;
+                        deltas.extend(answer_delta(choice, held));
+                    } else {
+                        deltas.extend(answer_delta(choice, rest));
+                        deltas.extend(calls.iter().enumerate().map(|(i, c)| {
+                            json!({"tool_calls": [{
+                                "index": i,
+                                "id": c.id,
+                                "type": "function",
+                                "function": {"name": c.name, "arguments": c.arguments},
+                            }]})
+                        }));
+                        choice.calls = Calls::Made(calls);
                     }
                 }
                 choice.finish = Some(finish);
                 choice.completion_tokens = completion_tokens;
+                let reason = choice.finish_reason();
                 self.prompt_tokens = prompt_tokens;
-                let mut out = self.wrap(index, chunks, None, None);
-                out.extend(self.wrap(index, Vec::new(), None, Some(finish)));
-                return out;
+                let mut out = self.wrap(index, deltas, None, None);
+                out.extend(self.wrap(index, Vec::new(), None, reason));
+                out
             }
-            Event::Failed(_) => {}
-        }
-        Vec::new()
-    }
-
-    /// The text of a token as deltas: through the reasoning splitter for chat.
-    fn text_deltas(kind: Kind, choice: &mut Choice, text: &str) -> Vec<Value> {
-        if text.is_empty() {
-            return Vec::new();
-        }
-        match (kind, choice.splitter.as_mut()) {
-            (Kind::Chat, Some(s)) => {
-                let pieces = s.feed(text);
-                pieces
-                    .into_iter()
-                    .flat_map(|p| Self::piece_delta(choice, p))
-                    .collect()
-            }
-            _ => {
-                choice.content.push_str(text);
-                vec![json!({ "text": text })]
-            }
-        }
-    }
-
-    fn piece_delta(choice: &mut Choice, piece: Piece) -> Option<Value> {
-        match piece {
-            Piece::Answer(t) if !t.is_empty() => {
-                choice.content.push_str(&t);
-                Some(json!({ "content": t }))
-            }
-            Piece::Reasoning(t) if !t.is_empty() => {
-                choice.reasoning_seen = true;
-                choice.reasoning.push_str(&t);
-                Some(json!({ "reasoning_content": t }))
-            }
-            _ => None,
+            Event::Failed(_) => Vec::new(),
         }
     }
 
@@ -590,7 +637,7 @@ impl Reply {
         index: usize,
         deltas: Vec<Value>,
         logprobs: Option<Value>,
-        finish: Option<Finish>,
+        finish: Option<&'static str>,
     ) -> Vec<Value> {
         let mut deltas = deltas;
         if deltas.is_empty() && (logprobs.is_some() || finish.is_some()) {
@@ -610,13 +657,13 @@ impl Reply {
                         "index": index,
                         "delta": delta,
                         "logprobs": lp,
-                        "finish_reason": finish.map(finish_reason),
+                        "finish_reason": finish,
                     }),
                     Kind::Completion => json!({
                         "index": index,
                         "text": delta["text"],
                         "logprobs": lp,
-                        "finish_reason": finish.map(finish_reason),
+                        "finish_reason": finish,
                     }),
                 };
                 self.chunk(vec![choice])
@@ -671,12 +718,24 @@ impl Reply {
                 let lp = self
                     .logprobs
                     .then(|| self.logprobs_json(&c.logprobs, &c.offsets));
-                let finish = c.finish.map(finish_reason);
+                let finish = c.finish_reason();
                 match self.kind {
                     Kind::Chat => {
                         let mut message = json!({"role": "assistant", "content": c.content});
                         if c.reasoning_seen {
                             message["reasoning_content"] = json!(c.reasoning.trim());
+                        }
+                        if let Calls::Made(calls) = &c.calls {
+                            if c.content.is_empty() {
+                                message["content"] = Value::Null;
+                            }
+                            message["tool_calls"] = calls
+                                .iter()
+                                .map(|c| {
+                                    json!({"id": c.id, "type": "function",
+                                           "function": {"name": c.name, "arguments": c.arguments}})
+                                })
+                                .collect();
                         }
                         json!({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
                     }
@@ -699,6 +758,59 @@ impl Reply {
             "usage": self.usage(),
         })
     }
+}
+
+/// The text of a token as deltas: through the reasoning splitter for chat.
+fn text_deltas(kind: Kind, tools: Option<Syntax>, choice: &mut Choice, text: &str) -> Vec<Value> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    match (kind, choice.splitter.as_mut()) {
+        (Kind::Chat, Some(s)) => {
+            let pieces = s.feed(text);
+            pieces
+                .into_iter()
+                .flat_map(|p| piece_delta(tools, choice, p))
+                .collect()
+        }
+        _ => {
+            choice.content.push_str(text);
+            vec![json!({ "text": text })]
+        }
+    }
+}
+
+fn piece_delta(tools: Option<Syntax>, choice: &mut Choice, piece: Piece) -> Option<Value> {
+    match piece {
+        Piece::Answer(t) if !t.is_empty() => {
+            // While the answer could be a tool call, hold it back.
+            if let (Some(syntax), Calls::Holding(held)) = (tools, &mut choice.calls) {
+                held.push_str(&t);
+                let start = held.trim_start();
+                if start.starts_with(syntax.marker()) || syntax.marker().starts_with(start) {
+                    return None;
+                }
+                let held = std::mem::take(held);
+                choice.calls = Calls::Plain;
+                return answer_delta(choice, held);
+            }
+            answer_delta(choice, t)
+        }
+        Piece::Reasoning(t) if !t.is_empty() => {
+            choice.reasoning_seen = true;
+            choice.reasoning.push_str(&t);
+            Some(json!({ "reasoning_content": t }))
+        }
+        _ => None,
+    }
+}
+
+fn answer_delta(choice: &mut Choice, text: String) -> Option<Value> {
+    if text.is_empty() {
+        return None;
+    }
+    choice.content.push_str(&text);
+    Some(json!({ "content": text }))
 }
 
 fn fingerprint() -> String {

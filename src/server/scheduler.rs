@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::constrain::{JsonConstraint, Schema};
+use crate::engine::constrain::JsonConstraint;
 use crate::engine::generate::{Decoding, Finish};
 use crate::engine::model::{Model, SeqId};
 use crate::engine::sampler::{Sampler, SamplingParams};
@@ -34,8 +34,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Report each token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
-    /// Hold the output to a JSON document of this schema.
-    pub schema: Option<Schema>,
+    /// Hold the output to this JSON document (response_format, a required tool call).
+    pub constraint: Option<JsonConstraint>,
     pub events: UnboundedSender<(usize, Event)>,
 }
 
@@ -296,8 +296,8 @@ impl Worker {
             &text.eos,
             limit,
         );
-        if let Some(schema) = &job.schema {
-            decoding.constrain(JsonConstraint::new(schema.clone()), text.token_texts());
+        if let Some(c) = &job.constraint {
+            decoding.constrain(c.clone(), text.token_texts());
         }
         self.shared.active.fetch_add(1, Ordering::SeqCst);
         slot.busy = Some(Busy {
