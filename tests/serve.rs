@@ -979,3 +979,37 @@ fn a_reasoning_model_s_thinking_goes_to_reasoning_content() {
         .collect();
     assert_eq!(thinking.trim(), reasoning);
 }
+
+#[test]
+fn max_models_makes_room_and_a_public_address_is_warned_about() {
+    let sb = sandbox();
+    let llama =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    let llama = llama.to_str().unwrap();
+    let server = Server::start(&sb, &["--max-models", "1", "--host", "0.0.0.0"], &[]);
+    assert!(
+        server.stderr().contains("reachable from other machines"),
+        "{}",
+        server.stderr()
+    );
+    let ask = |model: &str| {
+        let r = server.post(
+            "/v1/completions",
+            &json!({"model": model, "prompt": "Once", "max_tokens": 3}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    ask("stories260k");
+    ask(llama);
+    let loaded: Vec<Value> = server.get("/health").json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(loaded, [json!(llama)]);
+    assert!(server
+        .stderr()
+        .contains("unloading stories260k to make room"));
+    ask("stories260k");
+}
