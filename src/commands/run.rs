@@ -12,7 +12,7 @@ use crate::cli::DTypeArg;
 use crate::cli::{LoadArgs, RunArgs, SamplingArgs};
 use crate::engine::generate::GenerateParams;
 use crate::engine::quant::Scheme;
-use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::engine::sampler::{Overrides, Sampler, SamplingParams};
 use crate::engine::template::Message;
 use crate::engine::DeviceChoice;
 use crate::engine::{Engine, LoadError, LoadOptions};
@@ -329,29 +329,18 @@ fn quant_cache_path(ctx: &Ctx, dir: &std::path::Path, scheme: Scheme) -> PathBuf
 }
 
 /// The model's defaults, overridden by the flags the user gave.
-pub fn sampling_params(mut p: SamplingParams, a: &SamplingArgs) -> SamplingParams {
-    if let Some(v) = a.temperature {
-        p.temperature = v;
+pub fn sampling_params(p: SamplingParams, a: &SamplingArgs) -> SamplingParams {
+    Overrides {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed,
+        ..Overrides::default()
     }
-    if let Some(v) = a.top_k {
-        p.top_k = v;
-    }
-    if let Some(v) = a.top_p {
-        p.top_p = v;
-    }
-    if let Some(v) = a.min_p {
-        p.min_p = v;
-    }
-    if let Some(v) = a.repeat_penalty {
-        p.repeat_penalty = v;
-    }
-    if let Some(v) = a.repeat_last_n {
-        p.repeat_last_n = v;
-    }
-    if let Some(v) = a.seed {
-        p.seed = v;
-    }
-    p
+    .apply(p)
 }
 
 /// Stdin (when it is not a terminal), then the argument words.

@@ -67,6 +67,41 @@ impl SamplingParams {
     }
 }
 
+/// Sampling settings a user (flags) or a client (request fields) gave; the unset ones keep the
+/// model's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<usize>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    pub fn apply(&self, mut p: SamplingParams) -> SamplingParams {
+        fn set<T: Copy>(field: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        set(&mut p.temperature, self.temperature);
+        set(&mut p.top_k, self.top_k);
+        set(&mut p.top_p, self.top_p);
+        set(&mut p.min_p, self.min_p);
+        set(&mut p.repeat_penalty, self.repeat_penalty);
+        set(&mut p.repeat_last_n, self.repeat_last_n);
+        set(&mut p.presence_penalty, self.presence_penalty);
+        set(&mut p.frequency_penalty, self.frequency_penalty);
+        set(&mut p.seed, self.seed);
+        p
+    }
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,

@@ -10,7 +10,7 @@ use super::tools::{parse_calls, Call, Syntax, Tools};
 use crate::engine::constrain::Schema;
 use crate::engine::generate::Finish;
 use crate::engine::reasoning::{Piece, Splitter};
-use crate::engine::sampler::SamplingParams;
+use crate::engine::sampler::{Overrides, SamplingParams};
 use crate::engine::template::Message;
 
 /// Most choices one request may ask for.
@@ -84,14 +84,8 @@ pub struct Common {
     pub stream: bool,
     pub include_usage: bool,
     pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub seed: Option<u64>,
+    /// What the request set of temperature, top_p, … and seed.
+    pub sampling: Overrides,
     pub stop: Vec<String>,
     pub n: usize,
     /// Log-probabilities asked for, with this many alternatives per token.
@@ -152,14 +146,17 @@ impl Common {
             stream: f.boolean("stream")?.unwrap_or(false),
             include_usage,
             max_tokens: max_tokens.map(|n| n as usize),
-            temperature: f32_of(f.number("temperature", 0.0, 2.0)?),
-            top_p: f32_of(f.number("top_p", 0.0, 1.0)?),
-            top_k: f.integer("top_k", 0, 1 << 20)?.map(|k| k as usize),
-            min_p: f32_of(f.number("min_p", 0.0, 1.0)?),
-            repeat_penalty: f32_of(f.number("repeat_penalty", 0.01, 10.0)?),
-            presence_penalty: f32_of(f.number("presence_penalty", -2.0, 2.0)?),
-            frequency_penalty: f32_of(f.number("frequency_penalty", -2.0, 2.0)?),
-            seed,
+            sampling: Overrides {
+                temperature: f32_of(f.number("temperature", 0.0, 2.0)?),
+                top_p: f32_of(f.number("top_p", 0.0, 1.0)?),
+                top_k: f.integer("top_k", 0, 1 << 20)?.map(|k| k as usize),
+                min_p: f32_of(f.number("min_p", 0.0, 1.0)?),
+                repeat_penalty: f32_of(f.number("repeat_penalty", 0.01, 10.0)?),
+                repeat_last_n: None,
+                presence_penalty: f32_of(f.number("presence_penalty", -2.0, 2.0)?),
+                frequency_penalty: f32_of(f.number("frequency_penalty", -2.0, 2.0)?),
+                seed,
+            },
             stop,
             n: f.integer("n", 1, MAX_N as i64)?.unwrap_or(1) as usize,
             logprobs,
@@ -170,29 +167,9 @@ impl Common {
     /// The model's defaults with what the request set; choice `index` draws from `seed + index`
     /// (so the choices differ, and the same seed repeats them).
     pub fn sampling(&self, defaults: &SamplingParams, index: usize) -> SamplingParams {
-        let mut p = defaults.clone();
-        if let Some(t) = self.temperature {
-            p.temperature = t;
-        }
-        if let Some(v) = self.top_p {
-            p.top_p = v;
-        }
-        if let Some(v) = self.top_k {
-            p.top_k = v;
-        }
-        if let Some(v) = self.min_p {
-            p.min_p = v;
-        }
-        if let Some(v) = self.repeat_penalty {
-            p.repeat_penalty = v;
-        }
-        if let Some(v) = self.presence_penalty {
-            p.presence_penalty = v;
-        }
-        if let Some(v) = self.frequency_penalty {
-            p.frequency_penalty = v;
-        }
+        let mut p = self.sampling.apply(defaults.clone());
         p.seed = self
+            .sampling
             .seed
             .unwrap_or_else(rand::random)
             .wrapping_add(index as u64);
@@ -849,7 +826,7 @@ mod tests {
         // null is absent.
         let mut body = ok.clone();
         body["temperature"] = Value::Null;
-        assert!(chat(body).unwrap().common.temperature.is_none());
+        assert!(chat(body).unwrap().common.sampling.temperature.is_none());
         let e = chat(json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}));
         assert_eq!(e.err().unwrap().param.as_deref(), Some("messages[0].role"));
     }
