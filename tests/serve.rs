@@ -986,7 +986,11 @@ fn max_models_makes_room_and_a_public_address_is_warned_about() {
     let llama =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
     let llama = llama.to_str().unwrap();
-    let server = Server::start(&sb, &["--max-models", "1", "--host", "0.0.0.0"], &[]);
+    let server = Server::start(
+        &sb,
+        &["--max-models", "1", "--host", "0.0.0.0", "--keep-alive", "-1"],
+        &[],
+    );
     assert!(
         server.stderr().contains("reachable from other machines"),
         "{}",
