@@ -72,8 +72,10 @@ run() {
   fi
   pid=$!
   wait_ready
-  python3 scripts/serve_load.py --url "http://127.0.0.1:$PORT" --model "$file" --clients 1 \
-    --tokens 8 >/dev/null
+  # Steady state: one identical round first (owrun's KV caches grow to what the round needs,
+  # llama-server's are allocated at start; both reach their working memory).
+  python3 scripts/serve_load.py --url "http://127.0.0.1:$PORT" --model "$file" --clients "$n" \
+    --tokens "$TOKENS" >/dev/null
   python3 scripts/serve_load.py --url "http://127.0.0.1:$PORT" --model "$file" --clients "$n" \
     --tokens "$TOKENS"
   kill "$pid"

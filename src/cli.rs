@@ -279,7 +279,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub queue: usize,
     /// Unload a model after this long without requests: 30s, 5m, 1h, 0 (at once), -1 (never)
-    #[arg(long, default_value = "5m", value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value = "5m",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub keep_alive: String,
     /// Most models loaded at once; the one unused longest makes room for a new one
     #[arg(long, default_value_t = 2, value_name = "N")]

@@ -988,7 +988,14 @@ fn max_models_makes_room_and_a_public_address_is_warned_about() {
     let llama = llama.to_str().unwrap();
     let server = Server::start(
         &sb,
-        &["--max-models", "1", "--host", "0.0.0.0", "--keep-alive", "-1"],
+        &[
+            "--max-models",
+            "1",
+            "--host",
+            "0.0.0.0",
+            "--keep-alive",
+            "-1",
+        ],
         &[],
     );
     assert!(

@@ -66,6 +66,9 @@ pub struct Models {
     catalog: Box<dyn Catalog>,
     options: Options,
     loaded: Mutex<HashMap<String, (Cell, bool)>>,
+    /// The names requests used for each loaded model (resolving a name reads the registry, the
+    /// store and the license records: done once, not on every request).
+    aliases: Mutex<HashMap<String, String>>,
     loading: AtomicUsize,
     pub stop: Arc<AtomicBool>,
 }
@@ -76,6 +79,7 @@ impl Models {
             catalog,
             options,
             loaded: Mutex::new(HashMap::new()),
+            aliases: Mutex::new(HashMap::new()),
             loading: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -104,6 +108,13 @@ impl Models {
 
     /// The model `name`, loaded first if it is not. `pinned`: kept until the server stops.
     pub async fn get(&self, name: &str, pinned: bool) -> Result<Arc<Served>, ApiError> {
+        let known = self.aliases.lock().await.get(name).cloned();
+        if let Some(id) = known {
+            let map = self.loaded.lock().await;
+            if let Some(served) = map.get(&id).and_then(|(cell, _)| cell.get()) {
+                return Ok(served.clone());
+            }
+        }
         let opened = self.catalog.open(name)?;
         let id = opened.id.clone();
         let cell = {
@@ -123,6 +134,8 @@ impl Models {
             if map.get(&id).is_some_and(|(c, _)| Arc::ptr_eq(c, &cell)) {
                 map.remove(&id);
             }
+        } else {
+            self.aliases.lock().await.insert(name.to_string(), id);
         }
         result
     }
