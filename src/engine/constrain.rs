@@ -785,8 +785,11 @@ pub struct TokenTexts {
 }
 
 impl TokenTexts {
-    /// Texts for every id of `tokenizer` (tokens that decode to nothing or to a broken character,
-    /// such as a lone byte of a multi-byte character, are never allowed).
+    /// Texts for every id of `tokenizer`, as each reads after other text: decoded alone,
+    /// sentencepiece decoders drop a token's leading space ("▁there" → "there"), so each is
+    /// decoded after an anchor token and keeps what it adds. Tokens that decode to nothing or to
+    /// a broken character (a lone byte of a multi-byte character) have none, and are never
+    /// allowed under a constraint.
     pub fn new(tokenizer: &tokenizers::Tokenizer) -> Self {
         let n = tokenizer.get_vocab_size(true) as u32;
         let anchor = tokenizer

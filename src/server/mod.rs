@@ -441,9 +441,10 @@ async fn generate(served: &Served, request: Generation) -> Result<Response, ApiE
         )
         .with_code("context_length_exceeded"));
     }
-    if constraint.is_some() {
-        // The vocabulary's texts, made once per model off the async threads (not in the
-        // model's thread, where it would stall every sequence).
+    if constraint.is_some() || common.logprobs.is_some() {
+        // The vocabulary's texts (for the constraint's mask, and the logprobs' token names),
+        // made once per model off the async threads, not in the model's thread where it would
+        // stall every sequence.
         let text = served.text.clone();
         tokio::task::spawn_blocking(move || {
             text.token_texts();

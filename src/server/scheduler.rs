@@ -394,22 +394,12 @@ impl Worker {
 
     /// Token texts for the chosen token and the alternatives.
     fn describe(&self, token: u32, lp: &Logprobs) -> TokenLogprobs {
-        let tokenizer = &self.text.tokenizer;
-        // A token's text as it reads after other text: decoded alone, sentencepiece decoders
-        // drop its leading space ("▁there" → "there"), so decode it after an anchor token and
-        // keep what it adds.
-        let anchor = tokenizer
-            .encode("a", false)
-            .ok()
-            .and_then(|e| e.get_ids().first().copied());
-        let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
-        let name = |t: u32| match anchor {
-            Some(a) => {
-                let base = decode(&[a]);
-                let both = decode(&[a, t]);
-                both.strip_prefix(&base).map(str::to_string).unwrap_or(both)
-            }
-            None => decode(&[t]),
+        // Each token's text as it reads after other text (the leading space kept), made once
+        // per model; a token that is part of a character (a byte token) decodes alone.
+        let texts = self.text.token_texts();
+        let name = |t: u32| match texts.text(t) {
+            Some(text) => text.to_string(),
+            None => self.text.tokenizer.decode(&[t], false).unwrap_or_default(),
         };
         TokenLogprobs {
             chosen: Candidate {
