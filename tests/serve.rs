@@ -802,16 +802,7 @@ fn response_formats_are_enforced_by_constrained_decoding() {
         let r = server.post("/v1/chat/completions", &body);
         assert_eq!(r.status, 200, "{}", r.body);
         let content: String = if stream {
-            r.sse_data()
-                .iter()
-                .filter(|d| *d != "[DONE]")
-                .filter_map(|d| {
-                    let v: Value = serde_json::from_str(d).unwrap();
-                    v["choices"][0]["delta"]["content"]
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect()
+            r.streamed_delta("content")
         } else {
             r.json()["choices"][0]["message"]["content"]
                 .as_str()
@@ -966,17 +957,7 @@ fn a_reasoning_model_s_thinking_goes_to_reasoning_content() {
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     let r = server.post("/v1/chat/completions", &streamed);
-    let thinking: String = r
-        .sse_data()
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| {
-            let c: Value = serde_json::from_str(d).unwrap();
-            c["choices"][0]["delta"]["reasoning_content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let thinking = r.streamed_delta("reasoning_content");
     assert_eq!(thinking.trim(), reasoning);
 }
 

@@ -69,15 +69,18 @@ cut = first["continuation"].split("Lily")[0]
 check(r.choices[0].text == cut and r.choices[0].finish_reason == "stop", f"stop: {r}")
 
 # n=2 with a seed: two choices, repeatable.
+TWO_CHOICES = dict(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Once upon a time"}],
+    n=2,
+    max_tokens=20,
+    temperature=1.0,
+    seed=42,
+)
+
+
 def two():
-    r = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Once upon a time"}],
-        n=2,
-        max_tokens=20,
-        temperature=1.0,
-        seed=42,
-    )
+    r = client.chat.completions.create(**TWO_CHOICES)
     return [c.message.content for c in r.choices]
 
 
@@ -86,15 +89,7 @@ check(a == b, "same seed, same choices")
 check(len(a) == 2 and a[0] != a[1], f"two different choices: {a}")
 
 # Streaming n=2: every delta carries its choice's index.
-stream = client.chat.completions.create(
-    model=MODEL,
-    messages=[{"role": "user", "content": "Once upon a time"}],
-    n=2,
-    max_tokens=20,
-    temperature=1.0,
-    seed=42,
-    stream=True,
-)
+stream = client.chat.completions.create(**TWO_CHOICES, stream=True)
 texts = ["", ""]
 for c in stream:
     for ch in c.choices:

@@ -25,29 +25,28 @@ impl<'a> Fields<'a> {
     }
 
     fn number(&self, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let x = v
-            .as_f64()
-            .ok_or_else(|| ApiError::invalid(key, format!("{key} must be a number, not {v}")))?;
-        if !(lo..=hi).contains(&x) {
-            return Err(ApiError::invalid(
-                key,
-                format!("{key} is {x}: it must be between {lo} and {hi}"),
-            ));
-        }
-        Ok(Some(x))
+        self.ranged(key, Value::as_f64, "a number", lo, hi)
     }
 
     fn integer(&self, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError> {
+        self.ranged(key, Value::as_i64, "an integer", lo, hi)
+    }
+
+    /// A field read by `read` (named `what` in the error) and checked to lie in `lo..=hi`.
+    fn ranged<T: PartialOrd + std::fmt::Display>(
+        &self,
+        key: &str,
+        read: fn(&Value) -> Option<T>,
+        what: &str,
+        lo: T,
+        hi: T,
+    ) -> Result<Option<T>, ApiError> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let x = v
-            .as_i64()
-            .ok_or_else(|| ApiError::invalid(key, format!("{key} must be an integer, not {v}")))?;
-        if !(lo..=hi).contains(&x) {
+        let x = read(v)
+            .ok_or_else(|| ApiError::invalid(key, format!("{key} must be {what}, not {v}")))?;
+        if x < lo || x > hi {
             return Err(ApiError::invalid(
                 key,
                 format!("{key} is {x}: it must be between {lo} and {hi}"),

@@ -129,6 +129,18 @@ impl Response {
             .unwrap_or_else(|e| panic!("{e}: not JSON ({}): {}", self.status, self.body))
     }
 
+    /// The text a stream's chunks carry in `choices[0].delta.<field>`, joined.
+    pub fn streamed_delta(&self, field: &str) -> String {
+        self.sse_data()
+            .iter()
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| {
+                let c: serde_json::Value = serde_json::from_str(d).unwrap();
+                c["choices"][0]["delta"][field].as_str().map(str::to_string)
+            })
+            .collect()
+    }
+
     /// The `data:` payloads of a server-sent event stream, in order.
     pub fn sse_data(&self) -> Vec<String> {
         self.body
