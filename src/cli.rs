@@ -1,11 +1,15 @@
 //! Command-line definitions and help texts. How the commands work lives in `commands/`.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::quant::Scheme;
+use crate::engine::generate::sampler::Overrides;
+use crate::engine::quantize::Scheme;
 use crate::engine::{DTypeChoice, DeviceChoice};
+use crate::error::usage;
+use crate::open::LoadChoices;
 
 const AFTER_HELP: &str = "\
 MODELS:
@@ -217,6 +221,22 @@ pub struct SamplingArgs {
     pub stop: Vec<String>,
 }
 
+impl SamplingArgs {
+    /// The flags the user gave, over the model's defaults.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            ..Overrides::default()
+        }
+    }
+}
+
 /// Where and how the model runs.
 #[derive(Debug, Args, Clone)]
 pub struct LoadArgs {
@@ -234,6 +254,24 @@ pub struct LoadArgs {
     /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+impl LoadArgs {
+    /// The flags as the model opener takes them.
+    pub fn choices(&self) -> anyhow::Result<LoadChoices> {
+        let threads = match self.threads {
+            Some(n) => {
+                Some(NonZeroUsize::new(n).ok_or_else(|| usage("--threads must be at least 1"))?)
+            }
+            None => None,
+        };
+        Ok(LoadChoices {
+            threads,
+            device: self.device,
+            dtype: self.dtype.into(),
+            quant: self.quant,
+        })
+    }
 }
 
 #[derive(Debug, Args)]

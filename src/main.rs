@@ -10,10 +10,12 @@ mod error;
 mod hub;
 mod license;
 mod memory;
+mod open;
 mod registry;
 mod server;
 mod settings;
 mod store;
+mod test_hooks;
 
 use std::process::ExitCode;
 

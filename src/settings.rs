@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::error::Fatal;
+use crate::test_hooks::TestHooks;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -64,6 +65,8 @@ pub struct Settings {
     pub declared_use: Option<DeclaredUse>,
     /// Base delay of the exponential backoff between download retries.
     pub retry_base_ms: u64,
+    /// Pauses for the end-to-end tests (`OWRUN_TEST_HOOKS`); all off for users.
+    pub test_hooks: TestHooks,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -127,6 +130,11 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .unwrap_or(500);
 
+        let test_hooks = match env_nonempty(crate::test_hooks::VARIABLE) {
+            Some(spec) => TestHooks::parse(&spec).map_err(|e| Fatal::Usage(format!("{e:#}")))?,
+            None => TestHooks::default(),
+        };
+
         Ok(Settings {
             config_dir,
             data_dir,
@@ -136,6 +144,7 @@ impl Settings {
             offline,
             declared_use,
             retry_base_ms,
+            test_hooks,
         })
     }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use hf_hub::{Cache, Repo};
 
+use crate::engine::format::gguf::SplitName;
 use crate::settings::write_atomic;
 
 /// Small files owrun takes along with the weights when the repo has them.
@@ -272,9 +273,7 @@ pub fn gguf_files_for(names: &[String], tag: &str) -> Vec<String> {
 
 /// N of a "...-0000K-of-0000N.gguf" shard name.
 fn shard_total(name: &str) -> Option<usize> {
-    let stem = name.strip_suffix(".gguf")?;
-    let (_, total) = stem.rsplit_once("-of-")?;
-    total.parse().ok()
+    SplitName::parse(name).map(|s| s.count)
 }
 
 /// The files of GGUF quantization `tag` in a model folder (first shard first).

@@ -109,7 +109,7 @@ fn ctrl_c_stops_an_answer_and_keeps_it() {
     let mut s = spawn_chat(
         &sb,
         &[&m, "-t", "0", "-n", "300", "--no-history"],
-        &[("OWRUN_TEST_TOKEN_DELAY_MS", "30")],
+        &[("OWRUN_TEST_HOOKS", "token_delay_ms=30")],
     );
     s.send_line("Once upon a time").unwrap();
     s.expect("there was").unwrap();

@@ -359,7 +359,7 @@ fn a_full_queue_is_a_503_with_retry_after_and_a_hang_up_frees_the_slot() {
     let server = Server::start(
         &sb,
         &["stories260k", "--parallel", "1", "--queue", "1"],
-        &[("OWRUN_TEST_STEP_DELAY_MS", "20")],
+        &[("OWRUN_TEST_HOOKS", "step_delay_ms=20")],
     );
     server.wait_healthy();
     let long = completion_body(
@@ -581,10 +581,7 @@ fn health_says_loading_then_models_go_after_keep_alive_and_sigterm_ends_streams(
     let server = Server::start(
         &sb,
         &["--keep-alive", "1s", "--parallel", "2"],
-        &[
-            ("OWRUN_TEST_LOAD_DELAY_MS", "800"),
-            ("OWRUN_TEST_STEP_DELAY_MS", "30"),
-        ],
+        &[("OWRUN_TEST_HOOKS", "load_delay_ms=800,step_delay_ms=30")],
     );
     // Nothing loaded: healthy, no models.
     assert_eq!(server.get("/health").json()["models"], json!([]));

@@ -7,21 +7,24 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::json;
 
-use super::run::{load_engine, ready_model};
-use super::{print_table, Ctx};
+use super::display::show_notes;
+use super::print_table;
 use crate::cli::BenchArgs;
-use crate::engine::sampler::argmax;
+use crate::engine::generate::sampler::argmax;
 use crate::error::usage;
 use crate::memory;
+use crate::open::Opener;
 use crate::store::format_bytes as human_bytes;
 
-pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
+pub fn run(opener: &Opener, args: &BenchArgs) -> Result<()> {
     if args.repetitions == 0 || args.prompt_tokens == 0 || args.gen_tokens == 0 {
         return Err(usage("-p, -n and -r must be at least 1"));
     }
-    let model = ctx.resolve(&args.model)?;
-    let dir = ready_model(ctx, &model, args.accept_license)?;
-    let mut engine = load_engine(ctx, &dir, &args.load)?;
+    let choices = args.load.choices()?;
+    let model = opener.resolve(&args.model)?;
+    let path = opener.ready(&model, args.accept_license)?;
+    let mut engine = opener.load(&path, &choices)?;
+    show_notes(&engine);
     let context = engine.config.context;
     if args.prompt_tokens + args.gen_tokens > context {
         return Err(usage(format!(

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rustyline::error::ReadlineError;
 
-use super::display::{generate_shown, note_folded_system, Shown};
-use super::run::{load_engine, read_messages, ready_model, sampling_params};
-use super::{licenses_of, Ctx};
+use super::display::{generate_shown, note_folded_system, show_notes, Shown};
+use super::input::read_messages;
 use crate::cli::ChatArgs;
-use crate::engine::generate::{Finish, GenerateParams, Timings};
-use crate::engine::sampler::{Sampler, SamplingParams};
-use crate::engine::session::Session;
-use crate::engine::template::Message;
+use crate::engine::generate::decoding::{Finish, GenerateParams, Timings};
+use crate::engine::generate::sampler::{Sampler, SamplingParams};
+use crate::engine::generate::session::Session;
+use crate::engine::text::template::Message;
 use crate::engine::Engine;
+use crate::open::Opener;
 use crate::settings::write_atomic;
 
 const HELP: &str = "\
@@ -50,26 +50,29 @@ struct Chat {
     told_overflow: bool,
     told_folded: bool,
     last: Option<Stats>,
-    /// OWRUN_TEST_TOKEN_DELAY_MS: slow answers down, so tests can interrupt one mid-way.
+    /// A test hook: slow answers down, so tests can interrupt one mid-way.
     delay: Option<std::time::Duration>,
     name: String,
     license_line: String,
 }
 
-pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
-    let model = ctx.resolve(&args.model)?;
-    let dir = ready_model(ctx, &model, args.accept_license)?;
-    let mut engine = load_engine(ctx, &dir, &args.load)?;
-    let snapshot = ctx.local_snapshot(&model);
-    let license_line = licenses_of(&model, snapshot.as_ref())
+pub fn run(opener: &Opener, args: &ChatArgs) -> Result<()> {
+    let choices = args.load.choices()?;
+    let model = opener.resolve(&args.model)?;
+    let path = opener.ready(&model, args.accept_license)?;
+    let mut engine = opener.load(&path, &choices)?;
+    show_notes(&engine);
+    let snapshot = opener.local_snapshot(&model);
+    let license_line = opener
+        .licenses(&model, snapshot.as_ref())
         .iter()
         .map(|l| format!("{} ({})", l.name, l.id))
         .collect::<Vec<_>>()
         .join(" + ");
     let interactive = std::io::stdin().is_terminal();
     let mut chat = Chat {
-        params: sampling_params(engine.text.sampling.clone(), &args.sampling),
-        session: Session::new(&mut engine),
+        params: args.sampling.overrides().apply(engine.sampling.clone()),
+        session: Session::new(&mut engine.model),
         engine,
         messages: args
             .system
@@ -85,15 +88,12 @@ pub fn run(ctx: &Ctx, args: &ChatArgs) -> Result<()> {
         told_overflow: false,
         told_folded: false,
         last: None,
-        delay: std::env::var("OWRUN_TEST_TOKEN_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis),
+        delay: opener.settings.test_hooks.token_delay,
         name: model.display_name(),
         license_line,
     };
     if interactive {
-        let history = (!args.no_history).then(|| ctx.settings.chat_history_file());
+        let history = (!args.no_history).then(|| opener.settings.chat_history_file());
         chat.interactive(history)
     } else {
         chat.piped()
@@ -218,7 +218,7 @@ impl Chat {
             }
             "clear" => {
                 self.messages.retain(|m| m.role == "system");
-                self.session.reset(&mut self.engine)?;
+                self.session.reset(&mut self.engine.model)?;
                 self.told_overflow = false;
                 eprintln!("(new conversation)");
             }
@@ -231,7 +231,7 @@ impl Chat {
             "load" => {
                 anyhow::ensure!(!rest.is_empty(), "usage: /load FILE");
                 self.messages = read_messages(std::path::Path::new(rest))?;
-                self.session.reset(&mut self.engine)?;
+                self.session.reset(&mut self.engine.model)?;
                 eprintln!("(loaded {} messages from {rest})", self.messages.len());
             }
             "stats" => match &self.last {
@@ -277,7 +277,9 @@ impl Chat {
             .min(context / 4)
             .max(1);
         let turn = loop {
-            let turn = self.session.prepare(&mut self.engine, &self.messages)?;
+            let turn =
+                self.session
+                    .prepare(&mut self.engine.model, &self.engine.text, &self.messages)?;
             if turn.prompt.tokens.len() + reserve <= context {
                 break turn;
             }
@@ -289,7 +291,7 @@ impl Chat {
                     while self.messages.len() > i + 1 && self.messages[i].role == "assistant" {
                         self.messages.remove(i);
                     }
-                    self.session.reset(&mut self.engine)?;
+                    self.session.reset(&mut self.engine.model)?;
                     if !self.told_overflow {
                         eprintln!(
                             "owrun: the conversation no longer fits the context window ({context} \

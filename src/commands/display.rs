@@ -1,14 +1,22 @@
-//! Showing generated text: reasoning apart from the answer, as it streams.
+//! What the commands that run models show on the terminal: generated text (reasoning apart from
+//! the answer) as it streams, and the notes of a load.
 
 use std::io::Write;
 
 use anyhow::Result;
 
-use crate::engine::generate::{generate, GenerateParams, Generation};
+use crate::engine::generate::decoding::{generate, GenerateParams, Generation};
+use crate::engine::generate::sampler::Sampler;
 use crate::engine::model::SeqId;
-use crate::engine::reasoning::{Piece, Splitter};
-use crate::engine::sampler::Sampler;
+use crate::engine::text::reasoning::{Piece, Splitter};
 use crate::engine::Engine;
+
+/// What happened while loading that the user may want to know, on stderr.
+pub fn show_notes(engine: &Engine) {
+    for note in &engine.notes {
+        eprintln!("owrun: {note}");
+    }
+}
 
 /// Said once when a template without a system role got the system prompt in the first user
 /// message.

@@ -7,17 +7,19 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::run::{load_engine, ready_model};
-use super::{print_table, Ctx};
-use crate::cli::{DTypeArg, KldArgs, LoadArgs};
+use super::display::show_notes;
+use super::print_table;
+use crate::cli::KldArgs;
 use crate::engine::quality::{compare, log_probs};
+use crate::engine::DTypeChoice;
 use crate::error::usage;
+use crate::open::{LoadChoices, Opener};
 
 /// A text when none is given: plain English prose, about 300 tokens for most tokenizers, with
 /// the vocabulary of the small story models as well as of larger ones.
 pub const DEFAULT_TEXT: &str = include_str!("../../assets/kld_text.txt");
 
-pub fn run(ctx: &Ctx, args: &KldArgs) -> Result<()> {
+pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
     if args.chunk < 2 {
         return Err(usage("--chunk must be at least 2 tokens"));
     }
@@ -26,16 +28,18 @@ pub fn run(ctx: &Ctx, args: &KldArgs) -> Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => DEFAULT_TEXT.to_string(),
     };
-    let model = ctx.resolve(&args.model)?;
-    let dir = ready_model(ctx, &model, args.accept_license)?;
+    let choices = args.load.choices()?;
+    let model = opener.resolve(&args.model)?;
+    let path = opener.ready(&model, args.accept_license)?;
 
     // The reference: the same weights in f32, on the same device, run first and dropped.
-    let reference_load = LoadArgs {
-        dtype: DTypeArg::F32,
+    let reference_choices = LoadChoices {
+        dtype: DTypeChoice::F32,
         quant: None,
-        ..args.load.clone()
+        ..choices
     };
-    let mut reference = load_engine(ctx, &dir, &reference_load)?;
+    let mut reference = opener.load(&path, &reference_choices)?;
+    show_notes(&reference);
     let tokens = reference.text.encode(&text, true)?;
     if tokens.len() < 2 {
         return Err(usage("the text is too short: it needs at least 2 tokens"));
@@ -44,7 +48,8 @@ pub fn run(ctx: &Ctx, args: &KldArgs) -> Result<()> {
     let want = log_probs(&mut reference.model, &tokens, chunk)?;
     drop(reference);
 
-    let mut test = load_engine(ctx, &dir, &args.load)?;
+    let mut test = opener.load(&path, &choices)?;
+    show_notes(&test);
     let got = log_probs(&mut test.model, &tokens, chunk)?;
     let c = compare(&want, &got, &tokens, chunk);
     let format = match test.quant {

@@ -4,11 +4,12 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::{acceptance_key, licenses_of, print_table, Ctx};
+use super::print_table;
 use crate::cli::LicenseCommand;
 use crate::license::{self, wrap, Acceptances, License};
+use crate::open::{acceptance_key, Opener};
 
-pub fn run(ctx: &Ctx, cmd: LicenseCommand) -> Result<()> {
+pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         LicenseCommand::List { json } => {
@@ -36,9 +37,9 @@ pub fn run(ctx: &Ctx, cmd: LicenseCommand) -> Result<()> {
             let licenses = if license::is_known(&name) {
                 vec![license::lookup(&name)]
             } else {
-                let model = ctx.resolve(&name)?;
-                let snapshot = ctx.local_snapshot(&model);
-                licenses_of(&model, snapshot.as_ref())
+                let model = opener.resolve(&name)?;
+                let snapshot = opener.local_snapshot(&model);
+                opener.licenses(&model, snapshot.as_ref())
             };
             for l in licenses {
                 writeln!(out, "{} ({})", l.name, l.id)?;
@@ -50,11 +51,11 @@ pub fn run(ctx: &Ctx, cmd: LicenseCommand) -> Result<()> {
             }
         }
         LicenseCommand::Accept { model } => {
-            let model_ref = ctx.resolve(&model)?;
-            let snapshot = ctx.local_snapshot(&model_ref);
+            let model_ref = opener.resolve(&model)?;
+            let snapshot = opener.local_snapshot(&model_ref);
             let key = acceptance_key(&model_ref);
-            let mut acceptances = Acceptances::load(&ctx.settings)?;
-            for l in licenses_of(&model_ref, snapshot.as_ref()) {
+            let mut acceptances = Acceptances::load(&opener.settings)?;
+            for l in opener.licenses(&model_ref, snapshot.as_ref()) {
                 eprintln!("{} ({}):\n{}", l.name, l.id, wrap(&l.summary, 78, "  "));
                 if !l.url.is_empty() {
                     eprintln!("  Full terms: {}", l.url);
@@ -68,7 +69,7 @@ pub fn run(ctx: &Ctx, cmd: LicenseCommand) -> Result<()> {
             }
         }
         LicenseCommand::Accepted { json } => {
-            let acceptances = Acceptances::load(&ctx.settings)?;
+            let acceptances = Acceptances::load(&opener.settings)?;
             if json {
                 serde_json::to_writer_pretty(
                     &mut out,

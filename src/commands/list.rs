@@ -5,10 +5,12 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{licenses_of, print_table, variant_sizes, Ctx};
+use super::{print_table, variant_sizes};
 use crate::cli::ListArgs;
+use crate::engine::format::json::read_json;
 use crate::error::usage;
 use crate::license::{self, Commercial, License};
+use crate::open::Opener;
 use crate::registry::{format_params, ModelRef};
 use crate::store::{format_bytes, Snapshot};
 
@@ -41,13 +43,13 @@ enum LicenseFilter {
     Id(String),
 }
 
-fn parse_filter(ctx: &Ctx, f: &str) -> Result<LicenseFilter> {
+fn parse_filter(opener: &Opener, f: &str) -> Result<LicenseFilter> {
     Ok(match f.to_ascii_lowercase().as_str() {
         "commercial" => LicenseFilter::Commercial,
         "noncommercial" | "non-commercial" => LicenseFilter::Noncommercial,
         "osi" => LicenseFilter::Osi,
         id => {
-            let used = ctx
+            let used = opener
                 .registry
                 .iter()
                 .any(|(_, e)| e.license_ids().iter().any(|l| l == id));
@@ -62,16 +64,16 @@ fn parse_filter(ctx: &Ctx, f: &str) -> Result<LicenseFilter> {
     })
 }
 
-pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
+pub fn run(opener: &Opener, args: &ListArgs) -> Result<()> {
     let filter = args
         .license
         .as_deref()
-        .map(|f| parse_filter(ctx, f))
+        .map(|f| parse_filter(opener, f))
         .transpose()?;
-    let store = ctx.store();
+    let store = opener.store();
     let mut rows = Vec::new();
     let mut seen = Vec::new();
-    for (name, entry) in ctx.registry.iter() {
+    for (name, entry) in opener.registry.iter() {
         let model = ModelRef::Registry {
             name: name.clone(),
             entry: entry.clone(),
@@ -79,20 +81,21 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
         };
         if let Some(asset) = entry.builtin.as_deref().and_then(crate::builtin::find) {
             // Shipped in the binary: always there, never in the Hub cache.
-            let snapshot = ctx.local_snapshot(&model);
-            rows.push(make_row(&model, snapshot.as_ref(), asset.size()));
+            let snapshot = opener.local_snapshot(&model);
+            rows.push(make_row(opener, &model, snapshot.as_ref(), asset.size()));
             continue;
         }
         let repo_store = store.repo(&entry.repo);
         let snapshot = repo_store.complete_snapshot(&entry.revision);
         seen.push((entry.repo.clone(), entry.revision.clone()));
         rows.push(make_row(
+            opener,
             &model,
             snapshot.as_ref(),
             repo_store.size_on_disk(),
         ));
     }
-    rows.extend(other_pulled_repos(ctx, &seen));
+    rows.extend(other_pulled_repos(opener, &seen));
 
     rows.retain(|r| {
         let licenses: Vec<License> = r.licenses.iter().map(|id| license::lookup(id)).collect();
@@ -176,8 +179,13 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-fn make_row(model: &ModelRef, snapshot: Option<&Snapshot>, size_on_disk: u64) -> Row {
-    let licenses = licenses_of(model, snapshot);
+fn make_row(
+    opener: &Opener,
+    model: &ModelRef,
+    snapshot: Option<&Snapshot>,
+    size_on_disk: u64,
+) -> Row {
+    let licenses = opener.licenses(model, snapshot);
     let (repo, revision) = model
         .hub_repo()
         .map(|(r, v)| (r.to_string(), v.to_string()))
@@ -227,14 +235,13 @@ fn make_row(model: &ModelRef, snapshot: Option<&Snapshot>, size_on_disk: u64) ->
 }
 
 fn model_type(dir: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("model_type")?.as_str().map(str::to_string)
+    let config = read_json(&dir.join("config.json")).ok()??;
+    config.get("model_type")?.as_str().map(str::to_string)
 }
 
 /// Complete Hub repos in the store that no registry entry names, as `hf:owner/name` rows.
-fn other_pulled_repos(ctx: &Ctx, seen: &[(String, String)]) -> Vec<Row> {
-    let store = ctx.store();
+fn other_pulled_repos(opener: &Opener, seen: &[(String, String)]) -> Vec<Row> {
+    let store = opener.store();
     let Ok(dirs) = std::fs::read_dir(store.root()) else {
         return Vec::new();
     };
@@ -269,7 +276,12 @@ fn other_pulled_repos(ctx: &Ctx, seen: &[(String, String)]) -> Vec<Row> {
                     revision,
                     gguf: None,
                 };
-                rows.push(make_row(&model, Some(&snapshot), repo_store.size_on_disk()));
+                rows.push(make_row(
+                    opener,
+                    &model,
+                    Some(&snapshot),
+                    repo_store.size_on_disk(),
+                ));
             }
         }
     }

@@ -1,70 +1,28 @@
-//! One module per subcommand. They share the [`Ctx`] (settings and registry) and nothing else.
+//! One module per subcommand. Each starts from the [`Opener`] (settings and registry), and the
+//! commands that run models open them through it; they share nothing else but the terminal
+//! rendering of generated text (`display`) and the table printer below.
 
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::engine::quant::Scheme;
-use crate::license::{self, License};
-use crate::registry::{ModelRef, Registry};
+use crate::engine::quantize::Scheme;
+use crate::open::Opener;
+use crate::registry::Registry;
 use crate::settings::Settings;
-use crate::store::{Snapshot, Store};
 
 mod bench;
 mod chat;
 mod display;
+mod input;
 mod kld;
 mod license_cmd;
 mod list;
-pub mod pull;
+mod pull;
 mod quantize;
 mod rm;
 mod run;
 mod serve;
 mod show;
-
-/// What every command starts from.
-pub struct Ctx {
-    pub settings: Settings,
-    pub registry: Registry,
-}
-
-impl Ctx {
-    pub fn store(&self) -> Store {
-        Store::new(self.settings.hub_cache.clone())
-    }
-
-    pub fn resolve(&self, name: &str) -> Result<ModelRef> {
-        crate::registry::resolve(&self.registry, name)
-    }
-
-    /// The folder a model runs from, if it is on disk and complete.
-    pub fn local_snapshot(&self, model: &ModelRef) -> Option<Snapshot> {
-        match model {
-            ModelRef::Local { path } => Some(Snapshot {
-                dir: path.clone(),
-                commit: None,
-            }),
-            ModelRef::Registry { entry, .. } if entry.builtin.is_some() => {
-                let asset = crate::builtin::find(entry.builtin.as_deref()?)?;
-                match asset.folder_in(&self.settings.data_dir) {
-                    Ok(dir) => Some(Snapshot { dir, commit: None }),
-                    Err(e) => {
-                        eprintln!("owrun: {e:#}");
-                        None
-                    }
-                }
-            }
-            _ => {
-                let (repo, revision) = model.hub_repo()?;
-                let repo = self.store().repo(repo);
-                match model.gguf() {
-                    Some(tag) => repo.complete_gguf_snapshot(revision, tag),
-                    None => repo.complete_snapshot(revision),
-                }
-            }
-        }
-    }
-}
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     if let Command::Completions { shell } = cli.command {
@@ -77,7 +35,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     explicit.extend(settings.env_registry());
     explicit.extend(cli.registry.iter().cloned());
     let registry = Registry::load(&settings.user_registry(), &explicit)?;
-    let ctx = Ctx { settings, registry };
+    let ctx = Opener { settings, registry };
     match cli.command {
         Command::List(args) => list::run(&ctx, &args),
         Command::Show(args) => show::run(&ctx, &args),
@@ -92,55 +50,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(&ctx, &args),
         Command::Completions { .. } => unreachable!("handled before the settings load"),
     }
-}
-
-/// The key acceptances of this model are recorded under: its Hub repo, or its directory.
-pub fn acceptance_key(model: &ModelRef) -> String {
-    match model {
-        ModelRef::Local { path } => std::fs::canonicalize(path)
-            .unwrap_or_else(|_| path.clone())
-            .display()
-            .to_string(),
-        _ => model
-            .hub_repo()
-            .map(|(r, _)| r.to_string())
-            .unwrap_or_default(),
-    }
-}
-
-/// The license terms that apply to a model: the registry's ids, plus the license its model card
-/// declares when the card is on disk and says something else. A model with neither is "unknown".
-pub fn licenses_of(model: &ModelRef, snapshot: Option<&Snapshot>) -> Vec<License> {
-    let mut ids: Vec<String> = match model {
-        ModelRef::Registry { entry, .. } => entry.license_ids(),
-        _ => Vec::new(),
-    };
-    if let Some(card_id) = snapshot
-        .and_then(|s| std::fs::read_to_string(s.dir.join("README.md")).ok())
-        .and_then(|text| license::license_from_model_card(&text))
-    {
-        if !ids.contains(&card_id) {
-            ids.push(card_id);
-        }
-    }
-    // A GGUF file says its license in its metadata (general.license), as converters copy it
-    // from the model card.
-    if let Some(id) = snapshot
-        .filter(|s| run::is_gguf(&s.dir))
-        .and_then(|s| crate::engine::gguf::GgufFile::open(&s.dir).ok())
-        .and_then(|g| match g.meta("general.license") {
-            Some(candle_core::quantized::gguf_file::Value::String(l)) => Some(l.to_lowercase()),
-            _ => None,
-        })
-    {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() {
-        ids.push("unknown".into());
-    }
-    ids.iter().map(|id| license::lookup(id)).collect()
 }
 
 /// What the weights take in 16 bits and in each quantization `--quant` offers.

@@ -4,37 +4,38 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::run::{is_gguf, ready_model};
-use super::{licenses_of, Ctx};
 use crate::cli::QuantizeArgs;
-use crate::engine::gguf_write;
+use crate::engine::export;
+use crate::engine::format::gguf::is_gguf_file;
 use crate::error::usage;
+use crate::open::Opener;
 use crate::store::{format_bytes, weight_files};
 
-pub fn run(ctx: &Ctx, args: &QuantizeArgs) -> Result<()> {
+pub fn run(opener: &Opener, args: &QuantizeArgs) -> Result<()> {
     if args.output.exists() && !args.force {
         return Err(usage(format!(
             "{} exists; add --force to replace it",
             args.output.display()
         )));
     }
-    let model = ctx.resolve(&args.model)?;
-    let dir = ready_model(ctx, &model, args.accept_license)?;
-    if is_gguf(&dir) {
+    let model = opener.resolve(&args.model)?;
+    let dir = opener.ready(&model, args.accept_license)?;
+    if is_gguf_file(&dir) {
         return Err(usage(format!(
             "{} is a GGUF file already; owrun quantize reads safetensors models",
             dir.display()
         )));
     }
     let started = Instant::now();
-    let snapshot = ctx.local_snapshot(&model);
-    let licenses: Vec<String> = licenses_of(&model, snapshot.as_ref())
+    let snapshot = opener.local_snapshot(&model);
+    let licenses: Vec<String> = opener
+        .licenses(&model, snapshot.as_ref())
         .into_iter()
         .map(|l| l.id)
         .filter(|id| id != "unknown")
         .collect();
     let license = (!licenses.is_empty()).then(|| licenses.join("+"));
-    let written = gguf_write::write(
+    let written = export::write(
         &dir,
         &weight_files(&dir),
         args.quant,

@@ -2,20 +2,20 @@
 
 use anyhow::{bail, Result};
 
-use super::Ctx;
 use crate::cli::RmArgs;
 use crate::error::usage;
+use crate::open::Opener;
 use crate::registry::ModelRef;
 use crate::store::format_bytes;
 
-pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
-    let model = ctx.resolve(&args.model)?;
+pub fn run(opener: &Opener, args: &RmArgs) -> Result<()> {
+    let model = opener.resolve(&args.model)?;
     let repo = match &model {
         ModelRef::Local { path } => {
             return Err(usage(format!(
                 "{} is a directory of yours: owrun only removes models it pulled into {}",
                 path.display(),
-                ctx.settings.hub_cache.display()
+                opener.settings.hub_cache.display()
             )))
         }
         ModelRef::Registry { entry, .. } if entry.builtin.is_some() => {
@@ -29,7 +29,7 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
             .map(|(r, _)| r.to_string())
             .unwrap_or_default(),
     };
-    let repo_store = ctx.store().repo(&repo);
+    let repo_store = opener.store().repo(&repo);
     if !repo_store.exists() {
         bail!(
             "{} is not pulled (nothing in {})",

@@ -5,16 +5,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::run::{configure_threads, gate_pulled, gguf_or_folder, open_engine};
-use super::{licenses_of, Ctx};
-use crate::cli::{LoadArgs, ServeArgs};
+use crate::cli::ServeArgs;
 use crate::error::{usage, Fatal};
 use crate::license;
+use crate::open::{LoadChoices, Opener};
 use crate::registry::ModelRef;
-use crate::server::models::{Card, Catalog, Models, Opened, Options};
+use crate::server::models::{Card, ModelSource, Models, Opened, Options};
 use crate::server::{ApiError, ServeOptions};
 
-pub fn run(ctx: &Ctx, args: &ServeArgs) -> Result<()> {
+pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     if args.parallel == Some(0) || args.parallel.is_some_and(|p| p > 256) {
         return Err(usage("--parallel must be between 1 and 256"));
     }
@@ -40,27 +39,29 @@ pub fn run(ctx: &Ctx, args: &ServeArgs) -> Result<()> {
                 args.max_body
             ))
         })?;
-    configure_threads(&args.load)?;
-    let catalog = StoreCatalog {
-        ctx: Ctx {
-            settings: ctx.settings.clone(),
-            registry: ctx.registry.clone(),
-        },
-        load: args.load.clone(),
+    let choices = args.load.choices()?;
+    // The kernels' threads, before the server's own threads start.
+    crate::engine::use_threads(choices.threads);
+    let source = StoreSource {
+        opener: opener.clone(),
+        choices,
         named: args.models.clone(),
     };
     // Models named on the command line are checked now, so a typo or a license stops the
     // start with the usual exit code instead of a server that answers 404.
     for name in &args.models {
-        catalog.check(name)?;
+        source.check(name)?;
     }
+    let hooks = opener.settings.test_hooks;
     let models = Models::new(
-        Box::new(catalog),
+        Box::new(source),
         Options {
             parallel: args.parallel,
             queue: args.queue,
             keep_alive,
             max_models: args.max_models,
+            load_delay: hooks.load_delay,
+            step_delay: hooks.step_delay,
         },
     );
     crate::server::serve(
@@ -101,34 +102,26 @@ fn parse_keep_alive(s: &str) -> Result<Option<Duration>> {
 }
 
 /// Models from the registry and the local store, loaded as `run` loads them.
-struct StoreCatalog {
-    ctx: Ctx,
-    load: LoadArgs,
+struct StoreSource {
+    opener: Opener,
+    choices: LoadChoices,
     /// Named on the command line (listed by /v1/models even when they are local paths).
     named: Vec<String>,
 }
 
-impl StoreCatalog {
+impl StoreSource {
     /// Resolve, find on disk and pass the license gate (never asking: a server has no one to
     /// ask).
     fn check(&self, name: &str) -> Result<(ModelRef, std::path::PathBuf)> {
-        let model = self.ctx.resolve(name)?;
-        let Some(snapshot) = self.ctx.local_snapshot(&model) else {
-            return Err(usage(format!(
-                "{} is not pulled: run `owrun pull {}` first (the server never downloads)",
-                model.display_name(),
-                model.display_name()
-            )));
-        };
-        gate_pulled(&self.ctx, &model, &snapshot, false, false)?;
-        let dir = gguf_or_folder(&model, snapshot.dir)?;
-        Ok((model, dir))
+        let model = self.opener.resolve(name)?;
+        let path = self.opener.pulled(&model)?;
+        Ok((model, path))
     }
 }
 
-impl Catalog for StoreCatalog {
+impl ModelSource for StoreSource {
     fn open(&self, name: &str) -> Result<Opened, ApiError> {
-        let (model, dir) = self.check(name).map_err(|e| {
+        let (model, path) = self.check(name).map_err(|e| {
             let message = format!("{e:#}");
             match e.downcast_ref::<Fatal>() {
                 Some(Fatal::LicenseNotAccepted(_)) => {
@@ -140,20 +133,17 @@ impl Catalog for StoreCatalog {
                 _ => ApiError::model_not_found(message),
             }
         })?;
-        let ctx = Ctx {
-            settings: self.ctx.settings.clone(),
-            registry: self.ctx.registry.clone(),
-        };
-        let load = self.load.clone();
+        let opener = self.opener.clone();
+        let choices = self.choices;
         Ok(Opened {
             id: model.display_name(),
-            load: Box::new(move || open_engine(&ctx, &dir, &load)),
+            load: Box::new(move || opener.load(&path, &choices)),
         })
     }
 
     fn cards(&self) -> Vec<Card> {
         let mut models: Vec<ModelRef> = self
-            .ctx
+            .opener
             .registry
             .iter()
             .map(|(name, entry)| ModelRef::Registry {
@@ -163,7 +153,7 @@ impl Catalog for StoreCatalog {
             })
             .collect();
         for name in &self.named {
-            if let Ok(m) = self.ctx.resolve(name) {
+            if let Ok(m) = self.opener.resolve(name) {
                 if !models.iter().any(|x| x.display_name() == m.display_name()) {
                     models.push(m);
                 }
@@ -172,8 +162,8 @@ impl Catalog for StoreCatalog {
         models
             .iter()
             .map(|m| {
-                let snapshot = self.ctx.local_snapshot(m);
-                let licenses = licenses_of(m, snapshot.as_ref());
+                let snapshot = self.opener.local_snapshot(m);
+                let licenses = self.opener.licenses(m, snapshot.as_ref());
                 Card {
                     id: m.display_name(),
                     commercial: serde_json::to_value(license::strictest(&licenses))

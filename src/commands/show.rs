@@ -5,26 +5,27 @@ use std::io::Write;
 use anyhow::Result;
 use serde_json::json;
 
-use super::{acceptance_key, licenses_of, variant_sizes, Ctx};
+use super::variant_sizes;
 use crate::cli::ShowArgs;
 use crate::license::{wrap, Acceptances, License};
+use crate::open::{acceptance_key, Opener};
 use crate::registry::{format_params, ModelRef};
 use crate::store::format_bytes;
 
-pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
-    let model = ctx.resolve(&args.model)?;
-    let repo_store = model.hub_repo().map(|(r, _)| ctx.store().repo(r));
+pub fn run(opener: &Opener, args: &ShowArgs) -> Result<()> {
+    let model = opener.resolve(&args.model)?;
+    let repo_store = model.hub_repo().map(|(r, _)| opener.store().repo(r));
     // A partial snapshot is shown too (with what is missing); the license card may be in it.
     let builtin = matches!(&model, ModelRef::Registry { entry, .. } if entry.builtin.is_some());
     let snapshot = match &model {
-        ModelRef::Local { .. } => ctx.local_snapshot(&model),
-        _ if builtin => ctx.local_snapshot(&model),
+        ModelRef::Local { .. } => opener.local_snapshot(&model),
+        _ if builtin => opener.local_snapshot(&model),
         _ => model
             .hub_repo()
-            .and_then(|(r, rev)| ctx.store().repo(r).snapshot(rev)),
+            .and_then(|(r, rev)| opener.store().repo(r).snapshot(rev)),
     };
-    let licenses = licenses_of(&model, snapshot.as_ref());
-    let acceptances = Acceptances::load(&ctx.settings)?;
+    let licenses = opener.licenses(&model, snapshot.as_ref());
+    let acceptances = Acceptances::load(&opener.settings)?;
     let key = acceptance_key(&model);
     let accepted = |l: &License| acceptances.find(&l.id, &key).map(|a| a.date.clone());
 
@@ -81,7 +82,7 @@ pub fn run(ctx: &Ctx, args: &ShowArgs) -> Result<()> {
             writeln!(
                 out,
                 "repo:         {repo}  ({}/{repo})",
-                ctx.settings.endpoint
+                opener.settings.endpoint
             )?;
             writeln!(out, "revision:     {revision}")?;
         }

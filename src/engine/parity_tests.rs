@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::generate::{generate, GenerateParams};
+use super::generate::decoding::{generate, GenerateParams};
+use super::generate::sampler::{argmax, Sampler, SamplingParams};
 use super::model::SeqId;
-use super::sampler::{argmax, Sampler, SamplingParams};
-use super::template::Message;
+use super::text::template::Message;
 use super::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
 
 fn fixtures() -> Vec<PathBuf> {
@@ -35,6 +35,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
     let opts = LoadOptions {
+        threads: None,
         device: DeviceChoice::Cpu,
         dtype,
         quant: None,
@@ -234,9 +235,10 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
         let opts = LoadOptions {
+            threads: None,
             device: DeviceChoice::Cpu,
             dtype: DTypeChoice::Auto,
-            quant: Some(super::quant::Scheme::Q8_0),
+            quant: Some(super::quantize::Scheme::Q8_0),
             quant_cache: None,
             memory_available: None,
         };

@@ -6,8 +6,8 @@
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
+use super::generate::sampler::argmax;
 use super::model::Model;
-use super::sampler::argmax;
 
 /// Log-probabilities after every token of `tokens` (row i: the distribution of token i + 1),
 /// fed in chunks of `chunk` tokens, each chunk a fresh sequence.

@@ -34,10 +34,10 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::engine::constrain::JsonConstraint;
+use crate::engine::generate::constrain::JsonConstraint;
 pub use error::ApiError;
 use models::{Models, Served};
-use openai::{Common, Kind, PromptInput, Reply};
+use openai::{Common, Endpoint, PromptInput, Reply};
 use scheduler::{Event, Job, Refused};
 
 pub struct ServeOptions {
@@ -219,17 +219,6 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     next.run(req).await
 }
 
-/// A pause the tests set (OWRUN_TEST_STEP_DELAY_MS per scheduler step, OWRUN_TEST_LOAD_DELAY_MS
-/// per model load) to make a tiny model slow enough to watch a busy slot, a full queue or a
-/// loading model; unset, nothing waits.
-pub(crate) fn test_delay(var: &str) -> Option<Duration> {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map(Duration::from_millis)
-}
-
 /// `localhost`, `127.0.0.1` (any 127.x), `[::1]`, each with or without a port.
 fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -346,8 +335,8 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
         let constraint = req.tools.as_ref().and_then(|t| t.constraint(syntax));
-        let request = Generation {
-            kind: Kind::Chat,
+        let request = ModelRequest {
+            kind: Endpoint::Chat,
             common: req.common,
             prompt: prompt.tokens,
             opens_thinking: prompt.opens_thinking,
@@ -383,8 +372,8 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
                     .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?
             }
         };
-        let request = Generation {
-            kind: Kind::Completion,
+        let request = ModelRequest {
+            kind: Endpoint::Completion,
             common: req.common,
             prompt: tokens,
             opens_thinking: false,
@@ -398,8 +387,8 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
 }
 
 /// A request ready for the model.
-struct Generation {
-    kind: Kind,
+struct ModelRequest {
+    kind: Endpoint,
     common: Common,
     prompt: Vec<u32>,
     /// The template left the model inside `<think>`.
@@ -411,8 +400,8 @@ struct Generation {
 }
 
 /// Queue the request's choices and answer: a stream of chunks, or the whole object.
-async fn generate(served: &Served, request: Generation) -> Result<Response, ApiError> {
-    let Generation {
+async fn generate(served: &Served, request: ModelRequest) -> Result<Response, ApiError> {
+    let ModelRequest {
         kind,
         common,
         prompt,
@@ -426,8 +415,8 @@ async fn generate(served: &Served, request: Generation) -> Result<Response, ApiE
     }
     if prompt.len() >= served.context {
         let what = match kind {
-            Kind::Chat => "messages",
-            Kind::Completion => "prompt",
+            Endpoint::Chat => "messages",
+            Endpoint::Completion => "prompt",
         };
         return Err(ApiError::invalid(
             what,
@@ -457,7 +446,7 @@ async fn generate(served: &Served, request: Generation) -> Result<Response, ApiE
         let job = Job {
             index,
             prompt: prompt.clone(),
-            sampling: common.sampling(&served.text.sampling, index),
+            sampling: common.sampling(&served.sampling, index),
             max_tokens: common.max_tokens,
             stop: common.stop.clone(),
             logprobs: common.logprobs,

@@ -10,8 +10,10 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
 
 use super::error::ApiError;
-use super::scheduler::Scheduler;
-use crate::engine::{Engine, Text};
+use super::scheduler::{Capacity, Scheduler};
+use crate::engine::generate::sampler::SamplingParams;
+use crate::engine::text::Text;
+use crate::engine::Engine;
 
 /// A model a request named, resolved and allowed by its license, not yet loaded.
 pub struct Opened {
@@ -33,7 +35,7 @@ pub struct Card {
 
 /// Where models come from: the registry, the store and the license gate (the front end's
 /// business; the server only asks).
-pub trait Catalog: Send + Sync {
+pub trait ModelSource: Send + Sync {
     /// Resolve `name`, check it is on disk and that its license lets it be served.
     fn open(&self, name: &str) -> Result<Opened, ApiError>;
     /// Every model a client may name.
@@ -48,12 +50,17 @@ pub struct Options {
     /// None: kept until the server stops.
     pub keep_alive: Option<Duration>,
     pub max_models: usize,
+    /// Test hooks: a pause before each load, and before each batched step.
+    pub load_delay: Option<Duration>,
+    pub step_delay: Option<Duration>,
 }
 
 /// A loaded model.
 pub struct Served {
     pub id: String,
     pub text: Arc<Text>,
+    /// The model's sampling defaults, under each request's fields.
+    pub sampling: SamplingParams,
     pub context: usize,
     pub scheduler: Scheduler,
     /// Named on the command line: never unloaded.
@@ -63,7 +70,7 @@ pub struct Served {
 type Cell = Arc<OnceCell<Arc<Served>>>;
 
 pub struct Models {
-    catalog: Box<dyn Catalog>,
+    source: Box<dyn ModelSource>,
     options: Options,
     loaded: Mutex<HashMap<String, (Cell, bool)>>,
     /// The names requests used for each loaded model (resolving a name reads the registry, the
@@ -74,9 +81,9 @@ pub struct Models {
 }
 
 impl Models {
-    pub fn new(catalog: Box<dyn Catalog>, options: Options) -> Self {
+    pub fn new(source: Box<dyn ModelSource>, options: Options) -> Self {
         Models {
-            catalog,
+            source,
             options,
             loaded: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
@@ -86,7 +93,7 @@ impl Models {
     }
 
     pub fn cards(&self) -> Vec<Card> {
-        self.catalog.cards()
+        self.source.cards()
     }
 
     /// Models being loaded now (the health check answers 503 while there are any).
@@ -115,7 +122,7 @@ impl Models {
                 return Ok(served.clone());
             }
         }
-        let opened = self.catalog.open(name)?;
+        let opened = self.source.open(name)?;
         let id = opened.id.clone();
         let cell = {
             let mut map = self.loaded.lock().await;
@@ -144,7 +151,7 @@ impl Models {
         self.make_room(&opened.id).await?;
         self.loading.fetch_add(1, Ordering::SeqCst);
         let id = opened.id.clone();
-        let delay = super::test_delay("OWRUN_TEST_LOAD_DELAY_MS");
+        let delay = self.options.load_delay;
         let loaded = tokio::task::spawn_blocking(move || {
             if let Some(d) = delay {
                 std::thread::sleep(d);
@@ -172,6 +179,7 @@ impl Models {
         let Engine {
             model,
             text,
+            sampling,
             config,
             ..
         } = engine;
@@ -182,11 +190,15 @@ impl Models {
             scheduler: Scheduler::start(
                 model,
                 text.clone(),
-                slots,
-                self.options.queue,
+                Capacity {
+                    slots,
+                    queue: self.options.queue,
+                },
                 self.stop.clone(),
+                self.options.step_delay,
             ),
             text,
+            sampling,
             pinned,
         }))
     }

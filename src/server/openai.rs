@@ -7,11 +7,11 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::scheduler::{Event, TokenLogprobs};
 use super::tools::{parse_calls, Call, Syntax, Tools};
-use crate::engine::constrain::Schema;
-use crate::engine::generate::Finish;
-use crate::engine::reasoning::{Piece, Splitter};
-use crate::engine::sampler::{Overrides, SamplingParams};
-use crate::engine::template::Message;
+use crate::engine::generate::constrain::Schema;
+use crate::engine::generate::decoding::Finish;
+use crate::engine::generate::sampler::{Overrides, SamplingParams};
+use crate::engine::text::reasoning::{Piece, Splitter};
+use crate::engine::text::template::Message;
 
 /// Most choices one request may ask for.
 pub const MAX_N: usize = 16;
@@ -410,8 +410,9 @@ pub fn parse_completion(body: &Value) -> Result<CompletionRequest, ApiError> {
     Ok(CompletionRequest { common, prompt })
 }
 
+/// Which API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
+pub enum Endpoint {
     Chat,
     Completion,
 }
@@ -436,8 +437,9 @@ enum Calls {
     Made(Vec<Call>),
 }
 
+/// One choice of a reply (of `n`), as its events arrive.
 #[derive(Default)]
-struct Choice {
+struct ChoiceState {
     role_sent: bool,
     splitter: Option<Splitter>,
     content: String,
@@ -451,7 +453,7 @@ struct Choice {
     completion_tokens: usize,
 }
 
-impl Choice {
+impl ChoiceState {
     fn finish_reason(&self) -> Option<&'static str> {
         match (&self.calls, self.finish) {
             (Calls::Made(_), Some(_)) => Some("tool_calls"),
@@ -463,7 +465,7 @@ impl Choice {
 /// One request's answer, built from its choices' events: chunks while streaming, the whole
 /// object at the end otherwise.
 pub struct Reply {
-    kind: Kind,
+    kind: Endpoint,
     id: String,
     created: u64,
     model: String,
@@ -471,22 +473,22 @@ pub struct Reply {
     logprobs: bool,
     /// Tools were offered: calls in this syntax are parsed out of the answers.
     tools: Option<Syntax>,
-    choices: Vec<Choice>,
+    choices: Vec<ChoiceState>,
     prompt_tokens: usize,
     cached_tokens: usize,
 }
 
 impl Reply {
     pub fn new(
-        kind: Kind,
+        kind: Endpoint,
         model: &str,
         opens_thinking: bool,
         common: &Common,
         tools: Option<Syntax>,
     ) -> Self {
         let prefix = match kind {
-            Kind::Chat => "chatcmpl",
-            Kind::Completion => "cmpl",
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completion => "cmpl",
         };
         Reply {
             kind,
@@ -500,14 +502,14 @@ impl Reply {
             logprobs: common.logprobs.is_some(),
             tools,
             choices: (0..common.n)
-                .map(|_| Choice {
-                    splitter: (kind == Kind::Chat).then(|| Splitter::new(opens_thinking)),
+                .map(|_| ChoiceState {
+                    splitter: (kind == Endpoint::Chat).then(|| Splitter::new(opens_thinking)),
                     calls: if tools.is_some() {
                         Calls::Holding(String::new())
                     } else {
                         Calls::Plain
                     },
-                    ..Choice::default()
+                    ..ChoiceState::default()
                 })
                 .collect(),
             prompt_tokens: 0,
@@ -528,7 +530,7 @@ impl Reply {
         let mut deltas = Vec::new();
         match event {
             Event::Started { cached_tokens } => {
-                if kind == Kind::Chat && !choice.role_sent {
+                if kind == Endpoint::Chat && !choice.role_sent {
                     choice.role_sent = true;
                     deltas.push(json!({"role": "assistant", "content": ""}));
                 }
@@ -588,7 +590,7 @@ impl Reply {
 
     fn logprobs_json(&self, lps: &[TokenLogprobs], offsets: &[usize]) -> Value {
         match self.kind {
-            Kind::Chat => json!({"content": lps.iter().map(|l| json!({
+            Endpoint::Chat => json!({"content": lps.iter().map(|l| json!({
                 "token": l.chosen.token,
                 "logprob": l.chosen.logprob,
                 "bytes": l.chosen.token.as_bytes(),
@@ -596,7 +598,7 @@ impl Reply {
                     "token": c.token, "logprob": c.logprob, "bytes": c.token.as_bytes(),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>()}),
-            Kind::Completion => json!({
+            Endpoint::Completion => json!({
                 "tokens": lps.iter().map(|l| &l.chosen.token).collect::<Vec<_>>(),
                 "token_logprobs": lps.iter().map(|l| l.chosen.logprob).collect::<Vec<_>>(),
                 "top_logprobs": lps.iter().map(|l| l.top.iter()
@@ -618,8 +620,8 @@ impl Reply {
         let mut deltas = deltas;
         if deltas.is_empty() && (logprobs.is_some() || finish.is_some()) {
             deltas.push(match self.kind {
-                Kind::Chat => json!({}),
-                Kind::Completion => json!({"text": ""}),
+                Endpoint::Chat => json!({}),
+                Endpoint::Completion => json!({"text": ""}),
             });
         }
         let n = deltas.len();
@@ -629,13 +631,13 @@ impl Reply {
             .map(|(i, delta)| {
                 let lp = if i + 1 == n { logprobs.clone() } else { None };
                 let choice = match self.kind {
-                    Kind::Chat => json!({
+                    Endpoint::Chat => json!({
                         "index": index,
                         "delta": delta,
                         "logprobs": lp,
                         "finish_reason": finish,
                     }),
-                    Kind::Completion => json!({
+                    Endpoint::Completion => json!({
                         "index": index,
                         "text": delta["text"],
                         "logprobs": lp,
@@ -651,8 +653,8 @@ impl Reply {
         let mut c = json!({
             "id": self.id,
             "object": match self.kind {
-                Kind::Chat => "chat.completion.chunk",
-                Kind::Completion => "text_completion",
+                Endpoint::Chat => "chat.completion.chunk",
+                Endpoint::Completion => "text_completion",
             },
             "created": self.created,
             "model": self.model,
@@ -696,7 +698,7 @@ impl Reply {
                     .then(|| self.logprobs_json(&c.logprobs, &c.offsets));
                 let finish = c.finish_reason();
                 match self.kind {
-                    Kind::Chat => {
+                    Endpoint::Chat => {
                         let mut message = json!({"role": "assistant", "content": c.content});
                         if c.reasoning_seen {
                             message["reasoning_content"] = json!(c.reasoning.trim());
@@ -715,7 +717,7 @@ impl Reply {
                         }
                         json!({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
                     }
-                    Kind::Completion => {
+                    Endpoint::Completion => {
                         json!({"index": i, "text": c.content, "logprobs": lp, "finish_reason": finish})
                     }
                 }
@@ -724,8 +726,8 @@ impl Reply {
         json!({
             "id": self.id,
             "object": match self.kind {
-                Kind::Chat => "chat.completion",
-                Kind::Completion => "text_completion",
+                Endpoint::Chat => "chat.completion",
+                Endpoint::Completion => "text_completion",
             },
             "created": self.created,
             "model": self.model,
@@ -737,12 +739,17 @@ impl Reply {
 }
 
 /// The text of a token as deltas: through the reasoning splitter for chat.
-fn text_deltas(kind: Kind, tools: Option<Syntax>, choice: &mut Choice, text: &str) -> Vec<Value> {
+fn text_deltas(
+    kind: Endpoint,
+    tools: Option<Syntax>,
+    choice: &mut ChoiceState,
+    text: &str,
+) -> Vec<Value> {
     if text.is_empty() {
         return Vec::new();
     }
     match (kind, choice.splitter.as_mut()) {
-        (Kind::Chat, Some(s)) => {
+        (Endpoint::Chat, Some(s)) => {
             let pieces = s.feed(text);
             pieces
                 .into_iter()
@@ -756,7 +763,7 @@ fn text_deltas(kind: Kind, tools: Option<Syntax>, choice: &mut Choice, text: &st
     }
 }
 
-fn piece_delta(tools: Option<Syntax>, choice: &mut Choice, piece: Piece) -> Option<Value> {
+fn piece_delta(tools: Option<Syntax>, choice: &mut ChoiceState, piece: Piece) -> Option<Value> {
     match piece {
         Piece::Answer(t) if !t.is_empty() => {
             // While the answer could be a tool call, hold it back.
@@ -781,7 +788,7 @@ fn piece_delta(tools: Option<Syntax>, choice: &mut Choice, piece: Piece) -> Opti
     }
 }
 
-fn answer_delta(choice: &mut Choice, text: String) -> Option<Value> {
+fn answer_delta(choice: &mut ChoiceState, text: String) -> Option<Value> {
     if text.is_empty() {
         return None;
     }

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::constrain::JsonConstraint;
-use crate::engine::generate::{Decoding, Finish};
+use crate::engine::generate::constrain::JsonConstraint;
+use crate::engine::generate::decoding::{Decoding, Finish};
+use crate::engine::generate::sampler::{Sampler, SamplingParams};
+use crate::engine::generate::session::CachedSequence;
 use crate::engine::model::{Model, SeqId};
-use crate::engine::sampler::{Sampler, SamplingParams};
-use crate::engine::Text;
+use crate::engine::text::Text;
 
 /// Most prompt tokens one sequence feeds per step: a long prompt does not stall the others'
 /// decoding for its whole prefill.
@@ -83,6 +84,14 @@ pub struct Scheduler {
     pub slots: usize,
 }
 
+/// How many jobs a model takes at once.
+pub struct Capacity {
+    /// Sequences generating together.
+    pub slots: usize,
+    /// Jobs waiting beyond them.
+    pub queue: usize,
+}
+
 /// Why a job was not queued.
 pub enum Refused {
     QueueFull,
@@ -91,15 +100,17 @@ pub enum Refused {
 }
 
 impl Scheduler {
-    /// Start the model's thread with `slots` sequences and room for `queue` waiting jobs. It
-    /// ends when the scheduler is dropped and its jobs are done, or at once when `stop` is set.
+    /// Start the model's thread with `capacity.slots` sequences and room for `capacity.queue`
+    /// waiting jobs. It ends when the scheduler is dropped and its jobs are done, or at once when
+    /// `stop` is set. `step_delay`: a test hook, a pause before each batched step.
     pub fn start(
         model: Model,
         text: Arc<Text>,
-        slots: usize,
-        queue: usize,
+        capacity: Capacity,
         stop: Arc<AtomicBool>,
+        step_delay: Option<Duration>,
     ) -> Scheduler {
+        let Capacity { slots, queue } = capacity;
         let (jobs, rx) = sync_channel(queue);
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
@@ -111,6 +122,7 @@ impl Scheduler {
             text,
             shared: shared.clone(),
             stop,
+            step_delay,
         };
         std::thread::Builder::new()
             .name("owrun-model".into())
@@ -169,12 +181,11 @@ struct Worker {
     text: Arc<Text>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+    step_delay: Option<Duration>,
 }
 
 struct Slot<'t> {
-    seq: SeqId,
-    /// The tokens the sequence's cache holds.
-    cached: Vec<u32>,
+    cache: CachedSequence,
     busy: Option<Busy<'t>>,
 }
 
@@ -205,11 +216,10 @@ impl Busy<'_> {
 impl Worker {
     fn run(mut self, jobs: Receiver<Job>, slots: usize) {
         let text = self.text.clone();
-        let step_delay = super::test_delay("OWRUN_TEST_STEP_DELAY_MS");
+        let step_delay = self.step_delay;
         let mut slots: Vec<Slot> = (0..slots)
             .map(|_| Slot {
-                seq: self.model.new_sequence(),
-                cached: Vec::new(),
+                cache: CachedSequence::new(&mut self.model),
                 busy: None,
             })
             .collect();
@@ -266,26 +276,16 @@ impl Worker {
 
     /// Put `job` in the free slot whose cache shares the longest prefix with its prompt.
     fn admit<'t>(&mut self, slots: &mut [Slot<'t>], job: Job, text: &'t Text) {
-        let shared_with = |s: &Slot| {
-            s.cached
-                .iter()
-                .zip(&job.prompt)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
         let Some(slot) = slots
             .iter_mut()
             .filter(|s| s.busy.is_none())
-            .max_by_key(|s| shared_with(s))
+            .max_by_key(|s| s.cache.shared_prefix(&job.prompt))
         else {
             return;
         };
-        // At least one prompt token is fed, for the logits of the first new token.
-        let reuse = shared_with(slot).min(job.prompt.len().saturating_sub(1));
-        if self.model.truncate(slot.seq, reuse).is_err() {
+        let Ok(reuse) = slot.cache.reuse_for(&mut self.model, &job.prompt) else {
             return;
-        }
-        slot.cached.truncate(reuse);
+        };
         let room = self.model.context().saturating_sub(job.prompt.len());
         let limit = job.max_tokens.map_or(room, |m| m.min(room));
         let mut decoding = Decoding::new(
@@ -328,7 +328,7 @@ impl Worker {
             .iter()
             .map(|&(i, n)| {
                 let b = slots[i].busy.as_ref().expect("busy");
-                (slots[i].seq, &b.pending[..n])
+                (slots[i].cache.seq(), &b.pending[..n])
             })
             .collect();
         let model = &mut self.model;
@@ -348,7 +348,8 @@ impl Worker {
         for ((i, n), mut logits) in feeds.into_iter().zip(logits) {
             let slot = &mut slots[i];
             let busy = slot.busy.as_mut().expect("busy");
-            slot.cached.extend(busy.pending.drain(..n));
+            slot.cache.extend(&busy.pending[..n]);
+            busy.pending.drain(..n);
             if !busy.pending.is_empty() {
                 continue;
             }
@@ -436,8 +437,7 @@ impl Worker {
                 b.send(Event::Failed(why.to_string()));
                 self.release(slot);
             }
-            let _ = self.model.truncate(slot.seq, 0);
-            slot.cached.clear();
+            let _ = slot.cache.clear(&mut self.model);
         }
     }
 }

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use crate::engine::constrain::{JsonConstraint, Schema};
-use crate::engine::template::Message;
+use crate::engine::generate::constrain::{JsonConstraint, Schema};
+use crate::engine::text::template::Message;
 
 /// How a model family writes tool calls (read from its chat template).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,7 +59,7 @@ pub struct Tool {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Choice {
+pub enum ToolChoice {
     /// The model may call tools or answer.
     Auto,
     /// Tools are not offered.
@@ -75,7 +75,7 @@ pub enum Choice {
 pub struct Tools {
     pub raw: Value,
     pub tools: Vec<Tool>,
-    pub choice: Choice,
+    pub choice: ToolChoice,
 }
 
 /// `tools` and `tool_choice` from a request (None: no tools, or `tool_choice: none`).
@@ -123,11 +123,11 @@ pub fn parse(tools: Option<&Value>, choice: Option<&Value>) -> Result<Option<Too
         });
     }
     let choice = match choice {
-        None => Choice::Auto,
+        None => ToolChoice::Auto,
         Some(Value::String(s)) => match s.as_str() {
-            "auto" => Choice::Auto,
-            "none" => Choice::None,
-            "required" => Choice::Required,
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
             other => {
                 return Err(ApiError::invalid(
                     "tool_choice",
@@ -152,10 +152,10 @@ pub fn parse(tools: Option<&Value>, choice: Option<&Value>) -> Result<Option<Too
                     format!("tool_choice names {name:?}, which is not among the tools"),
                 ));
             }
-            Choice::Function(name.to_string())
+            ToolChoice::Function(name.to_string())
         }
     };
-    if parsed.is_empty() || choice == Choice::None {
+    if parsed.is_empty() || choice == ToolChoice::None {
         return Ok(None);
     }
     Ok(Some(Tools {
@@ -191,9 +191,9 @@ impl Tools {
     /// its arguments held to the function's schema when the function is known. None for auto.
     pub fn constraint(&self, syntax: Syntax) -> Option<JsonConstraint> {
         let names: Vec<&Tool> = match &self.choice {
-            Choice::Auto | Choice::None => return None,
-            Choice::Required => self.tools.iter().collect(),
-            Choice::Function(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
+            ToolChoice::Auto | ToolChoice::None => return None,
+            ToolChoice::Required => self.tools.iter().collect(),
+            ToolChoice::Function(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
         };
         // Each function's arguments held to its own schema, chosen by the name written first.
         let arguments = Schema::ByName(
@@ -343,7 +343,7 @@ mod tests {
         let t = parse(Some(&tools), Some(&json!("required")))
             .unwrap()
             .unwrap();
-        assert_eq!(t.choice, Choice::Required);
+        assert_eq!(t.choice, ToolChoice::Required);
         assert!(parse(Some(&tools), Some(&json!("none"))).unwrap().is_none());
         let e = parse(
             Some(&tools),

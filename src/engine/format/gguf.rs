@@ -6,15 +6,25 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
+
+/// A metadata value, as the GGUF file types it.
+pub use candle_core::quantized::gguf_file::Value as MetaValue;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use serde_json::{json, Map, Value};
 
-use super::linear::Matrix;
+use super::config::DEFAULT_CONTEXT;
+
+/// Whether `path` names a GGUF file (rather than a model folder).
+pub fn is_gguf_file(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
 
 pub struct GgufFile {
     pub path: PathBuf,
@@ -152,7 +162,9 @@ impl GgufFile {
         );
         c.insert(
             "max_position_embeddings".into(),
-            json!(self.num("context_length").unwrap_or(4096.0) as u64),
+            json!(self
+                .num("context_length")
+                .map_or(DEFAULT_CONTEXT as u64, |c| c as u64)),
         );
         if let Some(w) = self.num("attention.sliding_window").filter(|&w| w > 0.0) {
             c.insert("sliding_window".into(), json!(w as u64));
@@ -407,17 +419,50 @@ impl GgufFile {
     }
 }
 
-/// Shard `k` of `count` beside `first` ("...-00001-of-00003.gguf" → "...-0000k-of-00003.gguf").
+/// Shard `k` of `count` beside `first`, which must be shard 1 of `count`.
 fn shard_path(first: &Path, k: usize, count: usize) -> Option<PathBuf> {
-    let name = first.file_name()?.to_str()?;
-    let stem = name.strip_suffix(".gguf")?;
-    let (head, total) = stem.rsplit_once("-of-")?;
-    let (prefix, one) = head.rsplit_once('-')?;
-    if total.parse::<usize>().ok()? != count || one.parse::<usize>().ok()? != 1 {
-        return None;
+    let split = SplitName::parse(first.file_name()?.to_str()?)?;
+    (split.index == 1 && split.count == count).then(|| first.with_file_name(split.shard(k)))
+}
+
+/// The name of one file of a split GGUF model, as gguf-split writes it:
+/// `<prefix>-<index>-of-<count>.gguf`, both numbers zero-padded to one width
+/// (`model-Q4_K_M-00001-of-00003.gguf`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SplitName<'a> {
+    pub prefix: &'a str,
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+    /// The index's digits (their width) and the count as written.
+    width: usize,
+    count_text: &'a str,
+}
+
+impl<'a> SplitName<'a> {
+    /// None for a name that is not a shard's (an unsplit file).
+    pub fn parse(name: &'a str) -> Option<SplitName<'a>> {
+        let stem = name.strip_suffix(".gguf")?;
+        let (head, count) = stem.rsplit_once("-of-")?;
+        let (prefix, index) = head.rsplit_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(index) || !digits(count) {
+            return None;
+        }
+        Some(SplitName {
+            prefix,
+            index: index.parse().ok()?,
+            count: count.parse().ok()?,
+            width: index.len(),
+            count_text: count,
+        })
     }
-    let width = one.len();
-    Some(first.with_file_name(format!("{prefix}-{k:0width$}-of-{total}.gguf")))
+
+    /// The name of shard `k` of the same file.
+    pub fn shard(&self, k: usize) -> String {
+        let (prefix, count, width) = (self.prefix, self.count_text, self.width);
+        format!("{prefix}-{k:0width$}-of-{count}.gguf")
+    }
 }
 
 struct Located {
@@ -484,24 +529,23 @@ fn permute_rows(bytes: &[u8], rows: usize, heads: usize, forward: bool) -> Resul
     Ok(out)
 }
 
-/// A GGUF tensor as a matrix: dense in its float type, or quantized.
-pub fn matrix(q: QTensor, device: &Device) -> Result<Matrix> {
-    let dtype = match q.dtype() {
-        GgmlDType::F32 => DType::F32,
-        GgmlDType::F16 => DType::F16,
-        GgmlDType::BF16 => DType::BF16,
-        _ => return Ok(Matrix::Quantized(Arc::new(q))),
-    };
-    let dims = q.shape().dims().to_vec();
-    let bytes = q.data()?;
-    Ok(Matrix::Dense(Tensor::from_raw_buffer(
-        &bytes, dtype, &dims, device,
-    )?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_names_parse_and_name_their_shards() {
+        let s = SplitName::parse("m-Q4_K_M-00001-of-00003.gguf").unwrap();
+        assert_eq!((s.prefix, s.index, s.count), ("m-Q4_K_M", 1, 3));
+        assert_eq!(s.shard(2), "m-Q4_K_M-00002-of-00003.gguf");
+        assert_eq!(SplitName::parse("m-Q4_K_M.gguf"), None);
+        assert_eq!(SplitName::parse("m-x-of-3.gguf"), None);
+        assert_eq!(
+            shard_path(Path::new("/d/a-1-of-2.gguf"), 2, 2),
+            Some(PathBuf::from("/d/a-2-of-2.gguf"))
+        );
+        assert_eq!(shard_path(Path::new("/d/a-2-of-2.gguf"), 2, 2), None);
+    }
 
     #[test]
     fn the_row_permutation_round_trips_and_matches_the_converter() {

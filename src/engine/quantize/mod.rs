@@ -1,10 +1,14 @@
 //! Quantized weights: which GGML type each matrix gets under a scheme (llama.cpp's names and
-//! choices), and quantizing a matrix with every core.
+//! choices), quantizing a matrix with every core, and the cache that keeps the result between
+//! loads ([`cache`]).
 //!
-//! The block formats and their matmul kernels are candle's (`candle_core::quantized`); what is
-//! here is the policy llama-quantize applies: K-quant mixes that give the most sensitive
-//! matrices more bits, and a fallback type for rows that do not fill whole blocks (never an
-//! error).
+//! The block formats are GGML's, quantized by candle (`candle_core::quantized`); what is here is
+//! the policy llama-quantize applies: K-quant mixes that give the most sensitive matrices more
+//! bits, and a fallback type for rows that do not fill whole blocks (never an error). It knows
+//! nothing of the decoder: the model's loader asks it for one matrix at a time, by [`Role`]. It
+//! imports nothing from the engine.
+
+pub mod cache;
 
 use std::sync::Arc;
 
@@ -178,101 +182,6 @@ pub fn quantize(w: &Tensor, ty: GgmlDType, device: &Device) -> Result<Arc<QTenso
     ))
 }
 
-/// Quantized matrices kept in a GGUF file beside the model, so the second load of a model under
-/// a scheme reads them instead of quantizing again. The file is valid as a whole: its
-/// `owrun.stamp` names the scheme and the source files' names and sizes; a file with another
-/// stamp (or none, or unreadable) is replaced.
-pub struct QuantCache {
-    path: Option<std::path::PathBuf>,
-    stamp: String,
-    file: Option<(candle_core::quantized::gguf_file::Content, std::fs::File)>,
-    /// Every matrix of this load, in load order, for rewriting the file.
-    all: Vec<(String, Arc<QTensor>)>,
-    /// Some matrix was quantized in this load (the file must be written).
-    dirty: bool,
-}
-
-const STAMP_KEY: &str = "owrun.stamp";
-
-impl QuantCache {
-    pub fn open(path: Option<std::path::PathBuf>, stamp: String) -> QuantCache {
-        let file = path.as_ref().and_then(|p| {
-            let mut f = std::fs::File::open(p).ok()?;
-            let content = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
-            let theirs = content.metadata.get(STAMP_KEY)?.to_string().ok()?.clone();
-            (theirs == stamp).then_some((content, f))
-        });
-        QuantCache {
-            path,
-            stamp,
-            file,
-            all: Vec::new(),
-            dirty: false,
-        }
-    }
-
-    /// Whether the cache file is there and matches.
-    pub fn hit(&self) -> bool {
-        self.file.is_some()
-    }
-
-    /// The matrix `name` of type `ty` and shape `shape` from the file, if it holds it.
-    pub fn get(
-        &mut self,
-        name: &str,
-        ty: GgmlDType,
-        shape: &[usize],
-        device: &Device,
-    ) -> Option<Arc<QTensor>> {
-        let (content, f) = self.file.as_mut()?;
-        let info = content.tensor_infos.get(name)?;
-        if info.ggml_dtype != ty || info.shape.dims() != shape {
-            return None;
-        }
-        let q = Arc::new(content.tensor(f, name, device).ok()?);
-        self.all.push((name.to_string(), q.clone()));
-        Some(q)
-    }
-
-    pub fn add(&mut self, name: &str, q: Arc<QTensor>) {
-        self.all.push((name.to_string(), q));
-        self.dirty = true;
-    }
-
-    /// Write the file when this load quantized anything (to a temporary name, then renamed).
-    /// Returns where it was written.
-    pub fn save(self) -> Result<Option<std::path::PathBuf>> {
-        let Some(path) = self.path.filter(|_| self.dirty) else {
-            return Ok(None);
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let write = || -> Result<()> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            let stamp = candle_core::quantized::gguf_file::Value::String(self.stamp.clone());
-            let tensors: Vec<(&str, &QTensor)> = self
-                .all
-                .iter()
-                .map(|(n, q)| (n.as_str(), q.as_ref()))
-                .collect();
-            candle_core::quantized::gguf_file::write(&mut out, &[(STAMP_KEY, &stamp)], &tensors)?;
-            std::io::Write::flush(&mut out)?;
-            out.get_ref().sync_all()?;
-            Ok(())
-        };
-        match write().and_then(|()| Ok(std::fs::rename(&tmp, &path)?)) {
-            Ok(()) => Ok(Some(path)),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e).with_context(|| format!("cannot write {}", path.display()))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +225,14 @@ mod tests {
             assert_eq!(ours.data().unwrap(), whole.data().unwrap(), "{ty:?}");
             // And it is a faithful copy: dequantized, close to the original.
             let back = ours.dequantize(&Device::Cpu).unwrap();
-            let err = crate::engine::linear::tests::max_abs(&(back - &w).unwrap());
+            let err = (back - &w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(err < 0.5, "{ty:?}: max error {err}");
         }
     }

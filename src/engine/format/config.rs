@@ -8,6 +8,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+/// The context length of a model whose files do not give one: transformers' default for Llama
+/// (`max_position_embeddings` 2048). Real checkpoints and GGUF files state theirs.
+pub const DEFAULT_CONTEXT: usize = 2048;
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub model_type: String,
@@ -22,10 +26,8 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let raw: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let raw = super::json::read_json(&path)?
+            .with_context(|| format!("cannot read {}: no such file", path.display()))?;
         Self::from_value(raw).with_context(|| format!("in {}", path.display()))
     }
 
@@ -79,7 +81,7 @@ impl ModelConfig {
         let context = obj
             .get("max_position_embeddings")
             .and_then(Value::as_u64)
-            .unwrap_or(2048) as usize;
+            .map_or(DEFAULT_CONTEXT, |n| n as usize);
         let eos_token_ids = token_ids(obj.get("eos_token_id"));
         Ok(ModelConfig {
             model_type,
@@ -89,6 +91,21 @@ impl ModelConfig {
             raw,
         })
     }
+}
+
+/// Whether the model in `dir` stores its weights in 32 bits (config.json's torch_dtype / dtype;
+/// a config that does not say is taken as 32-bit, transformers' default).
+pub fn stores_32_bit(dir: &Path) -> bool {
+    super::json::read_json(&dir.join("config.json"))
+        .ok()
+        .flatten()
+        .and_then(|c| {
+            c.get("torch_dtype")
+                .or_else(|| c.get("dtype"))
+                .and_then(Value::as_str)
+                .map(|d| d == "float32")
+        })
+        .unwrap_or(true)
 }
 
 /// An id or a list of ids (config.json and generation_config.json use both).

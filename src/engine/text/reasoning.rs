@@ -2,6 +2,8 @@
 //! answer; R1's chat template even opens the `<think>` in the prompt. This splits the generated
 //! text into reasoning and answer as it streams, holding back only what could be a tag.
 
+use super::held_back::held_back;
+
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
@@ -68,7 +70,7 @@ impl Splitter {
                         self.state = State::Answering;
                         continue;
                     }
-                    let keep = partial_suffix(&self.pending, CLOSE);
+                    let keep = held_back(&self.pending, CLOSE);
                     let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
                     if !ready.is_empty() {
                         out.push(Piece::Reasoning(ready));
@@ -96,14 +98,6 @@ impl Splitter {
             _ => Piece::Answer(rest),
         }]
     }
-}
-
-/// Length of the longest tail of `text` that is a proper prefix of `tag`.
-fn partial_suffix(text: &str, tag: &str) -> usize {
-    (1..tag.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && text.ends_with(&tag[..n]))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Writing a Hugging Face model as a GGUF file that llama.cpp loads: the hyperparameter keys,
 //! tensor names and transformations of llama.cpp's convert_hf_to_gguf.py (the inverse of what
-//! `gguf` undoes on reading), the vocabulary from tokenizer.json, and the matrices quantized
+//! `format::gguf` undoes on reading), the vocabulary from tokenizer.json, and the matrices quantized
 //! under a scheme as llama-quantize would.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,12 +13,13 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::arch::Arch;
-use super::config::ModelConfig;
-use super::gguf::permute_rows_for_gguf;
-use super::quant::{self, Role, Scheme};
-use super::rope::Rope;
-use super::safetensors_file::SafetensorsFiles;
+use super::format::config::ModelConfig;
+use super::format::gguf::permute_rows_for_gguf;
+use super::format::json::read_json;
+use super::format::safetensors::SafetensorsFiles;
+use super::model::arch::Arch;
+use super::model::rope::{self, Rope};
+use super::quantize::{self, Role, Scheme};
 
 /// What was written, for the user.
 pub struct Written {
@@ -41,12 +42,6 @@ fn u32v(v: usize) -> G {
 
 fn f32v(v: f64) -> G {
     G::F32(v as f32)
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 /// llama.cpp's file-type number for a scheme (None: 16/32-bit as stored).
@@ -202,7 +197,7 @@ pub fn write(
                 ("long_factor", "rope_factors_long"),
                 ("short_factor", "rope_factors_short"),
             ] {
-                let v = super::rope::f32_list(&scaling[key]);
+                let v = rope::f32_list(&scaling[key]);
                 let n = v.len();
                 extra.push((
                     format!("{tensor}.weight"),
@@ -399,7 +394,7 @@ fn matrix(
 ) -> Result<Arc<QTensor>> {
     let (_, k) = t.dims2()?;
     let ty = match scheme.filter(|_| role != Role::Router) {
-        Some(s) => quant::fitting_type(s.type_for(role, layers), k),
+        Some(s) => quantize::fitting_type(s.type_for(role, layers), k),
         None => None,
     };
     let ty = ty.unwrap_or(match (role, stored) {
@@ -419,7 +414,7 @@ fn matrix(
             let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, ty)?;
             Ok(Arc::new(QTensor::new(storage, t.dims())?))
         }
-        _ => quant::quantize(t, ty, &Device::Cpu),
+        _ => quantize::quantize(t, ty, &Device::Cpu),
     }
 }
 
@@ -470,8 +465,13 @@ fn stack_quantized(
 /// The vocabulary from tokenizer.json as the converter writes it: "gpt2" for byte-level BPE,
 /// "llama" (SentencePiece) for BPE with byte fallback.
 fn vocabulary(dir: &Path, arch: &Arch, family: &str, meta: &mut Vec<(String, G)>) -> Result<()> {
-    let tj = read_json(&dir.join("tokenizer.json"))?;
-    let tc = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Value::Null);
+    let tokenizer_json = dir.join("tokenizer.json");
+    let tj = read_json(&tokenizer_json)?
+        .with_context(|| format!("cannot read {}: no such file", tokenizer_json.display()))?;
+    let tc = read_json(&dir.join("tokenizer_config.json"))
+        .ok()
+        .flatten()
+        .unwrap_or(Value::Null);
     let model = &tj["model"];
     if model["type"] != "BPE" {
         bail!(
@@ -586,7 +586,7 @@ fn vocabulary(dir: &Path, arch: &Arch, family: &str, meta: &mut Vec<(String, G)>
     put(meta, "tokenizer.ggml.tokens", G::Array(tokens));
     put(meta, "tokenizer.ggml.token_type", G::Array(types));
     let special = |key: &str| {
-        super::template::special_token(tc.get(key)).and_then(|t| id_of.get(&t).copied())
+        super::text::template::special_token(tc.get(key)).and_then(|t| id_of.get(&t).copied())
     };
     if let Some(b) = special("bos_token") {
         put(meta, "tokenizer.ggml.bos_token_id", G::U32(b as u32));

@@ -10,6 +10,8 @@
 
 use serde_json::Value;
 
+use crate::engine::text::token_texts::TokenTexts;
+
 /// Whitespace between JSON tokens is nothing, one space, or a newline and up to this many spaces
 /// or tabs (llama.cpp's JSON grammar allows the same): indented output, but no rambling in
 /// blank lines forever.
@@ -295,7 +297,7 @@ enum Gap {
     Full,
 }
 
-enum Step {
+enum CharStep {
     /// Taken; the frame goes on.
     Took,
     /// Taken, and it ended the frame's value.
@@ -401,21 +403,21 @@ impl JsonConstraint {
             };
             let complete = top.complete();
             match step(top, c) {
-                Step::Push(frame) => {
+                CharStep::Push(frame) => {
                     self.stack.push(*frame);
                     return true;
                 }
-                Step::Took => return true,
-                Step::Ended => {
+                CharStep::Took => return true,
+                CharStep::Ended => {
                     let ended = self.stack.pop();
                     self.child_ended(ended);
                     return true;
                 }
-                Step::No if complete => {
+                CharStep::No if complete => {
                     let ended = self.stack.pop();
                     self.child_ended(ended);
                 }
-                Step::No => return false,
+                CharStep::No => return false,
             }
         }
     }
@@ -438,6 +440,26 @@ impl JsonConstraint {
             _ => {}
         }
     }
+
+    /// Set to -inf the logits of tokens that cannot follow; end-of-sequence ids only when the
+    /// document is whole. Returns false when nothing at all may follow (the caller ends).
+    pub fn mask(&self, texts: &TokenTexts, eos: &[u32], logits: &mut [f32]) -> bool {
+        let complete = self.is_complete();
+        let mut any = false;
+        for (id, l) in logits.iter_mut().enumerate() {
+            let ok = if eos.contains(&(id as u32)) {
+                complete
+            } else {
+                texts.text(id as u32).is_some_and(|t| self.accepts(t))
+            };
+            if ok {
+                any = true;
+            } else {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        any
+    }
 }
 
 fn is_ws(c: char) -> bool {
@@ -445,20 +467,22 @@ fn is_ws(c: char) -> bool {
 }
 
 /// One character for the top frame.
-fn step(frame: &mut Frame, c: char) -> Step {
+fn step(frame: &mut Frame, c: char) -> CharStep {
     match frame {
         Frame::Value(schema) => {
             if is_ws(c) {
-                return Step::Took;
+                return CharStep::Took;
             }
             if !schema.starts_with(c) {
-                return Step::No;
+                return CharStep::No;
             }
             *frame = start_value(schema.clone(), c);
             match frame {
                 // A one-character literal (an enum of digits) may be whole already.
-                Frame::Literal { options, typed } if literal_ended(options, typed) => Step::Ended,
-                _ => Step::Took,
+                Frame::Literal { options, typed } if literal_ended(options, typed) => {
+                    CharStep::Ended
+                }
+                _ => CharStep::Took,
             }
         }
         Frame::Object {
@@ -477,52 +501,52 @@ fn step(frame: &mut Frame, c: char) -> Step {
                     .is_none_or(|ks| ks.iter().any(|n| n.starts_with(k)))
             };
             match at {
-                ObjectAt::Open | ObjectAt::Comma if is_ws(c) => Step::Took,
+                ObjectAt::Open | ObjectAt::Comma if is_ws(c) => CharStep::Took,
                 ObjectAt::Open if c == '}' => {
                     if required.iter().all(|r| seen.contains(r)) {
-                        Step::Ended
+                        CharStep::Ended
                     } else {
-                        Step::No
+                        CharStep::No
                     }
                 }
                 ObjectAt::Open | ObjectAt::Comma if c == '"' => {
                     *at = ObjectAt::Key(String::new(), false);
-                    Step::Took
+                    CharStep::Took
                 }
                 ObjectAt::Key(key, escaped) => {
                     if *escaped {
                         // Keys with escapes are taken as written (any object's keys only).
                         if properties.is_some() || !"\"\\/bfnrt".contains(c) {
-                            return Step::No;
+                            return CharStep::No;
                         }
                         key.push('\\');
                         key.push(c);
                         *escaped = false;
-                        return Step::Took;
+                        return CharStep::Took;
                     }
                     match c {
                         '"' if key_allowed(key) => {
                             *at = ObjectAt::Colon(std::mem::take(key));
-                            Step::Took
+                            CharStep::Took
                         }
-                        '"' => Step::No,
+                        '"' => CharStep::No,
                         '\\' if properties.is_none() => {
                             *escaped = true;
-                            Step::Took
+                            CharStep::Took
                         }
-                        c if (c as u32) < 0x20 || c == '\\' => Step::No,
+                        c if (c as u32) < 0x20 || c == '\\' => CharStep::No,
                         c => {
                             key.push(c);
                             if key_prefix_ok(key) {
-                                Step::Took
+                                CharStep::Took
                             } else {
                                 key.pop();
-                                Step::No
+                                CharStep::No
                             }
                         }
                     }
                 }
-                ObjectAt::Colon(_) if is_ws(c) => Step::Took,
+                ObjectAt::Colon(_) if is_ws(c) => CharStep::Took,
                 ObjectAt::Colon(key) if c == ':' => {
                     let key = std::mem::take(key);
                     let mut schema = match properties {
@@ -541,26 +565,26 @@ fn step(frame: &mut Frame, c: char) -> Step {
                     }
                     seen.push(key);
                     *at = ObjectAt::Next;
-                    Step::Push(Box::new(Frame::Value(schema)))
+                    CharStep::Push(Box::new(Frame::Value(schema)))
                 }
-                ObjectAt::Next if is_ws(c) => Step::Took,
+                ObjectAt::Next if is_ws(c) => CharStep::Took,
                 ObjectAt::Next if c == ',' => {
                     let more = keys.as_ref().is_none_or(|ks| !ks.is_empty());
                     if more {
                         *at = ObjectAt::Comma;
-                        Step::Took
+                        CharStep::Took
                     } else {
-                        Step::No
+                        CharStep::No
                     }
                 }
                 ObjectAt::Next if c == '}' => {
                     if required.iter().all(|r| seen.contains(r)) {
-                        Step::Ended
+                        CharStep::Ended
                     } else {
-                        Step::No
+                        CharStep::No
                     }
                 }
-                _ => Step::No,
+                _ => CharStep::No,
             }
         }
         Frame::Array {
@@ -571,62 +595,62 @@ fn step(frame: &mut Frame, c: char) -> Step {
             after_value,
         } => {
             if is_ws(c) {
-                return Step::Took;
+                return CharStep::Took;
             }
             if c == ']' && (*after_value || *count == 0) && *count >= *min {
-                return Step::Ended;
+                return CharStep::Ended;
             }
             if *after_value {
                 if c == ',' && max.is_none_or(|m| *count < m) {
                     *after_value = false;
-                    return Step::Took;
+                    return CharStep::Took;
                 }
-                return Step::No;
+                return CharStep::No;
             }
             if (*count > 0 || max.is_none_or(|m| m > 0)) && items.starts_with(c) {
                 let mut value = Frame::Value(items.clone());
                 // The new value takes this very character.
                 return match step(&mut value, c) {
-                    Step::Took => Step::Push(Box::new(value)),
-                    Step::Ended => {
+                    CharStep::Took => CharStep::Push(Box::new(value)),
+                    CharStep::Ended => {
                         *count += 1;
                         *after_value = true;
-                        Step::Took
+                        CharStep::Took
                     }
-                    _ => Step::No,
+                    _ => CharStep::No,
                 };
             }
-            Step::No
+            CharStep::No
         }
         Frame::String { escape } => {
             if *escape == usize::MAX {
                 return match c {
                     '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't' => {
                         *escape = 0;
-                        Step::Took
+                        CharStep::Took
                     }
                     'u' => {
                         *escape = 4;
-                        Step::Took
+                        CharStep::Took
                     }
-                    _ => Step::No,
+                    _ => CharStep::No,
                 };
             }
             if *escape > 0 {
                 if c.is_ascii_hexdigit() {
                     *escape -= 1;
-                    return Step::Took;
+                    return CharStep::Took;
                 }
-                return Step::No;
+                return CharStep::No;
             }
             match c {
-                '"' => Step::Ended,
+                '"' => CharStep::Ended,
                 '\\' => {
                     *escape = usize::MAX;
-                    Step::Took
+                    CharStep::Took
                 }
-                c if (c as u32) < 0x20 => Step::No,
-                _ => Step::Took,
+                c if (c as u32) < 0x20 => CharStep::No,
+                _ => CharStep::Took,
             }
         }
         Frame::Number { integer, at } => {
@@ -643,22 +667,22 @@ fn step(frame: &mut Frame, c: char) -> Step {
                 (Number::E, '+' | '-') => Number::ESign,
                 (Number::E | Number::ESign, '0'..='9') => Number::Exp(1),
                 (Number::Exp(n), '0'..='9') if *n < 3 => Number::Exp(n + 1),
-                _ => return Step::No,
+                _ => return CharStep::No,
             };
             *at = next;
-            Step::Took
+            CharStep::Took
         }
         Frame::Literal { options, typed } => {
             typed.push(c);
             if options.iter().any(|o| o.starts_with(typed.as_str())) {
                 if literal_ended(options, typed) {
-                    Step::Ended
+                    CharStep::Ended
                 } else {
-                    Step::Took
+                    CharStep::Took
                 }
             } else {
                 typed.pop();
-                Step::No
+                CharStep::No
             }
         }
     }
@@ -779,64 +803,6 @@ fn start_value(schema: Schema, c: char) -> Frame {
     }
 }
 
-/// The constraint over a vocabulary: each token's text, decoded as it reads after other text.
-pub struct TokenTexts {
-    texts: Vec<Option<String>>,
-}
-
-impl TokenTexts {
-    /// Texts for every id of `tokenizer`, as each reads after other text: decoded alone,
-    /// sentencepiece decoders drop a token's leading space ("▁there" → "there"), so each is
-    /// decoded after an anchor token and keeps what it adds. Tokens that decode to nothing or to
-    /// a broken character (a lone byte of a multi-byte character) have none, and are never
-    /// allowed under a constraint.
-    pub fn new(tokenizer: &tokenizers::Tokenizer) -> Self {
-        let n = tokenizer.get_vocab_size(true) as u32;
-        let anchor = tokenizer
-            .encode("a", false)
-            .ok()
-            .and_then(|e| e.get_ids().first().copied());
-        let texts = (0..n)
-            .map(|t| {
-                let text = match anchor {
-                    Some(a) => {
-                        let base = tokenizer.decode(&[a], false).ok()?;
-                        let both = tokenizer.decode(&[a, t], false).ok()?;
-                        both.strip_prefix(&base)?.to_string()
-                    }
-                    None => tokenizer.decode(&[t], false).ok()?,
-                };
-                (!text.is_empty() && !text.contains('\u{FFFD}')).then_some(text)
-            })
-            .collect();
-        TokenTexts { texts }
-    }
-
-    pub fn text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize)?.as_deref()
-    }
-
-    /// Set to -inf the logits of tokens that cannot follow; end-of-sequence ids only when the
-    /// document is whole. Returns false when nothing at all may follow (the caller ends).
-    pub fn mask(&self, constraint: &JsonConstraint, eos: &[u32], logits: &mut [f32]) -> bool {
-        let complete = constraint.is_complete();
-        let mut any = false;
-        for (id, l) in logits.iter_mut().enumerate() {
-            let ok = if eos.contains(&(id as u32)) {
-                complete
-            } else {
-                self.text(id as u32).is_some_and(|t| constraint.accepts(t))
-            };
-            if ok {
-                any = true;
-            } else {
-                *l = f32::NEG_INFINITY;
-            }
-        }
-        any
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -942,24 +908,22 @@ mod tests {
     #[test]
     fn the_mask_allows_continuations_and_eos_only_when_whole() {
         let c = JsonConstraint::new(Schema::any_object());
-        let texts = TokenTexts {
-            texts: vec![
-                Some("{".into()),
-                Some("}".into()),
-                Some("{\"".into()),
-                Some("hello".into()),
-                None,
-                None,
-            ],
-        };
+        let texts = TokenTexts::from_texts(vec![
+            Some("{".into()),
+            Some("}".into()),
+            Some("{\"".into()),
+            Some("hello".into()),
+            None,
+            None,
+        ]);
         let mut logits = vec![0.0; 6];
-        assert!(texts.mask(&c, &[5], &mut logits));
+        assert!(c.mask(&texts, &[5], &mut logits));
         let allowed: Vec<bool> = logits.iter().map(|l| l.is_finite()).collect();
         assert_eq!(allowed, [true, false, true, false, false, false]);
         let mut c = c;
         assert!(c.feed("{}"));
         let mut logits = vec![0.0; 6];
-        texts.mask(&c, &[5], &mut logits);
+        c.mask(&texts, &[5], &mut logits);
         assert!(logits[5].is_finite() && !logits[0].is_finite());
     }
 }

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
 use super::gguf::{number as num, GgufFile};
-use super::template::ChatTemplate;
 
 /// llama.cpp's token types.
 const CONTROL: i64 = 3;
@@ -19,7 +18,10 @@ const USER_DEFINED: i64 = 4;
 
 pub struct Vocab {
     pub tokenizer: Tokenizer,
-    pub template: Option<ChatTemplate>,
+    /// The chat template's Jinja source, and the texts of the BOS and EOS tokens it may use.
+    pub chat_template: Option<String>,
+    pub bos_text: String,
+    pub eos_text: String,
     pub eos: Vec<u32>,
 }
 
@@ -178,10 +180,8 @@ pub fn from_gguf(g: &GgufFile) -> Result<Vocab> {
         id.and_then(|i| tokens.get(i as usize).cloned())
             .unwrap_or_default()
     };
-    let template = match g.meta("tokenizer.chat_template") {
-        Some(GValue::String(source)) => {
-            Some(ChatTemplate::new(source.clone(), text(bos), text(eos_id)))
-        }
+    let chat_template = match g.meta("tokenizer.chat_template") {
+        Some(GValue::String(source)) => Some(source.clone()),
         _ => None,
     };
     // Converters keep one end-of-sequence id; like llama.cpp, recognise the other
@@ -204,7 +204,9 @@ pub fn from_gguf(g: &GgufFile) -> Result<Vocab> {
     eos.dedup();
     Ok(Vocab {
         tokenizer,
-        template,
+        chat_template,
+        bos_text: text(bos),
+        eos_text: text(eos_id),
         eos,
     })
 }

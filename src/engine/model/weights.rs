@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::gguf::{self, GgufFile};
-use super::linear::Matrix;
-use super::quant::{self, QuantCache, Role, Scheme};
-use super::safetensors_file::{describe, SafetensorsFiles};
+use super::linear::{Matrix, QMatrix};
+use crate::engine::format::gguf::GgufFile;
+use crate::engine::format::safetensors::{describe, SafetensorsFiles};
+use crate::engine::quantize::cache::QuantCache;
+use crate::engine::quantize::{self, Role, Scheme};
 
 enum Source {
     Safetensors(SafetensorsFiles),
@@ -76,11 +77,10 @@ impl Weights {
     }
 
     fn quantized(&self, q: Arc<QTensor>) -> Matrix {
-        if self.repack {
-            Matrix::Repacked(q)
-        } else {
-            Matrix::Quantized(q)
-        }
+        Matrix::Quantized(QMatrix {
+            blocks: q,
+            may_repack: self.repack,
+        })
     }
 
     /// Quantize matrices under `scheme`, reading and filling `cache`.
@@ -116,9 +116,9 @@ impl Weights {
                 let q = g
                     .load_hf(name, &self.device)?
                     .with_context(|| missing(name))?;
-                match gguf::matrix(q, &self.device)? {
-                    Matrix::Dense(t) => t,
-                    Matrix::Quantized(q) | Matrix::Repacked(q) => q.dequantize(&self.device)?,
+                match dense_of(&q, &self.device)? {
+                    Some(t) => t,
+                    None => q.dequantize(&self.device)?,
                 }
             }
         };
@@ -145,23 +145,23 @@ impl Weights {
                     q.shape().dims()
                 );
             }
-            return Ok(match gguf::matrix(q, &self.device)? {
-                Matrix::Dense(t) => Matrix::Dense(match self.matmul_dtype {
+            return Ok(match dense_of(&q, &self.device)? {
+                Some(t) => Matrix::Dense(match self.matmul_dtype {
                     Some(d) if d != t.dtype() => t.to_dtype(d)?,
                     _ => t,
                 }),
-                Matrix::Quantized(q) | Matrix::Repacked(q) => self.quantized(q),
+                None => self.quantized(Arc::new(q)),
             });
         }
         if let Some((scheme, layers, cache)) = self.quant.as_mut().filter(|_| role != Role::Router)
         {
             let wanted = scheme.type_for(role, *layers);
-            if let Some(ty) = quant::fitting_type(wanted, shape[1]) {
+            if let Some(ty) = quantize::fitting_type(wanted, shape[1]) {
                 if let Some(q) = cache.get(name, ty, shape, &self.device) {
                     return Ok(self.quantized(q));
                 }
                 let dense = self.load(name, shape)?;
-                let q = quant::quantize(&dense, ty, &self.device)
+                let q = quantize::quantize(&dense, ty, &self.device)
                     .with_context(|| format!("cannot quantize {name} to {ty:?}"))?;
                 if let Some((_, _, cache)) = self.quant.as_mut() {
                     cache.add(name, q.clone());
@@ -197,6 +197,23 @@ impl Weights {
             Ok(None)
         }
     }
+}
+
+/// A GGUF tensor of a float type as a dense tensor in that type (None: a block type).
+fn dense_of(q: &QTensor, device: &Device) -> Result<Option<Tensor>> {
+    let dtype = match q.dtype() {
+        GgmlDType::F32 => DType::F32,
+        GgmlDType::F16 => DType::F16,
+        GgmlDType::BF16 => DType::BF16,
+        _ => return Ok(None),
+    };
+    let bytes = q.data()?;
+    Ok(Some(Tensor::from_raw_buffer(
+        &bytes,
+        dtype,
+        q.shape().dims(),
+        device,
+    )?))
 }
 
 fn missing(name: &str) -> String {

@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::config::ModelConfig;
 use super::rope::Rope;
+use crate::engine::format::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -96,7 +96,7 @@ impl Arch {
         }
         let head_dim = usize_of(raw, "head_dim").unwrap_or(hidden / heads);
         let layers = need(raw, "num_hidden_layers")?;
-        let context = usize_of(raw, "max_position_embeddings").unwrap_or(4096);
+        let context = config.context;
         let theta = f64_of(raw, "rope_theta").unwrap_or(10_000.0);
         let partial = f64_of(raw, "partial_rotary_factor").unwrap_or(1.0);
         let scaling = get(raw, "rope_scaling");

@@ -1,14 +1,33 @@
-//! A loaded model and the sequences it holds. Each sequence is addressed by a [`SeqId`] and owns
-//! a KV cache; one forward can advance several sequences at once (the server batches its clients
-//! this way), and a sequence can be cut back to any length (chat reuses the part of its cache
-//! that the next prompt shares).
+//! The numerics: a model's weights and the forward pass over them. One decoder for every family
+//! ([`decoder`]), steered by a description of the family as data ([`arch`]); matrices held as
+//! they were stored behind one matmul ([`linear`]) that picks a kernel from `kernels`, the CPU
+//! layer, which is private to this room; rotary embeddings, attention and the KV cache.
+//!
+//! Imports `format` (tensors from files) and `quantize` (types to quantize matrices to at load),
+//! nothing above them: no tokenizer, no sampling.
+//!
+//! [`Model`] is a loaded model and the sequences it holds. Each sequence is addressed by a
+//! [`SeqId`] and owns a KV cache; one forward can advance several sequences at once (the server
+//! batches its clients this way), and a sequence can be cut back to any length (chat reuses the
+//! part of its cache that the next prompt shares).
+
+pub mod arch;
+mod attention;
+pub mod decoder;
+mod kernels;
+pub mod kv;
+pub mod linear;
+pub mod rope;
+pub mod weights;
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
-use super::decoder::{Decoder, Segment};
-use super::kv::KvCache;
+use decoder::{Decoder, Segment};
+use kv::KvCache;
+
+pub use kernels::{own_quantized_kernels, use_threads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SeqId(u64);

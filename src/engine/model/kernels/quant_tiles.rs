@@ -1,7 +1,7 @@
 //! Prefill (16 or more activation rows) with quantized weights on AVX-512 VNNI, from the
 //! blocks as stored: no second copy of the model.
 //!
-//! Decoding a token reads each weight once and is bound by memory (`quant::matmul`'s row dot
+//! Decoding a token reads each weight once and is bound by memory (`quant_rows`' row dot
 //! products). A prompt multiplies every weight by many rows, so the arithmetic counts: here one
 //! VNNI instruction multiplies 4 weight values of one row by the same 4 values of 16 activation
 //! rows at once (the activations are interleaved in groups of 16 rows when they are quantized,
@@ -11,31 +11,31 @@
 //!
 //! candle gets its speed here from a repacked copy of every quantized matrix kept beside the
 //! original (twice the memory); unpacking a few rows per task into a buffer that stays in L1
-//! gives the same inner loop without it.
+//! gives the same inner loop without it. The instructions are in `x86::avx512_quant_tiles`.
 
 use rayon::prelude::*;
 
-use super::quant::{block_scale, to_int8, Kind};
+use super::blocks::{block_scale, q4k_scales_and_mins, to_int8, BlockType};
 use super::SharedOut;
 
 /// Activation rows from which `quant::matmul` comes here.
 pub(super) const MIN_ROWS: usize = 16;
 
 /// Activation rows per group: the 16 lanes of a 512-bit vector of i32 sums.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 /// Weight rows unpacked and multiplied together by one task step.
-const ROWS: usize = 8;
+pub(super) const ROWS: usize = 8;
 
 /// Activations quantized to int8 and interleaved for the kernel: for each group of 16 rows and
 /// each run of 4 values, the 16 rows' 4 bytes side by side (one 64-byte vector). Per weight
 /// sub-block of `sub` values and per row: the activation scale `dx` and `dx` times the sum of
 /// the sub-block's quantized values (which folds in the weights' minimums and offsets).
-struct GroupedActs {
-    k: usize,
-    sub: usize,
-    qs: Vec<i8>,
-    dx: Vec<f32>,
-    dx_sum: Vec<f32>,
+pub(super) struct GroupedActs {
+    pub k: usize,
+    pub sub: usize,
+    pub qs: Vec<i8>,
+    pub dx: Vec<f32>,
+    pub dx_sum: Vec<f32>,
 }
 
 /// `block`: values per activation scale (256 for K-quants, 32 for Q8_0, as llama.cpp uses).
@@ -83,10 +83,10 @@ unsafe fn group_acts(x: &[f32], m: usize, k: usize, block: usize, sub: usize) ->
 }
 
 /// Values per sub-block with its own scale: Q6_K scales 16 values, Q4_K and Q8_0 32.
-fn sub_len(kind: Kind) -> usize {
+fn sub_len(kind: BlockType) -> usize {
     match kind {
-        Kind::Q6K => 16,
-        Kind::Q4K | Kind::Q8_0 => 32,
+        BlockType::Q6K => 16,
+        BlockType::Q4K | BlockType::Q8_0 => 32,
     }
 }
 
@@ -99,10 +99,16 @@ fn sub_len(kind: Kind) -> usize {
     target_arch = "x86_64",
     target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")
 )]
-unsafe fn unpack_row(kind: Kind, row: &[u8], q: &mut [u8], scale: &mut [f32], off: &mut [f32]) {
+unsafe fn unpack_row(
+    kind: BlockType,
+    row: &[u8],
+    q: &mut [u8],
+    scale: &mut [f32],
+    off: &mut [f32],
+) {
     let half = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     match kind {
-        Kind::Q8_0 => {
+        BlockType::Q8_0 => {
             for (b, block) in row.chunks(34).enumerate() {
                 let d = half(block);
                 scale[b] = d;
@@ -113,7 +119,7 @@ unsafe fn unpack_row(kind: Kind, row: &[u8], q: &mut [u8], scale: &mut [f32], of
                 }
             }
         }
-        Kind::Q4K => {
+        BlockType::Q4K => {
             for (b, block) in row.chunks_exact(144).enumerate() {
                 let (d, dmin) = (half(block), half(&block[2..]));
                 let (sc, mn) = q4k_scales_and_mins(block[4..16].try_into().expect("12 bytes"));
@@ -132,7 +138,7 @@ unsafe fn unpack_row(kind: Kind, row: &[u8], q: &mut [u8], scale: &mut [f32], of
                 }
             }
         }
-        Kind::Q6K => {
+        BlockType::Q6K => {
             for (b, block) in row.chunks(210).enumerate() {
                 let d = half(&block[208..]);
                 for s in 0..16 {
@@ -159,28 +165,22 @@ unsafe fn unpack_row(kind: Kind, row: &[u8], q: &mut [u8], scale: &mut [f32], of
     }
 }
 
-/// GGML's packing of Q4_K's eight 6-bit scales and eight 6-bit minimums into 12 bytes, undone.
-fn q4k_scales_and_mins(p: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut scales = [0u8; 8];
-    let mut mins = [0u8; 8];
-    for j in 0..4 {
-        scales[j] = p[j] & 63;
-        mins[j] = p[j + 4] & 63;
-        scales[j + 4] = (p[j + 8] & 0x0F) | ((p[j] >> 6) << 4);
-        mins[j + 4] = (p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4);
-    }
-    (scales, mins)
-}
-
 /// `x` (m × k) times the transpose of `w` (n rows of `kind` blocks): m × n, row-major.
-/// `quant::matmul` calls it for 16 rows and more, where `quant::supports` said yes.
-pub(super) fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+/// `quant::matmul` calls it for 16 rows and more, where the CPU has AVX-512 VNNI.
+pub(super) fn matmul(
+    kind: BlockType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
     let sub = sub_len(kind);
     let block = match kind {
-        Kind::Q8_0 => 32,
-        Kind::Q4K | Kind::Q6K => 256,
+        BlockType::Q8_0 => 32,
+        BlockType::Q4K | BlockType::Q6K => 256,
     };
-    // SAFETY: `quant::supports` checked AVX-512 F/BW/VL before calling.
+    // SAFETY: `quant::matmul` checked AVX-512 F/BW/VL before calling.
     let acts = unsafe { group_acts(x, m, k, block, sub) };
     let row_bytes = k / kind.block_len() * kind.block_bytes();
     let groups = m.div_ceil(LANES);
@@ -212,13 +212,17 @@ pub(super) fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usi
             }
             for g in 0..groups {
                 let mut tile = [[0f32; LANES]; ROWS];
-                // SAFETY: `quant::supports` checked AVX-512 F/BW/VL/VNNI; `q`, `scale`, `off`
+                // SAFETY: `quant::matmul` checked AVX-512 F/BW/VL/VNNI; `q`, `scale`, `off`
                 // hold ROWS rows of k values and k / sub sub-blocks; group g exists in `acts`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     match sub {
-                        16 => avx512::tile::<16>(q, scale, off, &acts, g, &mut tile),
-                        _ => avx512::tile::<32>(q, scale, off, &acts, g, &mut tile),
+                        16 => super::x86::avx512_quant_tiles::tile::<16>(
+                            q, scale, off, &acts, g, &mut tile,
+                        ),
+                        _ => super::x86::avx512_quant_tiles::tile::<32>(
+                            q, scale, off, &acts, g, &mut tile,
+                        ),
                     }
                 };
                 for (r, lanes) in tile.iter().enumerate().take(rows) {
@@ -242,57 +246,4 @@ thread_local! {
     #[allow(clippy::type_complexity)]
     static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{GroupedActs, LANES, ROWS};
-    use std::arch::x86_64::*;
-
-    /// ROWS unpacked weight rows times the 16 activation rows of group `g`; `out[r][lane]`.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL/VNNI are available; `q` holds ROWS rows of `acts.k` bytes, `scale` and
-    /// `off` ROWS rows of `acts.k / SUB`; `acts.sub == SUB` and group `g` exists.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-    pub unsafe fn tile<const SUB: usize>(
-        q: &[u8],
-        scale: &[f32],
-        off: &[f32],
-        acts: &GroupedActs,
-        g: usize,
-        out: &mut [[f32; LANES]; ROWS],
-    ) {
-        debug_assert_eq!(acts.sub, SUB);
-        let k = acts.k;
-        let subs = k / SUB;
-        let xq = acts.qs.as_ptr().add(g * LANES * k);
-        let dx = acts.dx.as_ptr().add(g * subs * LANES);
-        let dx_sum = acts.dx_sum.as_ptr().add(g * subs * LANES);
-        let zero = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); ROWS];
-        for s in 0..subs {
-            let mut sums = [zero; ROWS];
-            for quad in s * SUB / 4..(s + 1) * SUB / 4 {
-                let x = _mm512_loadu_si512(xq.add(quad * 4 * LANES) as *const __m512i);
-                #[allow(clippy::needless_range_loop)]
-                for r in 0..ROWS {
-                    let w4 =
-                        std::ptr::read_unaligned(q.as_ptr().add(r * k + quad * 4) as *const i32);
-                    sums[r] = _mm512_dpbusd_epi32(sums[r], _mm512_set1_epi32(w4), x);
-                }
-            }
-            let dxv = _mm512_loadu_ps(dx.add(s * LANES));
-            let dx_sumv = _mm512_loadu_ps(dx_sum.add(s * LANES));
-            #[allow(clippy::needless_range_loop)]
-            for r in 0..ROWS {
-                let sc = _mm512_mul_ps(_mm512_set1_ps(scale[r * subs + s]), dxv);
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r]), sc, acc[r]);
-                acc[r] = _mm512_fnmadd_ps(_mm512_set1_ps(off[r * subs + s]), dx_sumv, acc[r]);
-            }
-        }
-        for r in 0..ROWS {
-            _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-        }
-    }
 }

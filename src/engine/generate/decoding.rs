@@ -1,5 +1,7 @@
-//! The generation loop shared by every front end: prefill, then one token at a time until an
-//! end-of-sequence token, a stop string, the token limit or the end of the context.
+//! One sequence's decoding ([`Decoding`]: sampler, stop strings, limit, streaming detokenizer,
+//! an optional JSON constraint), and the generation loop that run and chat drive it with
+//! ([`generate`]): prefill, then one token at a time until an end-of-sequence token, a stop
+//! string, the token limit or the end of the context.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -8,10 +10,12 @@ use anyhow::Result;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use super::constrain::{JsonConstraint, TokenTexts};
-use super::detok::Detokenizer;
-use super::model::{Model, SeqId};
+use super::constrain::JsonConstraint;
 use super::sampler::Sampler;
+use super::stops::StopMatcher;
+use crate::engine::model::{Model, SeqId};
+use crate::engine::text::detok::Detokenizer;
+use crate::engine::text::token_texts::TokenTexts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,7 +73,7 @@ pub struct Decoding<'a> {
 
 /// What one sampled token did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
+pub struct Sampled {
     /// The token sampled (None when it was an end-of-sequence token).
     pub token: Option<u32>,
     /// Text that is final now (stop strings cut, what could start one held back).
@@ -112,11 +116,11 @@ impl<'a> Decoding<'a> {
     }
 
     /// Sample the next token from `logits` (changed in place by the penalties).
-    pub fn next(&mut self, logits: &mut [f32]) -> Result<Step> {
+    pub fn next(&mut self, logits: &mut [f32]) -> Result<Sampled> {
         if let Some((c, texts)) = &self.constraint {
-            if !texts.mask(c, self.eos, logits) {
+            if !c.mask(texts, self.eos, logits) {
                 // Nothing may follow (the vocabulary cannot continue the document).
-                return Ok(Step {
+                return Ok(Sampled {
                     token: None,
                     text: self.flush()?,
                     finish: Some(Finish::Stop),
@@ -130,7 +134,7 @@ impl<'a> Decoding<'a> {
             }
         }
         if self.eos.contains(&next) {
-            return Ok(Step {
+            return Ok(Sampled {
                 token: None,
                 text: self.flush()?,
                 finish: Some(Finish::Stop),
@@ -148,7 +152,7 @@ impl<'a> Decoding<'a> {
         } else {
             None
         };
-        Ok(Step {
+        Ok(Sampled {
             token: Some(next),
             text,
             finish,
@@ -232,93 +236,4 @@ pub fn generate(
         finish,
         timings,
     })
-}
-
-/// Holds back text that could be the start of a stop string, and cuts at the first stop string.
-struct StopMatcher {
-    stop: Vec<String>,
-    pending: String,
-    stopped: bool,
-}
-
-impl StopMatcher {
-    fn new(stop: Vec<String>) -> Self {
-        StopMatcher {
-            stop,
-            pending: String::new(),
-            stopped: false,
-        }
-    }
-
-    /// Add text; returns what may be shown now, and whether a stop string was found.
-    fn feed(&mut self, text: &str) -> (String, bool) {
-        if self.stopped {
-            return (String::new(), true);
-        }
-        self.pending.push_str(text);
-        let first_stop = self
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min();
-        if let Some(at) = first_stop {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            self.stopped = true;
-            return (out, true);
-        }
-        // Keep the longest tail that is a prefix of some stop string.
-        let keep = self
-            .stop
-            .iter()
-            .map(|s| {
-                (1..s.len().min(self.pending.len() + 1))
-                    .rev()
-                    .find(|&n| {
-                        s.is_char_boundary(n)
-                            && self.pending.is_char_boundary(self.pending.len() - n)
-                            && self.pending.ends_with(&s[..n])
-                    })
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        let cut = self.pending.len() - keep;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        (out, false)
-    }
-
-    fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_cut_and_prefixes_held_back() {
-        let stop = vec!["END".to_string(), "\n\n".to_string()];
-        let mut m = StopMatcher::new(stop.clone());
-        assert_eq!(m.feed("hello E"), ("hello ".into(), false));
-        assert_eq!(m.feed("N"), ("".into(), false));
-        assert_eq!(m.feed("Dless"), ("".into(), true));
-        assert_eq!(m.feed("more"), ("".into(), true));
-
-        let mut m = StopMatcher::new(stop.clone());
-        assert_eq!(m.feed("a\n"), ("a".into(), false));
-        assert_eq!(m.feed("b"), ("\nb".into(), false));
-        assert_eq!(m.flush(), "");
-    }
-
-    #[test]
-    fn stop_matching_respects_utf8() {
-        let stop = vec!["é!".to_string()];
-        let mut m = StopMatcher::new(stop.clone());
-        assert_eq!(m.feed("café"), ("caf".into(), false));
-        assert_eq!(m.feed("?"), ("é?".into(), false));
-    }
 }

@@ -11,10 +11,11 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::arch::{Activation, Arch};
+use super::attention::{attend, Scores};
 use super::kv::KvCache;
 use super::linear::{Linear, Matrix};
-use super::quant::Role;
 use super::weights::Weights;
+use crate::engine::quantize::Role;
 
 enum Projections {
     Separate {
@@ -387,7 +388,6 @@ impl Decoder {
     ) -> Result<Tensor> {
         let a = &self.arch;
         let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
-        let rep = nh / nkv;
         let (q, k, v) = match &layer.projections {
             Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             Projections::Fused(qkv) => {
@@ -433,27 +433,12 @@ impl Decoder {
             } else {
                 (keys.contiguous()?, values.contiguous()?)
             };
-            let n_keys = pos + t - first_key;
-            // Query heads that share a key head are stacked as rows: kv_heads × (rep·t) × hd.
-            let qs = qs.reshape((nkv, rep * t, hd))?;
-            let mut scores = (qs.matmul(&keys.t()?)? * a.attention_scale)?;
-            if let Some(cap) = a.attention_softcap {
-                scores = ((scores / cap)?.tanh()? * cap)?;
-            }
-            let mut scores = scores
-                .reshape((nkv, rep, t, n_keys))?
-                .to_dtype(DType::F32)?;
-            if let Some(mask) = mask(t, pos, first_key, n_keys, info.window, &self.device)? {
-                scores = scores.broadcast_add(&mask)?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?
-                .to_dtype(self.act_dtype)?
-                .reshape((nkv, rep * t, n_keys))?;
-            let out = probs
-                .matmul(&values)?
-                .reshape((nh, t, hd))?
-                .transpose(0, 1)?
-                .reshape((t, nh * hd))?;
+            let scores = Scores {
+                scale: a.attention_scale,
+                softcap: a.attention_softcap,
+                window: info.window,
+            };
+            let out = attend(&qs, &keys, &values, pos, first_key, &scores, self.act_dtype)?;
             outputs.push(out);
         }
         let out = if outputs.len() == 1 {
@@ -522,62 +507,5 @@ impl Decoder {
             out = out.index_add(&idx, &y, 0)?;
         }
         Ok(out)
-    }
-}
-
-/// Additive mask for `t` queries at positions pos.. against `keys` keys from position
-/// `first_key`, or None when every query sees every key.
-fn mask(
-    t: usize,
-    pos: usize,
-    first_key: usize,
-    keys: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    let visible = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
-    let all = (0..t).all(|qi| (0..keys).all(|kj| visible(pos + qi, first_key + kj)));
-    if all {
-        return Ok(None);
-    }
-    let m: Vec<f32> = (0..t)
-        .flat_map(|qi| {
-            (0..keys).map(move |kj| {
-                if visible(pos + qi, first_key + kj) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Some(Tensor::from_vec(m, (t, keys), device)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_hides_keys_window_or_more_positions_back() {
-        let m: Vec<f32> = mask(1, 10, 0, 11, Some(4), &Device::Cpu)
-            .unwrap()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let visible: Vec<usize> = (0..11).filter(|&j| m[j] == 0.0).collect();
-        assert_eq!(visible, [7, 8, 9, 10]);
-        assert!(mask(1, 10, 0, 11, None, &Device::Cpu).unwrap().is_none());
-        // Prefill: causal within the new tokens.
-        let m: Vec<f32> = mask(2, 0, 0, 2, None, &Device::Cpu)
-            .unwrap()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(m, [0.0, f32::NEG_INFINITY, 0.0, 0.0]);
     }
 }

@@ -1,6 +1,7 @@
 //! Matrices as they are held (dense in their stored dtype, or quantized) behind one matmul that
-//! picks the kernel: candle's for f32 and for everything on a GPU, candle's quantized kernels for
-//! GGML block types, and owrun's own for 16-bit weights on the CPU (see `kernels`).
+//! picks the kernel: candle's for f32 and for everything on a GPU; on the CPU owrun's own
+//! (`kernels`) for 16-bit weights and the block types they cover, candle's quantized kernels for
+//! the others.
 
 use std::sync::Arc;
 
@@ -15,21 +16,28 @@ use super::kernels;
 #[derive(Clone)]
 pub enum Matrix {
     Dense(Tensor),
-    /// Multiplied by candle's block dot products: one copy of the weights.
-    Quantized(Arc<QTensor>),
-    /// May also go through candle's QTensor op, which keeps a repacked copy of the weights for
-    /// its tiled kernels: faster (Q8_0 always, other types in prefill), twice the memory.
-    Repacked(Arc<QTensor>),
+    Quantized(QMatrix),
 }
 
-/// Rows of activations from which non-Q8_0 `Repacked` matrices use candle's tiled kernels.
+/// A matrix of GGML blocks, held as stored: one copy of the weights.
+#[derive(Clone)]
+pub struct QMatrix {
+    pub blocks: Arc<QTensor>,
+    /// Whether it may also go through candle's QTensor op, which keeps a second, repacked copy of
+    /// the weights for its tiled kernels: faster (Q8_0 always, other types in prefill), twice the
+    /// memory. A permission, decided at load by the memory available.
+    pub may_repack: bool,
+}
+
+/// Rows of activations from which a matrix that may repack uses candle's tiled kernels (for
+/// types other than Q8_0, which uses them always).
 const REPACKED_MIN_ROWS: usize = 16;
 
 impl Matrix {
     pub fn bytes(&self) -> usize {
         match self {
             Matrix::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Matrix::Quantized(q) | Matrix::Repacked(q) => q.storage_size_in_bytes(),
+            Matrix::Quantized(q) => q.blocks.storage_size_in_bytes(),
         }
     }
 
@@ -37,33 +45,14 @@ impl Matrix {
     pub fn rows_of(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         Ok(match self {
             Matrix::Dense(t) => t.index_select(ids, 0)?.to_dtype(dtype)?,
-            Matrix::Quantized(q) | Matrix::Repacked(q) => q.embedding(ids)?.to_dtype(dtype)?,
+            Matrix::Quantized(q) => q.blocks.embedding(ids)?.to_dtype(dtype)?,
         })
     }
 
     /// `x` (m × columns) times this matrix transposed: m × rows.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Matrix::Quantized(q) | Matrix::Repacked(q)
-                if q.device().is_cpu() && kernels::quant::supports(q.dtype(), x.dim(1)?) =>
-            {
-                own_quantized(q, x)
-            }
-            Matrix::Quantized(q) if q.device().is_cpu() => cpu_quantized(q, x),
-            // With the copy allowed: candle's repacked tiles for Q8_0 always (decode 27 against
-            // 15 tok/s on TinyLlama, 2 threads) and for prefill of the other types (Q4_K_M
-            // pp128 ~200 against 56 tok/s); K-quant decoding is faster without them (42.8
-            // against 32.7 tok/s).
-            Matrix::Repacked(q)
-                if q.device().is_cpu()
-                    && q.dtype() != GgmlDType::Q8_0
-                    && x.dim(0)? < REPACKED_MIN_ROWS =>
-            {
-                cpu_quantized(q, x)
-            }
-            Matrix::Quantized(q) | Matrix::Repacked(q) => {
-                Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?)
-            }
+            Matrix::Quantized(q) => q.matmul_t(x),
             Matrix::Dense(w) => match (w.device(), w.dtype(), x.dtype()) {
                 (Device::Cpu, DType::F16 | DType::BF16, DType::F32) => cpu_half(w, x),
                 _ => Ok(x.matmul(&w.t()?)?),
@@ -72,15 +61,37 @@ impl Matrix {
     }
 }
 
+impl QMatrix {
+    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let q = self.blocks.as_ref();
+        if !q.device().is_cpu() {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(q)?);
+        }
+        if kernels::quantized_supported(q.dtype(), x.dim(1)?) {
+            return own_quantized(q, x);
+        }
+        // With the copy allowed: candle's repacked tiles for Q8_0 always (decode 27 against 15
+        // tok/s on TinyLlama, 2 threads) and for prefill of the other types (Q4_K_M pp128 ~200
+        // against 56 tok/s); K-quant decoding is faster without them (42.8 against 32.7 tok/s).
+        let repacked =
+            self.may_repack && (q.dtype() == GgmlDType::Q8_0 || x.dim(0)? >= REPACKED_MIN_ROWS);
+        if repacked {
+            Ok(x.contiguous()?.apply_op1_no_bwd(q)?)
+        } else {
+            cpu_quantized(q, x)
+        }
+    }
+}
+
 /// Rows of activations from which a 16-bit matmul widens the weights and runs one f32 GEMM.
 const GEMM_MIN_ROWS: usize = 16;
 
-/// A quantized matmul on the CPU through owrun's AVX-512 kernels (`kernels::quant`).
+/// A quantized matmul on the CPU through owrun's kernels.
 fn own_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let n = q.shape().dims()[0];
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let y = kernels::quant::matmul(q.dtype(), &q.data()?, n, k, &xs, m);
+    let y = kernels::quantized_matmul(q.dtype(), &q.data()?, n, k, &xs, m);
     Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
 }
 
@@ -136,7 +147,7 @@ fn cpu_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
 fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let n = w.dims()[0];
-    if m >= GEMM_MIN_ROWS && !kernels::half_gemm::available(k) {
+    if m >= GEMM_MIN_ROWS && !kernels::half_tiles_available(k) {
         let wide = {
             let (storage, layout) = w.storage_and_layout();
             let Storage::Cpu(cpu) = &*storage else {
@@ -162,8 +173,8 @@ fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
         bail!("weights must be contiguous")
     };
     let y = match w.dtype() {
-        DType::BF16 => kernels::matmul_wt(&xs, m, k, &cpu.as_slice::<bf16>()?[start..end], n),
-        _ => kernels::matmul_wt(&xs, m, k, &cpu.as_slice::<f16>()?[start..end], n),
+        DType::BF16 => kernels::half_matmul(&xs, m, k, &cpu.as_slice::<bf16>()?[start..end], n),
+        _ => kernels::half_matmul(&xs, m, k, &cpu.as_slice::<f16>()?[start..end], n),
     };
     Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
 }

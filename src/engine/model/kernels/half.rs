@@ -1,45 +1,21 @@
-//! CPU kernels that candle lacks, written here on purpose.
+//! 16-bit weights (f16, bf16) times f32 activations, converted as they are read.
 //!
 //! candle 0.11's CPU matmul takes both operands in one dtype and has no bf16 at all, so a 16-bit
 //! checkpoint would have to be widened to f32 (twice the memory) before it could run. These
-//! kernels multiply f32 activations by f16 or bf16 weights as they are stored, converting one
-//! weight row at a time into a buffer that stays in L1 and reusing it for every activation row.
-//! Each kernel is checked against a scalar reference in the tests below.
+//! kernels multiply f32 activations by f16 or bf16 weights as they are stored: on AVX-512 the
+//! tiles of `half_tiles`; elsewhere one weight row at a time converted into a buffer that stays
+//! in L1 and reused for every activation row (or, for decoding on AVX2, converted inside fused
+//! dot products: `x86::avx2`). Each path is checked against a scalar reference in the tests.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-pub mod half_gemm;
-pub mod quant;
-mod quant_gemm;
-
-/// Whether owrun's AVX-512 kernels may run where the CPU has them. `OWRUN_NO_AVX512=1` turns
-/// them off (to compare with the AVX2 paths, or to rule them out when a result looks wrong).
-pub fn avx512_enabled() -> bool {
-    use std::sync::OnceLock;
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("OWRUN_NO_AVX512").is_none())
-}
-
-/// The largest absolute difference between two results (the kernels' tests).
-#[cfg(test)]
-pub(crate) fn max_difference(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "results of different sizes");
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
-}
-
-/// An output buffer written from several tasks, each owning a disjoint set of its elements.
-pub(crate) struct SharedOut(pub *mut f32);
-// SAFETY: the kernels that share it write every element from exactly one task.
-unsafe impl Sync for SharedOut {}
+use super::{cpu, half_tiles};
 
 /// A weight element stored in 16 bits, converted to f32 on the fly.
 pub trait Half16: Copy + Send + Sync + 'static {
-    /// How the AVX-512 prefill kernel reads these weights.
-    const LOAD16: half_gemm::Load16;
+    /// How the AVX-512 kernels read these weights.
+    const LOAD16: half_tiles::Load16;
     fn widen_into(src: &[Self], dst: &mut [f32]);
     /// x · w with the conversion fused into the loop (AVX2 + FMA + F16C).
     ///
@@ -50,7 +26,7 @@ pub trait Half16: Copy + Send + Sync + 'static {
 }
 
 impl Half16 for bf16 {
-    const LOAD16: half_gemm::Load16 = half_gemm::Load16::Bf16;
+    const LOAD16: half_tiles::Load16 = half_tiles::Load16::Bf16;
     fn widen_into(src: &[Self], dst: &mut [f32]) {
         // bf16 is the top half of an f32: a shift, which the compiler vectorises.
         for (d, s) in dst.iter_mut().zip(src) {
@@ -60,12 +36,12 @@ impl Half16 for bf16 {
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32 {
-        x86::dot_bf16(x, w)
+        super::x86::avx2::dot_bf16(x, w)
     }
 }
 
 impl Half16 for f16 {
-    const LOAD16: half_gemm::Load16 = half_gemm::Load16::F16;
+    const LOAD16: half_tiles::Load16 = half_tiles::Load16::F16;
     fn widen_into(src: &[Self], dst: &mut [f32]) {
         // half picks F16C / NEON conversion at run time where the CPU has it.
         half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
@@ -73,68 +49,7 @@ impl Half16 for f16 {
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32 {
-        x86::dot_f16(x, w)
-    }
-}
-
-/// Fused convert-and-dot loops: decoding reads every weight once per token, so converting it
-/// to a buffer first doubles the memory traffic of the step that is bound by it.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_hadd_ps(s, s);
-        _mm_cvtss_f32(_mm_hadd_ps(s, s))
-    }
-
-    /// Eight weights as f32 from 16-bit storage at `p`.
-    type Load = unsafe fn(*const u16) -> __m256;
-
-    #[inline(always)]
-    unsafe fn dot_with(x: &[f32], w: *const u16, load: Load, tail: impl Fn(usize) -> f32) -> f32 {
-        let n = x.len();
-        let xp = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (a, acc) in acc.iter_mut().enumerate() {
-                let o = i + 8 * a;
-                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), load(w.add(o)), *acc);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), load(w.add(i)), acc[0]);
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut total = hsum(sum);
-        for (j, xj) in x.iter().enumerate().skip(i) {
-            total += xj * tail(j);
-        }
-        total
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(x: &[f32], w: &[half::f16]) -> f32 {
-        #[target_feature(enable = "avx2,f16c")]
-        unsafe fn load(p: *const u16) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        }
-        dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
-        #[target_feature(enable = "avx2")]
-        unsafe fn load(p: *const u16) -> __m256 {
-            let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-            _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
-        }
-        dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+        super::x86::avx2::dot_f16(x, w)
     }
 }
 
@@ -158,20 +73,18 @@ const COLUMNS_PER_TASK: usize = 16;
 
 /// `x` (m × k, row-major f32) times `w`ᵀ where `w` is n × k (one row per output feature, as
 /// checkpoints store linear layers). Returns m × n, row-major.
-pub fn matmul_wt<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
+pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
-    if half_gemm::available(k) {
-        return match m <= half_gemm::MATVEC_MAX_ROWS {
-            true => half_gemm::matvec(x, m, k, w, n),
-            false => half_gemm::matmul(x, m, k, w, n),
+    if half_tiles::available(k) {
+        return match m <= half_tiles::MATVEC_MAX_ROWS {
+            true => half_tiles::matvec(x, m, k, w, n),
+            false => half_tiles::matmul(x, m, k, w, n),
         };
     }
-    let simd = simd_available();
-    #[cfg(target_arch = "x86_64")]
-    let fused = m <= FUSED_MAX_ROWS && simd && is_x86_feature_detected!("f16c");
-    #[cfg(not(target_arch = "x86_64"))]
-    let fused = false;
+    let features = cpu::features();
+    let simd = features.avx2_fma;
+    let fused = m <= FUSED_MAX_ROWS && features.f16c;
     // Each task computes a block of output columns for every row: its rows of `w` are read once.
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(COLUMNS_PER_TASK))
         .into_par_iter()
@@ -202,7 +115,7 @@ pub fn matmul_wt<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) ->
                     // SAFETY: the CPU was checked for AVX2 and FMA above.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        dots_avx2(x, k, &row, &mut column)
+                        super::x86::avx2::dots(x, k, &row, &mut column)
                     };
                 } else {
                     dots(x, k, &row, &mut column);
@@ -226,30 +139,10 @@ pub fn matmul_wt<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) ->
     y
 }
 
-/// Whether the AVX2 + FMA path can run (checked once by the standard library's detection).
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The same loops compiled for AVX2 + FMA (the default x86-64 target has neither, and without
-/// FMA `mul_add` becomes a library call).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-    dots_fma(x, k, w, out)
-}
-
 /// Dot products of every row of `x` (rows of `k`) with `w`, four rows at a time so each loaded
 /// weight feeds four multiply-adds.
 #[inline(always)]
-fn dots_fma(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+pub(super) fn dots_fma(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
     const LANES: usize = 8;
     let m = out.len();
     let chunks = k / LANES;
@@ -332,6 +225,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::max_difference;
     use super::*;
 
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -365,7 +259,7 @@ mod tests {
             let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
             let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
             // Where the CPU multiplies bf16 pairs, the activations are rounded to bf16 first.
-            let xb: Vec<f32> = match half_gemm::rounds_bf16_activations(k) {
+            let xb: Vec<f32> = match half_tiles::rounds_bf16_activations(k) {
                 true => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
                 false => x.clone(),
             };
@@ -390,8 +284,8 @@ mod tests {
                 &wh.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
                 n,
             );
-            let got_b = matmul_wt(&x, m, k, &wb, n);
-            let got_h = matmul_wt(&x, m, k, &wh, n);
+            let got_b = matmul(&x, m, k, &wb, n);
+            let got_h = matmul(&x, m, k, &wh, n);
             // The portable path, whatever this CPU has.
             let row: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
             let mut portable = vec![0f32; m * n];

@@ -1,0 +1,246 @@
+//! One loaded model, [`Engine`]: the weights on a device, the text side beside them and the
+//! model's sampling defaults. Two loaders: a Hugging Face folder (safetensors, quantized at load
+//! when asked) and a GGUF file (tensors as stored).
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+use super::device::{choose_dtypes, open_device, DTypeChoice, DeviceChoice};
+use super::format::config::ModelConfig;
+use super::format::gguf::{self, GgufFile};
+use super::format::json::read_json;
+use super::format::{gguf_vocab, safetensors};
+use super::generate::sampler::SamplingParams;
+use super::model::arch::Arch;
+use super::model::decoder::Decoder;
+use super::model::weights::Weights;
+use super::model::{own_quantized_kernels, use_threads, Model};
+use super::quantize::cache::QuantCache;
+use super::quantize::Scheme;
+use super::text::template::ChatTemplate;
+use super::text::Text;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Threads of the CPU kernels (None: one per core).
+    pub threads: Option<NonZeroUsize>,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    /// Quantize the matrices under this scheme (the rest keeps `dtype`).
+    pub quant: Option<Scheme>,
+    /// Where quantized matrices are cached between loads (None: not cached).
+    pub quant_cache: Option<PathBuf>,
+    /// Memory the model may use (None: unknown, assume plenty). Decides whether Q8_0 matrices
+    /// may keep candle's faster repacked copy.
+    pub memory_available: Option<u64>,
+}
+
+pub struct Engine {
+    pub model: Model,
+    /// Tokenizer, template and end-of-sequence ids: shared with the threads that prepare
+    /// prompts while the model computes (the server's).
+    pub text: Arc<Text>,
+    /// The model's sampling defaults (generation_config.json).
+    pub sampling: SamplingParams,
+    pub config: ModelConfig,
+    pub load_s: f64,
+    pub device: Device,
+    /// The dtype the weights are held in (the dense ones, under a quantization scheme).
+    pub dtype: DType,
+    pub quant: Option<Scheme>,
+    /// What happened while loading that a user may want to know (printed by front ends).
+    pub notes: Vec<String>,
+}
+
+fn files_bytes(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Whether quantized weights of `bytes` may keep candle's repacked copy (Q8_0 decoding 1.8x and
+/// K-quant prefill 3.5x faster, twice the memory): when the memory available holds both copies
+/// with a tenth to spare.
+/// Said only where it matters: owrun's AVX-512 kernels multiply Q8_0 / Q4_K / Q6_K (every
+/// matrix of a real model's Q8_0 and Q4_K_M) faster without any copy.
+fn repacking_fits(bytes: f64, available: Option<u64>, notes: &mut Vec<String>) -> bool {
+    let fits = available.is_none_or(|a| a as f64 >= 2.2 * bytes);
+    if !fits && !own_quantized_kernels() {
+        notes.push(
+            "memory is short: quantized matrices run without the repacked copy that makes them faster"
+                .into(),
+        );
+    }
+    fits
+}
+
+/// The weight side of a loaded model.
+struct Loaded {
+    decoder: Decoder,
+    device: Device,
+    dtype: DType,
+    quant: Option<Scheme>,
+    notes: Vec<String>,
+}
+
+fn engine(
+    text: Text,
+    sampling: SamplingParams,
+    config: ModelConfig,
+    loaded: Loaded,
+    started: Instant,
+) -> Engine {
+    Engine {
+        model: Model::new(loaded.decoder),
+        text: Arc::new(text),
+        sampling,
+        config,
+        load_s: started.elapsed().as_secs_f64(),
+        device: loaded.device,
+        dtype: loaded.dtype,
+        quant: loaded.quant,
+        notes: loaded.notes,
+    }
+}
+
+/// The text side and sampling defaults of a Hugging Face folder: tokenizer.json,
+/// tokenizer_config.json, generation_config.json, plus config.json's end-of-sequence ids.
+fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<(Text, SamplingParams)> {
+    let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+    let text = Text::from_folder(dir, config_eos, &generation)?;
+    Ok((text, SamplingParams::from_generation_config(&generation)))
+}
+
+impl Engine {
+    /// Load the model in `dir` (config, tokenizer, template) with the safetensors `files`.
+    pub fn load(dir: &Path, files: &[PathBuf], opts: &LoadOptions) -> Result<Engine> {
+        let started = Instant::now();
+        use_threads(opts.threads);
+        let config = ModelConfig::load(dir)?;
+        let arch = Arch::from_config(&config)
+            .with_context(|| format!("in {}", dir.join("config.json").display()))?;
+        let device = open_device(opts.device)?;
+        let (text, sampling) = folder_text_side(dir, &config.eos_token_ids)?;
+        if files.is_empty() {
+            return Err(anyhow!("{} has no safetensors weights", dir.display()));
+        }
+        // Probe the stored dtype on the embedding table, then hold every matrix in one dtype.
+        let probe = Weights::open(files, &device, None, DType::F32)?;
+        let stored = probe.stored_dtype("model.embed_tokens.weight")?;
+        drop(probe);
+        let (weight_dtype, mut act_dtype) = choose_dtypes(opts.dtype, stored, &device);
+        if opts.quant.is_some() {
+            // candle's quantized matmuls take f32 activations, on every device.
+            act_dtype = DType::F32;
+        }
+        let mut weights = Weights::open(files, &device, Some(weight_dtype), act_dtype)?;
+        let mut notes = Vec::new();
+        if let Some(scheme) = opts.quant {
+            let stored_bits = (stored.size_in_bytes() * 8) as f64;
+            let bytes = files_bytes(files) as f64 * scheme.bits_per_weight() / stored_bits;
+            weights.allow_repacking(repacking_fits(bytes, opts.memory_available, &mut notes));
+            let cache = QuantCache::open(opts.quant_cache.clone(), scheme, files);
+            if !cache.hit() {
+                notes.push(format!(
+                    "quantizing the weights to {} (once: the result is cached)",
+                    scheme.name()
+                ));
+            }
+            weights.quantize_with(scheme, arch.layers.len(), cache);
+        }
+        let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
+            .with_context(|| format!("cannot load {}", safetensors::describe(files)))?;
+        if let Some(cache) = weights.take_cache() {
+            match cache.save() {
+                Ok(Some(path)) => notes.push(format!(
+                    "cached the quantized weights in {}",
+                    path.display()
+                )),
+                Ok(None) => {}
+                Err(e) => notes.push(format!("could not cache the quantized weights: {e:#}")),
+            }
+        }
+        drop(weights);
+        let loaded = Loaded {
+            decoder,
+            device,
+            dtype: weight_dtype,
+            quant: opts.quant,
+            notes,
+        };
+        Ok(engine(text, sampling, config, loaded, started))
+    }
+
+    /// Load a GGUF file: hyperparameters, tokenizer and chat template from its metadata (or,
+    /// when it carries no tokenizer, from the Hugging Face files beside it), tensors as stored.
+    pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Engine> {
+        let started = Instant::now();
+        use_threads(opts.threads);
+        let mut file = GgufFile::open(path)?;
+        let config = ModelConfig::from_value(file.config_json()?)
+            .with_context(|| format!("in {}", path.display()))?;
+        let arch = Arch::from_config(&config).with_context(|| format!("in {}", path.display()))?;
+        let device = open_device(opts.device)?;
+        let beside = path.parent().unwrap_or(Path::new("."));
+        let (text, sampling) = if file.meta("tokenizer.ggml.model").is_some() {
+            let v = gguf_vocab::from_gguf(&file)?;
+            let template = v
+                .chat_template
+                .map(|source| ChatTemplate::new(source, v.bos_text, v.eos_text));
+            let text = Text::new(v.tokenizer, template, v.eos);
+            (text, SamplingParams::default())
+        } else {
+            folder_text_side(beside, &[]).with_context(|| {
+                format!(
+                    "{} carries no tokenizer, and none is beside it",
+                    path.display()
+                )
+            })?
+        };
+        let mut notes = Vec::new();
+        if let Some(q) = opts.quant {
+            notes.push(format!(
+                "--quant {} ignored: a GGUF file runs as it was quantized",
+                q.name()
+            ));
+        }
+        let weight_dtype = match opts.dtype {
+            DTypeChoice::Auto => None,
+            other => Some(choose_dtypes(other, DType::F32, &device).0),
+        };
+        // Quantized matrices take f32 activations; on a GPU, dense ones their own dtype.
+        let act_dtype = match weight_dtype {
+            Some(d) if !device.is_cpu() => d,
+            _ => DType::F32,
+        };
+        // llama.cpp's file types 0, 1 and 32: all f32, mostly f16, mostly bf16 (nothing to repack).
+        let quantized = !matches!(
+            file.meta("general.file_type").and_then(gguf::number),
+            Some(0.0 | 1.0 | 32.0)
+        );
+        let mut weights = Weights::from_gguf(file, &device, weight_dtype, act_dtype);
+        if quantized {
+            let size = files_bytes(&[path.to_path_buf()]) as f64;
+            weights.allow_repacking(repacking_fits(size, opts.memory_available, &mut notes));
+        }
+        let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        drop(weights);
+        let loaded = Loaded {
+            decoder,
+            device,
+            dtype: weight_dtype.unwrap_or(DType::F32),
+            quant: None,
+            notes,
+        };
+        Ok(engine(text, sampling, config, loaded, started))
+    }
+}

@@ -1,0 +1,258 @@
+//! 16-bit weights on AVX-512: f32 activations (m × k) times the transpose of f16 or bf16
+//! weights (n × k), converting the weights inside the loop: register tiles for prefill, one
+//! weight row at a time for decoding. The instructions are in `x86::avx512_half`.
+//!
+//! Why by hand: candle 0.11 has no f16 × f32 or bf16 matmul, and its f32 GEMM (the gemm crate
+//! without its nightly-only AVX-512 kernels) reached ~70 GFLOP/s on two cores where llama.cpp's
+//! reaches ~300, after a widening copy of every weight. This is the dot-product tiling that
+//! llama.cpp's tinyBLAS uses: a tile of 4 activation rows × 6 weight rows keeps 24 vector
+//! accumulators in registers, so each loaded vector feeds 4 or 6 multiply-adds.
+
+use rayon::prelude::*;
+
+use super::half::Half16;
+#[cfg(target_arch = "x86_64")]
+use super::x86::avx512_half as avx512;
+use super::{cpu, SharedOut};
+
+/// Whether this CPU runs the kernels (AVX-512 F and VL), for rows of `k` values.
+pub fn available(k: usize) -> bool {
+    k.is_multiple_of(16) && cpu::features().avx512
+}
+
+/// Activation rows and weight rows of one register tile.
+pub(super) const RM: usize = 4;
+pub(super) const RN: usize = 6;
+/// Weight tiles per task: the task's weight rows stay in L2 while every activation block
+/// passes over them.
+const TILES_PER_TASK: usize = 8;
+
+/// `x` (m × k) times `w`ᵀ (`w` n × k): m × n, row-major. Call only where `available(k)`.
+pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
+    assert!(available(k), "AVX-512 and rows of a multiple of 16");
+    assert_eq!(x.len(), m * k, "activations are m × k");
+    assert_eq!(w.len(), n * k, "weights are n × k");
+    #[cfg(target_arch = "x86_64")]
+    let x_bf16 = bf16_activations::<T>(x, k);
+    let mut y = vec![0f32; m * n];
+    let out = SharedOut(y.as_mut_ptr());
+    let rows_per_task = RN * TILES_PER_TASK;
+    (0..n.div_ceil(rows_per_task))
+        .into_par_iter()
+        .for_each(|t| {
+            let out = &out;
+            let last = ((t + 1) * rows_per_task).min(n);
+            for i in (0..m).step_by(RM) {
+                let rm = RM.min(m - i);
+                for j in (t * rows_per_task..last).step_by(RN) {
+                    let rn = RN.min(last - j);
+                    let mut tile = [[0f32; RN]; RM];
+                    // SAFETY: AVX-512 F was detected (`available`); rows i..i + rm of x and
+                    // j..j + rn of w exist and hold k values, k a multiple of 16.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let wj = w.as_ptr().add(j * k) as *const u16;
+                        match &x_bf16 {
+                            Some(xb) => avx512::tile_bf16_dot(
+                                xb.as_ptr().add(i * k),
+                                wj,
+                                k,
+                                rm,
+                                rn,
+                                &mut tile,
+                            ),
+                            None => avx512::tile(
+                                T::LOAD16,
+                                x.as_ptr().add(i * k),
+                                wj,
+                                k,
+                                rm,
+                                rn,
+                                &mut tile,
+                            ),
+                        }
+                    };
+                    for (a, row) in tile.iter().take(rm).enumerate() {
+                        for (b, v) in row.iter().take(rn).enumerate() {
+                            // SAFETY: columns j..j + rn belong to this task alone; (i + a, j + b)
+                            // is inside the m × n output.
+                            unsafe { *out.0.add((i + a) * n + j + b) = *v };
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Rows of activations up to which `matvec` runs instead of the tiles.
+pub const MATVEC_MAX_ROWS: usize = 4;
+/// Weight rows per task in `matvec`: one contiguous stream per task.
+const MATVEC_ROWS_PER_TASK: usize = 64;
+
+/// Decoding (m ≤ 4 rows): each weight row is streamed once and multiplied by every activation
+/// row, 16 (f16) or 32 (bf16 pairs, where the CPU has AVX-512 BF16) values per instruction.
+/// One weight row at a time keeps one memory stream per thread (the 6-row tiles were slower
+/// here: 14 against 15.5 tokens/s). Call only where `available(k)`.
+pub fn matvec<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
+    assert!(
+        available(k) && m <= MATVEC_MAX_ROWS,
+        "AVX-512, k a multiple of 16, m ≤ 4"
+    );
+    assert_eq!(x.len(), m * k, "activations are m × k");
+    assert_eq!(w.len(), n * k, "weights are n × k");
+    #[cfg(target_arch = "x86_64")]
+    let x_bf16 = bf16_activations::<T>(x, k);
+    let mut y = vec![0f32; m * n];
+    let out = SharedOut(y.as_mut_ptr());
+    (0..n.div_ceil(MATVEC_ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|t| {
+            let out = &out;
+            for j in t * MATVEC_ROWS_PER_TASK..((t + 1) * MATVEC_ROWS_PER_TASK).min(n) {
+                let mut dots = [0f32; MATVEC_MAX_ROWS];
+                // SAFETY: AVX-512 F/VL (and BF16 where x_bf16 is set) were detected; row j of w
+                // and the m rows of x hold k values.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    let wj = w.as_ptr().add(j * k) as *const u16;
+                    match (&x_bf16, T::LOAD16) {
+                        (Some(xb), _) => avx512::row_bf16_dot(xb, m, k, wj, &mut dots),
+                        (None, Load16::F16) => avx512::row_f16(x, m, k, wj, &mut dots),
+                        (None, Load16::Bf16) => avx512::row_bf16(x, m, k, wj, &mut dots),
+                    }
+                };
+                for (i, d) in dots.iter().take(m).enumerate() {
+                    // SAFETY: row j belongs to this task alone; (i, j) is inside the output.
+                    unsafe { *out.0.add(i * n + j) = *d };
+                }
+            }
+        });
+    y
+}
+
+/// bf16 weights on a CPU with AVX-512 BF16 multiply bf16 pairs: the activations are rounded to
+/// bf16 once per matmul (as llama.cpp does for bf16 models), and each instruction does 32
+/// products instead of 16. None: the f32 activations are used as they are.
+#[cfg(target_arch = "x86_64")]
+fn bf16_activations<T: Half16>(x: &[f32], k: usize) -> Option<Vec<u16>> {
+    match T::LOAD16 {
+        // SAFETY: AVX-512 BF16 was detected.
+        Load16::Bf16 if k.is_multiple_of(32) && bf16_dot_available() => {
+            Some(unsafe { avx512::to_bf16(x) })
+        }
+        _ => None,
+    }
+}
+
+/// AVX-512 BF16's pair dot products (`vdpbf16ps`).
+fn bf16_dot_available() -> bool {
+    cpu::features().avx512_bf16
+}
+
+/// Whether bf16 weights with rows of `k` values are multiplied by activations rounded to bf16
+/// on this CPU (the pair dot products), for tests that build a reference.
+#[cfg(test)]
+pub fn rounds_bf16_activations(k: usize) -> bool {
+    available(k) && k.is_multiple_of(32) && bf16_dot_available()
+}
+
+/// How 16 weights are read: as f16 (converted by the CPU) or as bf16 (the top half of an f32).
+#[derive(Clone, Copy)]
+pub enum Load16 {
+    F16,
+    Bf16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    #[test]
+    fn tiles_match_the_scalar_reference() {
+        if !available(16) {
+            eprintln!(
+                "NOTICE: no AVX-512 on this CPU; 16-bit prefill widens and uses candle's GEMM"
+            );
+            return;
+        }
+        // Edges in both directions: 9 = 2 tiles + 1 row, 61 = 1 task + 13 rows.
+        // k a multiple of 32: bf16 weights take the pair dot products where the CPU has them.
+        for (m, k, n) in [(1, 16, 1), (9, 80, 61), (4, 256, 6), (9, 96, 61)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 104729) % 19) as f32 / 9.0 - 1.0)
+                .collect();
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            // That path rounds the activations to bf16 first: so does its reference.
+            let rounds_x = rounds_bf16_activations(k);
+            let reference = |wf: &dyn Fn(usize) -> f32, round: bool| -> Vec<f32> {
+                let xf = |i: usize| match round {
+                    true => bf16::from_f32(x[i]).to_f32(),
+                    false => x[i],
+                };
+                let mut y = vec![0f32; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        y[i * n + j] = (0..k)
+                            .map(|p| xf(i * k + p) as f64 * wf(j * k + p) as f64)
+                            .sum::<f64>() as f32;
+                    }
+                }
+                y
+            };
+            let cases = [
+                (
+                    matmul(&x, m, k, &wh, n),
+                    reference(&|i| wh[i].to_f32(), false),
+                ),
+                (
+                    matmul(&x, m, k, &wb, n),
+                    reference(&|i| wb[i].to_f32(), rounds_x),
+                ),
+            ];
+            for (got, want) in cases {
+                let err = super::super::max_difference(&got, &want);
+                assert!(err < 1e-4 * k as f32, "{m}x{k}x{n}: max error {err}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use half::{bf16, f16};
+
+    /// `cargo test --release time_half_gemm -- --ignored --nocapture`: GFLOP/s of the kernel.
+    #[test]
+    #[ignore]
+    fn time_half_gemm() {
+        // TinyLlama's gate/up projection, then its down projection (long rows).
+        for (m, k, n) in [(128, 2048, 5632), (128, 5632, 2048)] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0).collect();
+            let wh: Vec<f16> = (0..n * k)
+                .map(|i| f16::from_f32((i % 7) as f32 / 7.0))
+                .collect();
+            let wb: Vec<bf16> = wh.iter().map(|v| bf16::from_f32(v.to_f32())).collect();
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                std::hint::black_box(matmul(&x, m, k, &wh, n));
+                let f16s = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                std::hint::black_box(matmul(&x, m, k, &wb, n));
+                let bf16s = t.elapsed().as_secs_f64();
+                let flop = 2.0 * (m * k * n) as f64;
+                eprintln!(
+                    "{m}x{k}x{n}: f16 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s",
+                    flop / f16s / 1e9,
+                    flop / bf16s / 1e9
+                );
+            }
+        }
+    }
+}

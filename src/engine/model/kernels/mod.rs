@@ -1,0 +1,77 @@
+//! owrun's CPU kernels: matrix products with weights as they are stored (16-bit, GGML blocks)
+//! that candle lacks or runs slowly. Private to `model`: `linear` calls the entry points below.
+//!
+//! The layout follows the ISA split: the drivers here are portable Rust (how work is cut into
+//! tasks on rayon's pool, how activations are prepared, which path a shape takes), and every
+//! instruction-set-specific loop is in `x86/`, one file per set and family. `cpu` detects the
+//! CPU's features once; `blocks` holds what every ISA shares about GGML's block layouts.
+//!
+//! | file | what |
+//! |---|---|
+//! | `cpu` | feature detection, once, with the `OWRUN_NO_AVX512` override |
+//! | `blocks` | GGML block types, Q4_K scale unpacking, int8 activation quantization |
+//! | `half` | 16-bit weights: the entry point, widening, the portable and AVX2 paths |
+//! | `half_tiles` | 16-bit weights on AVX-512: prefill tiles and decode rows |
+//! | `quant` | quantized weights: the entry point (decode rows or prefill tiles) |
+//! | `quant_rows`, `quant_tiles` | quantized decode and prefill drivers |
+//! | `x86/` | the AVX2 and AVX-512 instructions of each family |
+
+mod blocks;
+mod cpu;
+mod half;
+mod half_tiles;
+mod quant;
+mod quant_rows;
+mod quant_tiles;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::num::NonZeroUsize;
+
+pub use half::{matmul as half_matmul, widen};
+pub use half_tiles::available as half_tiles_available;
+pub use quant::{
+    matmul as quantized_matmul, own_kernels_available as own_quantized_kernels,
+    supports as quantized_supported,
+};
+
+/// Run the kernels (and candle's CPU kernels) on `threads` threads (None: one per core). The
+/// first call in a process decides; later calls change nothing (a pool cannot be resized).
+pub fn use_threads(threads: Option<NonZeroUsize>) {
+    static CONFIGURED: std::sync::Once = std::sync::Once::new();
+    CONFIGURED.call_once(|| {
+        let n = threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            NonZeroUsize::get,
+        );
+        if threads.is_some() {
+            // owrun's kernels run on rayon's global pool; a pool that already exists (another
+            // library built it) keeps its size.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+        }
+        // candle 0.11 sizes its quantized kernels' thread pool only from this variable (else one
+        // thread per physical core, which is one on a 2-vCPU machine). It is read once, when
+        // that pool starts: this sets it before any kernel runs. The last write of the process
+        // environment in owrun; it goes when no candle kernel is left on the CPU paths.
+        if threads.is_some() || std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        }
+    });
+}
+
+/// An output buffer written from several tasks, each owning a disjoint set of its elements.
+pub(crate) struct SharedOut(pub *mut f32);
+// SAFETY: the kernels that share it write every element from exactly one task.
+unsafe impl Sync for SharedOut {}
+
+/// The largest absolute difference between two results (the kernels' tests).
+#[cfg(test)]
+pub(crate) fn max_difference(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "results of different sizes");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}

@@ -1,0 +1,71 @@
+//! AVX2 + FMA (+ F16C) loops for 16-bit weights on CPUs without AVX-512.
+//!
+//! Fused convert-and-dot loops: decoding reads every weight once per token, so converting it to
+//! a buffer first doubles the memory traffic of the step that is bound by it.
+
+use std::arch::x86_64::*;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_hadd_ps(s, s);
+    _mm_cvtss_f32(_mm_hadd_ps(s, s))
+}
+
+/// Eight weights as f32 from 16-bit storage at `p`.
+type Load = unsafe fn(*const u16) -> __m256;
+
+#[inline(always)]
+unsafe fn dot_with(x: &[f32], w: *const u16, load: Load, tail: impl Fn(usize) -> f32) -> f32 {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (a, acc) in acc.iter_mut().enumerate() {
+            let o = i + 8 * a;
+            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), load(w.add(o)), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), load(w.add(i)), acc[0]);
+        i += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut total = hsum(sum);
+    for (j, xj) in x.iter().enumerate().skip(i) {
+        total += xj * tail(j);
+    }
+    total
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(x: &[f32], w: &[half::f16]) -> f32 {
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const u16) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+    }
+    dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+}
+
+/// `half`'s portable dot products of every activation row with one widened weight row,
+/// compiled for AVX2 + FMA (the default x86-64 target has neither, and without FMA `mul_add`
+/// becomes a library call).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+    super::super::half::dots_fma(x, k, w, out)
+}
