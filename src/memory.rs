@@ -11,13 +11,10 @@ pub fn peak_resident_bytes() -> Option<u64> {
     status_field("VmHWM:")
 }
 
-/// Memory a model may use: `OWRUN_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) when set,
-/// else what the kernel says is available (MemAvailable). None when neither is known.
-pub fn available_bytes() -> Option<u64> {
-    if let Ok(limit) = std::env::var("OWRUN_MEMORY_LIMIT") {
-        return parse_size(&limit);
-    }
-    kb_field("/proc/meminfo", "MemAvailable:")
+/// Memory a model may use: `limit` when the user set one (`OWRUN_MEMORY_LIMIT`, in the
+/// settings), else what the kernel says is available (MemAvailable). None when neither is known.
+pub fn available_bytes(limit: Option<u64>) -> Option<u64> {
+    limit.or_else(|| kb_field("/proc/meminfo", "MemAvailable:"))
 }
 
 /// "1500000", "512K", "700M", "16G" (powers of 1024).

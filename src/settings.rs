@@ -65,6 +65,9 @@ pub struct Settings {
     pub declared_use: Option<DeclaredUse>,
     /// Base delay of the exponential backoff between download retries.
     pub retry_base_ms: u64,
+    /// Memory owrun may assume available (`OWRUN_MEMORY_LIMIT`), instead of what the kernel
+    /// reports.
+    pub memory_limit: Option<u64>,
     /// Pauses for the end-to-end tests (`OWRUN_TEST_HOOKS`); all off for users.
     pub test_hooks: TestHooks,
 }
@@ -130,6 +133,14 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .unwrap_or(500);
 
+        let memory_limit = match env_nonempty("OWRUN_MEMORY_LIMIT") {
+            Some(v) => Some(crate::memory::parse_size(&v).ok_or_else(|| {
+                Fatal::Usage(format!(
+                    "OWRUN_MEMORY_LIMIT={v:?} is not a size: give bytes, or a number with K, M or G"
+                ))
+            })?),
+            None => None,
+        };
         let test_hooks = match env_nonempty(crate::test_hooks::VARIABLE) {
             Some(spec) => TestHooks::parse(&spec).map_err(|e| Fatal::Usage(format!("{e:#}")))?,
             None => TestHooks::default(),
@@ -144,6 +155,7 @@ impl Settings {
             offline,
             declared_use,
             retry_base_ms,
+            memory_limit,
             test_hooks,
         })
     }

@@ -60,6 +60,7 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
             queue: args.queue,
             keep_alive,
             max_models: args.max_models,
+            memory_limit: opener.settings.memory_limit,
             load_delay: hooks.load_delay,
             step_delay: hooks.step_delay,
         },

@@ -201,14 +201,16 @@ impl Opener {
     /// Load the model at `path` (a folder or a GGUF file, from `ready` or `pulled`) as
     /// `choices` say. Its notes are left in the engine for the caller to show.
     pub fn load(&self, path: &Path, choices: &LoadChoices) -> Result<Engine> {
-        let quant = choices.quant.or_else(|| auto_quant(path, choices));
+        let quant = choices
+            .quant
+            .or_else(|| auto_quant(path, choices, self.available_memory()));
         let options = LoadOptions {
             threads: choices.threads,
             device: choices.device,
             dtype: choices.dtype,
             quant,
             quant_cache: quant.map(|q| self.quant_cache_path(path, q)),
-            memory_available: crate::memory::available_bytes(),
+            memory_available: self.available_memory(),
         };
         let loaded = if is_gguf_file(path) {
             Engine::load_gguf(path, &options)
@@ -225,6 +227,11 @@ impl Opener {
         })?;
         crate::memory::keep_freed_memory();
         Ok(engine)
+    }
+
+    /// Memory a model may use: `OWRUN_MEMORY_LIMIT`, else what the kernel reports.
+    pub fn available_memory(&self) -> Option<u64> {
+        crate::memory::available_bytes(self.settings.memory_limit)
     }
 
     /// Where a model's weights quantized under `scheme` are kept: beside the model in the store
@@ -285,7 +292,7 @@ fn gguf_or_folder(model: &ModelRef, dir: PathBuf) -> Result<PathBuf> {
 /// On the CPU, a model that does not fit in the memory available in its own dtype runs quantized:
 /// Q8_0 when that fits, else Q4_K_M, said once on stderr. Only when the user chose neither a
 /// dtype nor a quantization.
-fn auto_quant(dir: &Path, choices: &LoadChoices) -> Option<Scheme> {
+fn auto_quant(dir: &Path, choices: &LoadChoices, available: Option<u64>) -> Option<Scheme> {
     let gpu = candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available();
     let cpu = choices.device == DeviceChoice::Cpu || (choices.device == DeviceChoice::Auto && !gpu);
     if !cpu || choices.dtype != DTypeChoice::Auto || is_gguf_file(dir) {
@@ -296,7 +303,7 @@ fn auto_quant(dir: &Path, choices: &LoadChoices) -> Option<Scheme> {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    let available = crate::memory::available_bytes()?;
+    let available = available?;
     // Room for the KV cache, activations and the program: a tenth on top of the weights.
     let fits = |bytes: f64| bytes * 1.1 <= available as f64;
     if weights == 0 || fits(weights as f64) {

@@ -50,6 +50,9 @@ pub struct Options {
     /// None: kept until the server stops.
     pub keep_alive: Option<Duration>,
     pub max_models: usize,
+    /// `OWRUN_MEMORY_LIMIT`: memory the models may use instead of what the kernel reports when
+    /// each loads (it decides the default number of slots).
+    pub memory_limit: Option<u64>,
     /// Test hooks: a pause before each load, and before each batched step.
     pub load_delay: Option<Duration>,
     pub step_delay: Option<Duration>,
@@ -171,7 +174,7 @@ impl Models {
         let slots = self
             .options
             .parallel
-            .unwrap_or_else(|| default_slots(&engine));
+            .unwrap_or_else(|| default_slots(&engine, self.options.memory_limit));
         eprintln!(
             "owrun: {id} loaded in {:.2}s: {slots} slots, context {} tokens",
             engine.load_s, engine.config.context
@@ -260,9 +263,9 @@ impl Models {
 
 /// Slots when `--parallel` is not given: as many full-context caches as a quarter of the
 /// available memory holds, between 4 and 16.
-fn default_slots(engine: &Engine) -> usize {
+fn default_slots(engine: &Engine, memory_limit: Option<u64>) -> usize {
     let per_slot = engine.model.cache_bytes_per_token() * engine.config.context.max(1);
-    let fit = crate::memory::available_bytes()
+    let fit = crate::memory::available_bytes(memory_limit)
         .map(|a| (a / 4) as usize / per_slot.max(1))
         .unwrap_or(4);
     fit.clamp(4, 16)

@@ -7,51 +7,11 @@
 //! in L1 and reused for every activation row (or, for decoding on AVX2, converted inside fused
 //! dot products: `x86::avx2`). Each path is checked against a scalar reference in the tests.
 
-use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::dots::dots;
+use super::half16::Half16;
 use super::{cpu, half_tiles};
-
-/// A weight element stored in 16 bits, converted to f32 on the fly.
-pub trait Half16: Copy + Send + Sync + 'static {
-    /// How the AVX-512 kernels read these weights.
-    const LOAD16: half_tiles::Load16;
-    fn widen_into(src: &[Self], dst: &mut [f32]);
-    /// x · w with the conversion fused into the loop (AVX2 + FMA + F16C).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `x` and `w` have the same length.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32;
-}
-
-impl Half16 for bf16 {
-    const LOAD16: half_tiles::Load16 = half_tiles::Load16::Bf16;
-    fn widen_into(src: &[Self], dst: &mut [f32]) {
-        // bf16 is the top half of an f32: a shift, which the compiler vectorises.
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits((s.to_bits() as u32) << 16);
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32 {
-        super::x86::avx2::dot_bf16(x, w)
-    }
-}
-
-impl Half16 for f16 {
-    const LOAD16: half_tiles::Load16 = half_tiles::Load16::F16;
-    fn widen_into(src: &[Self], dst: &mut [f32]) {
-        // half picks F16C / NEON conversion at run time where the CPU has it.
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_x86(x: &[f32], w: &[Self]) -> f32 {
-        super::x86::avx2::dot_f16(x, w)
-    }
-}
 
 /// Rows of activations at or below which the fused dot products run (decoding, small batches);
 /// above it the weights are widened a row at a time and reused across rows.
@@ -139,94 +99,11 @@ pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
     y
 }
 
-/// Dot products of every row of `x` (rows of `k`) with `w`, four rows at a time so each loaded
-/// weight feeds four multiply-adds.
-#[inline(always)]
-pub(super) fn dots_fma(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-    const LANES: usize = 8;
-    let m = out.len();
-    let chunks = k / LANES;
-    let mut i = 0;
-    while i + 4 <= m {
-        let rows: [&[f32]; 4] = std::array::from_fn(|r| &x[(i + r) * k..(i + r + 1) * k]);
-        let mut acc = [[0f32; LANES]; 4];
-        for c in 0..chunks {
-            let wc = &w[c * LANES..(c + 1) * LANES];
-            for (r, row) in rows.iter().enumerate() {
-                let xc = &row[c * LANES..(c + 1) * LANES];
-                for l in 0..LANES {
-                    acc[r][l] = xc[l].mul_add(wc[l], acc[r][l]);
-                }
-            }
-        }
-        for (r, row) in rows.iter().enumerate() {
-            let mut sum: f32 = acc[r].iter().sum();
-            for p in chunks * LANES..k {
-                sum += row[p] * w[p];
-            }
-            out[i + r] = sum;
-        }
-        i += 4;
-    }
-    for (r, o) in out.iter_mut().enumerate().skip(i) {
-        *o = dot_fma(&x[r * k..(r + 1) * k], w);
-    }
-}
-
-#[inline(always)]
-fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let chunks = a.len() / LANES;
-    for c in 0..chunks {
-        let (pa, pb) = (
-            &a[c * LANES..(c + 1) * LANES],
-            &b[c * LANES..(c + 1) * LANES],
-        );
-        for l in 0..LANES {
-            acc[l] = pa[l].mul_add(pb[l], acc[l]);
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * LANES..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
-}
-
-/// The portable path: plain multiply and add (vectorised with the baseline SIMD of any target).
-fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot(&x[r * k..(r + 1) * k], w);
-    }
-}
-
-/// Dot product with 16 independent accumulators, so the compiler emits vector instructions.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let chunks = a.len() / LANES;
-    for c in 0..chunks {
-        let (pa, pb) = (
-            &a[c * LANES..(c + 1) * LANES],
-            &b[c * LANES..(c + 1) * LANES],
-        );
-        for l in 0..LANES {
-            acc[l] += pa[l] * pb[l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * LANES..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::max_difference;
     use super::*;
+    use half::{bf16, f16};
 
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
         let mut y = vec![0f32; m * n];

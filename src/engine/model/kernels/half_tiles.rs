@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::half::Half16;
+use super::half16::{Half16, Load16, RM, RN};
 #[cfg(target_arch = "x86_64")]
 use super::x86::avx512_half as avx512;
 use super::{cpu, SharedOut};
@@ -20,9 +20,6 @@ pub fn available(k: usize) -> bool {
     k.is_multiple_of(16) && cpu::features().avx512
 }
 
-/// Activation rows and weight rows of one register tile.
-pub(super) const RM: usize = 4;
-pub(super) const RN: usize = 6;
 /// Weight tiles per task: the task's weight rows stay in L2 while every activation block
 /// passes over them.
 const TILES_PER_TASK: usize = 8;
@@ -155,13 +152,6 @@ fn bf16_dot_available() -> bool {
 #[cfg(test)]
 pub fn rounds_bf16_activations(k: usize) -> bool {
     available(k) && k.is_multiple_of(32) && bf16_dot_available()
-}
-
-/// How 16 weights are read: as f16 (converted by the CPU) or as bf16 (the top half of an f32).
-#[derive(Clone, Copy)]
-pub enum Load16 {
-    F16,
-    Bf16,
 }
 
 #[cfg(test)]

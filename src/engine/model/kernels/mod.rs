@@ -9,16 +9,24 @@
 //! | file | what |
 //! |---|---|
 //! | `cpu` | feature detection, once, with the `OWRUN_NO_AVX512` override |
-//! | `blocks` | GGML block types, Q4_K scale unpacking, int8 activation quantization |
+//! | `blocks` | GGML block types, Q4_K scale unpacking, int8 rounding of activations |
+//! | `acts` | activations quantized for the quantized kernels, and the tile shapes |
+//! | `half16`, `dots` | 16-bit element types and tile shape; portable f32 dot loops |
 //! | `half` | 16-bit weights: the entry point, widening, the portable and AVX2 paths |
 //! | `half_tiles` | 16-bit weights on AVX-512: prefill tiles and decode rows |
 //! | `quant` | quantized weights: the entry point (decode rows or prefill tiles) |
 //! | `quant_rows`, `quant_tiles` | quantized decode and prefill drivers |
 //! | `x86/` | the AVX2 and AVX-512 instructions of each family |
+//!
+//! Imports go one way: entry points → drivers → `x86/` → shared layouts (`blocks`, `acts`,
+//! `half16`, `dots`, `cpu`).
 
+mod acts;
 mod blocks;
 mod cpu;
+mod dots;
 mod half;
+mod half16;
 mod half_tiles;
 mod quant;
 mod quant_rows;

@@ -44,7 +44,7 @@ pub fn matmul(dtype: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::kernels::quant_rows::{quantize_acts, stored_at};
+    use crate::engine::model::kernels::acts::{quantize_acts, stored_at};
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 

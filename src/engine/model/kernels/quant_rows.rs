@@ -8,73 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::blocks::{block_scale, to_int8, BlockType};
+use super::acts::{quantize_acts, ROWS};
+use super::blocks::BlockType;
 use super::SharedOut;
-
-/// Activations quantized for one weight type: `m` rows of `k` int8 values, one f32 scale per
-/// weight block, and the sums of every 32 (Q4_K) or 16 quantized values (K-quants fold their minimums and
-/// offsets into those). For Q4_K each run of 128 values is stored in the order its nibbles come
-/// out of the weights (0..32, 64..96, 32..64, 96..128), so each 64-byte load lines up.
-pub(super) struct Acts {
-    pub k: usize,
-    pub qs: Vec<i8>,
-    pub scales: Vec<f32>,
-    pub sums: Vec<i16>,
-}
-
-/// Values per activation sum: Q4_K's minimums apply to 32 values, Q6_K's offsets to 16.
-fn sum_len(kind: BlockType) -> usize {
-    match kind {
-        BlockType::Q4K => 32,
-        BlockType::Q6K | BlockType::Q8_0 => 16,
-    }
-}
-
-/// Where value `p` of a row is stored for `kind` (the Q4_K order above; identity otherwise).
-pub(super) fn stored_at(kind: BlockType, p: usize) -> usize {
-    if kind != BlockType::Q4K {
-        return p;
-    }
-    let (run, i) = (p / 128 * 128, p % 128);
-    run + match i {
-        0..32 => i,
-        32..64 => i + 32,
-        64..96 => i - 32,
-        _ => i,
-    }
-}
-
-/// # Safety
-/// AVX-512 F is available (compiled for it so rounding is one instruction, not a libm call).
-#[cfg_attr(
-    target_arch = "x86_64",
-    target_feature(enable = "avx512f,avx512bw,avx512vl")
-)]
-pub(super) unsafe fn quantize_acts(kind: BlockType, x: &[f32], m: usize, k: usize) -> Acts {
-    let block = kind.block_len();
-    let mut acts = Acts {
-        k,
-        qs: vec![0; m * k],
-        scales: vec![0.0; m * k / block],
-        sums: vec![0; m * k / sum_len(kind)],
-    };
-    let bytes = acts.qs.chunks_mut(k);
-    let scales = acts.scales.chunks_mut(k / block);
-    let sums = acts.sums.chunks_mut(k / sum_len(kind));
-    for (((row, qs), scales), sums) in x.chunks(k).zip(bytes).zip(scales).zip(sums) {
-        for (b, values) in row.chunks(block).enumerate() {
-            let (scale, inverse) = block_scale(values);
-            scales[b] = scale;
-            for (i, v) in values.iter().enumerate() {
-                let p = b * block + i;
-                let q = to_int8(*v, inverse);
-                qs[stored_at(kind, p)] = q;
-                sums[p / sum_len(kind)] += q as i16;
-            }
-        }
-    }
-    acts
-}
 
 /// `x` (m × k, row-major) times the transpose of `w` (n rows of k values in `kind`'s blocks).
 /// Returns m × n, row-major. `quant::matmul` calls it where the CPU has AVX-512 VNNI.
@@ -123,6 +59,3 @@ pub(super) fn matmul(
     });
     y
 }
-
-/// Activation rows that share one pass over a weight row (their accumulators stay in registers).
-pub(super) const ROWS: usize = 4;

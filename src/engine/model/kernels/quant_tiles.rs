@@ -15,72 +15,12 @@
 
 use rayon::prelude::*;
 
-use super::blocks::{block_scale, q4k_scales_and_mins, to_int8, BlockType};
+use super::acts::{group_acts, LANES, TILE_ROWS as ROWS};
+use super::blocks::{q4k_scales_and_mins, BlockType};
 use super::SharedOut;
 
 /// Activation rows from which `quant::matmul` comes here.
 pub(super) const MIN_ROWS: usize = 16;
-
-/// Activation rows per group: the 16 lanes of a 512-bit vector of i32 sums.
-pub(super) const LANES: usize = 16;
-/// Weight rows unpacked and multiplied together by one task step.
-pub(super) const ROWS: usize = 8;
-
-/// Activations quantized to int8 and interleaved for the kernel: for each group of 16 rows and
-/// each run of 4 values, the 16 rows' 4 bytes side by side (one 64-byte vector). Per weight
-/// sub-block of `sub` values and per row: the activation scale `dx` and `dx` times the sum of
-/// the sub-block's quantized values (which folds in the weights' minimums and offsets).
-pub(super) struct GroupedActs {
-    pub k: usize,
-    pub sub: usize,
-    pub qs: Vec<i8>,
-    pub dx: Vec<f32>,
-    pub dx_sum: Vec<f32>,
-}
-
-/// `block`: values per activation scale (256 for K-quants, 32 for Q8_0, as llama.cpp uses).
-///
-/// # Safety
-/// AVX-512 F is available (compiled for it so rounding is one instruction, not a libm call).
-#[cfg_attr(
-    target_arch = "x86_64",
-    target_feature(enable = "avx512f,avx512bw,avx512vl")
-)]
-unsafe fn group_acts(x: &[f32], m: usize, k: usize, block: usize, sub: usize) -> GroupedActs {
-    let groups = m.div_ceil(LANES);
-    let subs = k / sub;
-    let mut acts = GroupedActs {
-        k,
-        sub,
-        qs: vec![0; groups * LANES * k],
-        dx: vec![0.0; groups * subs * LANES],
-        dx_sum: vec![0.0; groups * subs * LANES],
-    };
-    let mut q = vec![0i8; k];
-    let mut scales = vec![0f32; k / block];
-    for (r, row) in x.chunks(k).enumerate() {
-        let (g, lane) = (r / LANES, r % LANES);
-        for (b, values) in row.chunks(block).enumerate() {
-            let (scale, inverse) = block_scale(values);
-            scales[b] = scale;
-            for (i, v) in values.iter().enumerate() {
-                q[b * block + i] = to_int8(*v, inverse);
-            }
-        }
-        for (p, quad) in q.chunks(4).enumerate() {
-            let at = ((g * (k / 4) + p) * LANES + lane) * 4;
-            acts.qs[at..at + 4].copy_from_slice(quad);
-        }
-        for s in 0..subs {
-            let dx = scales[s * sub / block];
-            let sum: i32 = q[s * sub..(s + 1) * sub].iter().map(|&v| v as i32).sum();
-            let at = (g * subs + s) * LANES + lane;
-            acts.dx[at] = dx;
-            acts.dx_sum[at] = dx * sum as f32;
-        }
-    }
-    acts
-}
 
 /// Values per sub-block with its own scale: Q6_K scales 16 values, Q4_K and Q8_0 32.
 fn sub_len(kind: BlockType) -> usize {

@@ -67,5 +67,5 @@ pub unsafe fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
 /// The CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-    super::super::half::dots_fma(x, k, w, out)
+    super::super::dots::dots_fma(x, k, w, out)
 }

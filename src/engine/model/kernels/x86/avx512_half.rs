@@ -2,7 +2,7 @@
 //! products for prefill (f16 converted in the loop, bf16 as pairs with AVX-512 BF16) and the
 //! one-row products for decoding.
 
-use super::super::half_tiles::{Load16, RM, RN};
+use super::super::half16::{Load16, RM, RN};
 use std::arch::x86_64::*;
 
 /// One tile, dispatched to the kernel compiled for its size (edges are smaller).
