@@ -10,6 +10,9 @@
 //! - `HF_ENDPOINT` (default <https://huggingface.co>), `HF_TOKEN` (else the token file
 //!   `HF_HOME/token`), `HF_HUB_OFFLINE`.
 //! - `OWRUN_USE` (`commercial` or `noncommercial`), else `use` in `$OWRUN_HOME/config.toml`.
+//! - `OWRUN_MODELS` (an extra registry file), `OWRUN_RETRY_BASE_MS` (download backoff),
+//!   `OWRUN_MEMORY_LIMIT` (memory owrun may assume available), `OWRUN_TEST_HOOKS` (the tests'
+//!   pauses, see `test_hooks`).
 
 use std::path::{Path, PathBuf};
 
