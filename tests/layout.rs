@@ -45,9 +45,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
     ),
     (
         "server",
-        &[
-            "commands", "open", "cli", "registry", "license", "hub", "store", "settings", "builtin",
-        ],
+        &["commands", "cli", "hub", "store", "settings", "builtin"],
     ),
     ("open", &["commands", "server", "cli"]),
     ("registry", &["commands", "server", "open", "cli"]),

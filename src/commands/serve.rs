@@ -6,12 +6,11 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::ServeArgs;
-use crate::error::{usage, Fatal};
-use crate::license;
-use crate::open::{LoadChoices, Opener};
-use crate::registry::ModelRef;
-use crate::server::models::{Card, ModelSource, Models, Opened, Options};
-use crate::server::{ApiError, ServeOptions};
+use crate::error::usage;
+use crate::open::Opener;
+use crate::server::catalog::Catalog;
+use crate::server::models::{Models, Options};
+use crate::server::ServeOptions;
 
 pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     if args.parallel == Some(0) || args.parallel.is_some_and(|p| p > 256) {
@@ -42,19 +41,15 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     let choices = args.load.choices()?;
     // The kernels' threads, before the server's own threads start.
     crate::engine::use_threads(choices.threads);
-    let source = StoreSource {
-        opener: opener.clone(),
-        choices,
-        named: args.models.clone(),
-    };
+    let catalog = Catalog::new(opener.clone(), choices, args.models.clone());
     // Models named on the command line are checked now, so a typo or a license stops the
     // start with the usual exit code instead of a server that answers 404.
     for name in &args.models {
-        source.check(name)?;
+        catalog.check(name)?;
     }
     let hooks = opener.settings.test_hooks;
     let models = Models::new(
-        Box::new(source),
+        catalog,
         Options {
             parallel: args.parallel,
             queue: args.queue,
@@ -99,83 +94,6 @@ fn parse_keep_alive(s: &str) -> Result<Option<Duration>> {
         _ => Err(usage(format!(
             "--keep-alive {s:?}: give a duration such as 30s, 5m or 1h, 0, or -1 for never"
         ))),
-    }
-}
-
-/// Models from the registry and the local store, loaded as `run` loads them.
-struct StoreSource {
-    opener: Opener,
-    choices: LoadChoices,
-    /// Named on the command line (listed by /v1/models even when they are local paths).
-    named: Vec<String>,
-}
-
-impl StoreSource {
-    /// Resolve, find on disk and pass the license gate (never asking: a server has no one to
-    /// ask).
-    fn check(&self, name: &str) -> Result<(ModelRef, std::path::PathBuf)> {
-        let model = self.opener.resolve(name)?;
-        let path = self.opener.pulled(&model)?;
-        Ok((model, path))
-    }
-}
-
-impl ModelSource for StoreSource {
-    fn open(&self, name: &str) -> Result<Opened, ApiError> {
-        let (model, path) = self.check(name).map_err(|e| {
-            let message = format!("{e:#}");
-            match e.downcast_ref::<Fatal>() {
-                Some(Fatal::LicenseNotAccepted(_)) => {
-                    ApiError::license(message, "license_not_accepted")
-                }
-                Some(Fatal::LicenseForbidsUse(_)) => {
-                    ApiError::license(message, "license_forbids_use")
-                }
-                _ => ApiError::model_not_found(message),
-            }
-        })?;
-        let opener = self.opener.clone();
-        let choices = self.choices;
-        Ok(Opened {
-            id: model.display_name(),
-            load: Box::new(move || opener.load(&path, &choices)),
-        })
-    }
-
-    fn cards(&self) -> Vec<Card> {
-        let mut models: Vec<ModelRef> = self
-            .opener
-            .registry
-            .iter()
-            .map(|(name, entry)| ModelRef::Registry {
-                name: name.clone(),
-                entry: entry.clone(),
-                gguf: None,
-            })
-            .collect();
-        for name in &self.named {
-            if let Ok(m) = self.opener.resolve(name) {
-                if !models.iter().any(|x| x.display_name() == m.display_name()) {
-                    models.push(m);
-                }
-            }
-        }
-        models
-            .iter()
-            .map(|m| {
-                let snapshot = self.opener.local_snapshot(m);
-                let licenses = self.opener.licenses(m, snapshot.as_ref());
-                Card {
-                    id: m.display_name(),
-                    commercial: serde_json::to_value(license::strictest(&licenses))
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    licenses: licenses.into_iter().map(|l| l.id).collect(),
-                    pulled: snapshot.is_some(),
-                }
-            })
-            .collect()
     }
 }
 

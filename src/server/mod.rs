@@ -2,6 +2,7 @@
 //!
 //! - `openai`: the request fields and the response/stream shapes;
 //! - `scheduler`: continuous batching of many sequences on one model;
+//! - `catalog`: which models a client may name, opened through the model opener;
 //! - `models`: loading on first use, keep-alive, `--max-models`;
 //! - `error`: OpenAI-shaped errors.
 //!
@@ -9,6 +10,7 @@
 //! handlers. The model thread does the computing; the async threads only parse, tokenize and
 //! stream.
 
+pub mod catalog;
 mod error;
 pub mod models;
 mod openai;

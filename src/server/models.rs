@@ -9,38 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, OnceCell};
 
+use super::catalog::{Card, Catalog, Opened};
 use super::error::ApiError;
 use super::scheduler::{Capacity, Scheduler};
 use crate::engine::generate::sampler::SamplingParams;
 use crate::engine::text::Text;
 use crate::engine::Engine;
-
-/// A model a request named, resolved and allowed by its license, not yet loaded.
-pub struct Opened {
-    /// The name it is served under (the registry name, `hf:owner/name`, or a path).
-    pub id: String,
-    /// Loads it (slow: run off the async threads).
-    pub load: Box<dyn FnOnce() -> anyhow::Result<Engine> + Send>,
-}
-
-/// One entry of `GET /v1/models`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Card {
-    pub id: String,
-    pub licenses: Vec<String>,
-    /// "allowed", "conditions", "not allowed" or "unknown" (the strictest of its licenses).
-    pub commercial: String,
-    pub pulled: bool,
-}
-
-/// Where models come from: the registry, the store and the license gate (the front end's
-/// business; the server only asks).
-pub trait ModelSource: Send + Sync {
-    /// Resolve `name`, check it is on disk and that its license lets it be served.
-    fn open(&self, name: &str) -> Result<Opened, ApiError>;
-    /// Every model a client may name.
-    fn cards(&self) -> Vec<Card>;
-}
 
 pub struct Options {
     /// Slots per model (None: what memory allows, at least 4).
@@ -73,7 +47,7 @@ pub struct Served {
 type Cell = Arc<OnceCell<Arc<Served>>>;
 
 pub struct Models {
-    source: Box<dyn ModelSource>,
+    catalog: Catalog,
     options: Options,
     loaded: Mutex<HashMap<String, (Cell, bool)>>,
     /// The names requests used for each loaded model (resolving a name reads the registry, the
@@ -84,9 +58,9 @@ pub struct Models {
 }
 
 impl Models {
-    pub fn new(source: Box<dyn ModelSource>, options: Options) -> Self {
+    pub fn new(catalog: Catalog, options: Options) -> Self {
         Models {
-            source,
+            catalog,
             options,
             loaded: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
@@ -96,7 +70,7 @@ impl Models {
     }
 
     pub fn cards(&self) -> Vec<Card> {
-        self.source.cards()
+        self.catalog.cards()
     }
 
     /// Models being loaded now (the health check answers 503 while there are any).
@@ -125,7 +99,7 @@ impl Models {
                 return Ok(served.clone());
             }
         }
-        let opened = self.source.open(name)?;
+        let opened = self.catalog.open(name)?;
         let id = opened.id.clone();
         let cell = {
             let mut map = self.loaded.lock().await;

@@ -1,0 +1,117 @@
+//! Where the server's models come from: the registry and the local store, through the model
+//! opener and the license gate.
+
+use anyhow::Result;
+
+use super::error::ApiError;
+use crate::engine::Engine;
+use crate::error::Fatal;
+use crate::license;
+use crate::open::{LoadChoices, Opener};
+use crate::registry::ModelRef;
+
+/// A model a request named, resolved and allowed by its license, not yet loaded.
+pub struct Opened {
+    /// The name it is served under (the registry name, `hf:owner/name`, or a path).
+    pub id: String,
+    /// Loads it (slow: run off the async threads).
+    pub load: Box<dyn FnOnce() -> anyhow::Result<Engine> + Send>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Card {
+    pub id: String,
+    pub licenses: Vec<String>,
+    /// "allowed", "conditions", "not allowed" or "unknown" (the strictest of its licenses).
+    pub commercial: String,
+    pub pulled: bool,
+}
+
+/// The models a client may name: the registry's, `hf:` repos already pulled, and what the
+/// operator named on the command line (paths included) — never a path a client names that the
+/// operator did not. Opened through the opener as `run` opens them, but never downloading and
+/// never asking (a server has no one to ask).
+pub struct Catalog {
+    opener: Opener,
+    choices: LoadChoices,
+    /// Named on the command line (listed by /v1/models even when they are local paths).
+    named: Vec<String>,
+}
+
+impl Catalog {
+    pub fn new(opener: Opener, choices: LoadChoices, named: Vec<String>) -> Catalog {
+        Catalog {
+            opener,
+            choices,
+            named,
+        }
+    }
+
+    /// Resolve, find on disk and pass the license gate (never asking: a server has no one to
+    /// ask).
+    pub fn check(&self, name: &str) -> Result<(ModelRef, std::path::PathBuf)> {
+        let model = self.opener.resolve(name)?;
+        let path = self.opener.pulled(&model)?;
+        Ok((model, path))
+    }
+
+    /// Resolve `name`, check it is on disk and that its license lets it be served.
+    pub fn open(&self, name: &str) -> Result<Opened, ApiError> {
+        let (model, path) = self.check(name).map_err(|e| {
+            let message = format!("{e:#}");
+            match e.downcast_ref::<Fatal>() {
+                Some(Fatal::LicenseNotAccepted(_)) => {
+                    ApiError::license(message, "license_not_accepted")
+                }
+                Some(Fatal::LicenseForbidsUse(_)) => {
+                    ApiError::license(message, "license_forbids_use")
+                }
+                _ => ApiError::model_not_found(message),
+            }
+        })?;
+        let opener = self.opener.clone();
+        let choices = self.choices;
+        Ok(Opened {
+            id: model.display_name(),
+            load: Box::new(move || opener.load(&path, &choices)),
+        })
+    }
+
+    /// Every model a client may name.
+    pub fn cards(&self) -> Vec<Card> {
+        let mut models: Vec<ModelRef> = self
+            .opener
+            .registry
+            .iter()
+            .map(|(name, entry)| ModelRef::Registry {
+                name: name.clone(),
+                entry: entry.clone(),
+                gguf: None,
+            })
+            .collect();
+        for name in &self.named {
+            if let Ok(m) = self.opener.resolve(name) {
+                if !models.iter().any(|x| x.display_name() == m.display_name()) {
+                    models.push(m);
+                }
+            }
+        }
+        models
+            .iter()
+            .map(|m| {
+                let snapshot = self.opener.local_snapshot(m);
+                let licenses = self.opener.licenses(m, snapshot.as_ref());
+                Card {
+                    id: m.display_name(),
+                    commercial: serde_json::to_value(license::strictest(&licenses))
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    licenses: licenses.into_iter().map(|l| l.id).collect(),
+                    pulled: snapshot.is_some(),
+                }
+            })
+            .collect()
+    }
+}
