@@ -13,14 +13,14 @@ use serde_json::Value;
 
 use super::device::{choose_dtypes, open_device, DTypeChoice, DeviceChoice};
 use super::format::config::ModelConfig;
-use super::format::gguf::{self, GgufFile};
+use super::format::gguf::GgufFile;
 use super::format::json::read_json;
 use super::format::{gguf_vocab, safetensors};
 use super::generate::sampler::SamplingParams;
 use super::model::arch::Arch;
 use super::model::decoder::Decoder;
 use super::model::weights::Weights;
-use super::model::{own_quantized_kernels, use_threads, Model};
+use super::model::{use_threads, Model};
 use super::quantize::cache::QuantCache;
 use super::quantize::Scheme;
 use super::text::template::ChatTemplate;
@@ -36,9 +36,6 @@ pub struct LoadOptions {
     pub quant: Option<Scheme>,
     /// Where quantized matrices are cached between loads (None: not cached).
     pub quant_cache: Option<PathBuf>,
-    /// Memory the model may use (None: unknown, assume plenty). Decides whether Q8_0 matrices
-    /// may keep candle's faster repacked copy.
-    pub memory_available: Option<u64>,
 }
 
 pub struct Engine {
@@ -56,30 +53,6 @@ pub struct Engine {
     pub quant: Option<Scheme>,
     /// What happened while loading that a user may want to know (printed by front ends).
     pub notes: Vec<String>,
-}
-
-fn files_bytes(files: &[PathBuf]) -> u64 {
-    files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-/// Whether quantized weights of `bytes` may keep candle's repacked copy (Q8_0 decoding 1.8x and
-/// K-quant prefill 3.5x faster, twice the memory): when the memory available holds both copies
-/// with a tenth to spare.
-/// Said only where it matters: owrun's AVX-512 kernels multiply Q8_0 / Q4_K / Q6_K (every
-/// matrix of a real model's Q8_0 and Q4_K_M) faster without any copy.
-fn repacking_fits(bytes: f64, available: Option<u64>, notes: &mut Vec<String>) -> bool {
-    let fits = available.is_none_or(|a| a as f64 >= 2.2 * bytes);
-    if !fits && !own_quantized_kernels() {
-        notes.push(
-            "memory is short: quantized matrices run without the repacked copy that makes them faster"
-                .into(),
-        );
-    }
-    fits
 }
 
 /// The weight side of a loaded model.
@@ -144,9 +117,6 @@ impl Engine {
         let mut weights = Weights::open(files, &device, Some(weight_dtype), act_dtype)?;
         let mut notes = Vec::new();
         if let Some(scheme) = opts.quant {
-            let stored_bits = (stored.size_in_bytes() * 8) as f64;
-            let bytes = files_bytes(files) as f64 * scheme.bits_per_weight() / stored_bits;
-            weights.allow_repacking(repacking_fits(bytes, opts.memory_available, &mut notes));
             let cache = QuantCache::open(opts.quant_cache.clone(), scheme, files);
             if !cache.hit() {
                 notes.push(format!(
@@ -221,16 +191,7 @@ impl Engine {
             Some(d) if !device.is_cpu() => d,
             _ => DType::F32,
         };
-        // llama.cpp's file types 0, 1 and 32: all f32, mostly f16, mostly bf16 (nothing to repack).
-        let quantized = !matches!(
-            file.meta("general.file_type").and_then(gguf::number),
-            Some(0.0 | 1.0 | 32.0)
-        );
         let mut weights = Weights::from_gguf(file, &device, weight_dtype, act_dtype);
-        if quantized {
-            let size = files_bytes(&[path.to_path_buf()]) as f64;
-            weights.allow_repacking(repacking_fits(size, opts.memory_available, &mut notes));
-        }
         let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
             .with_context(|| format!("cannot load {}", path.display()))?;
         drop(weights);

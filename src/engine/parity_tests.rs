@@ -40,7 +40,6 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
         dtype,
         quant: None,
         quant_cache: None,
-        memory_available: None,
     };
     Engine::load(dir, &[dir.join("model.safetensors")], &opts)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
@@ -240,7 +239,6 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             dtype: DTypeChoice::Auto,
             quant: Some(super::quantize::Scheme::Q8_0),
             quant_cache: None,
-            memory_available: None,
         };
         let mut ours = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
         let file = root.join("gguf").join(format!("{family}.gguf"));

@@ -210,7 +210,6 @@ impl Opener {
             dtype: choices.dtype,
             quant,
             quant_cache: quant.map(|q| self.quant_cache_path(path, q)),
-            memory_available: self.available_memory(),
         };
         let loaded = if is_gguf_file(path) {
             Engine::load_gguf(path, &options)

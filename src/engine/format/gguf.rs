@@ -4,19 +4,24 @@
 //! norm gains stored as 1 + w, merged expert tensors, fused Phi-3 projections).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file::{Content, Value as GValue};
-
-/// A metadata value, as the GGUF file types it.
-pub use candle_core::quantized::gguf_file::Value as MetaValue;
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::Device;
 use serde_json::{json, Map, Value};
 
 use super::config::DEFAULT_CONTEXT;
+use super::ggml::GgmlType;
+pub use super::gguf_container::MetaValue;
+use super::gguf_container::{read_range, GgufContainer, TensorInfo};
+use MetaValue as GValue;
+
+/// A tensor as a GGUF file stores it: its type, its dimensions (row-major) and its bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub ty: GgmlType,
+    pub dims: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
 
 /// Whether `path` names a GGUF file (rather than a model folder).
 pub fn is_gguf_file(path: &Path) -> bool {
@@ -26,33 +31,53 @@ pub fn is_gguf_file(path: &Path) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
+/// One file of a (possibly split) GGUF model: its tables, and the open file to read from.
+struct Part {
+    path: PathBuf,
+    content: GgufContainer,
+    file: File,
+}
+
+impl Part {
+    fn open(path: &Path) -> Result<Part> {
+        let content = GgufContainer::read(path)?;
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Part {
+            path: path.to_path_buf(),
+            content,
+            file,
+        })
+    }
+}
+
 pub struct GgufFile {
     pub path: PathBuf,
-    /// The first (or only) file: metadata and tensors.
-    content: Content,
-    file: File,
-    /// The other shards of a split file (gguf-split's `-0000K-of-0000N.gguf`): tensors only.
-    shards: Vec<(PathBuf, Content, File)>,
+    /// The first (or only) file: metadata and tensors; then the other shards of a split file
+    /// (gguf-split's `-0000K-of-0000N.gguf`): tensors only.
+    parts: Vec<Part>,
     /// general.architecture
     pub arch: String,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let mut file =
-            File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content = Content::read(&mut file).with_context(|| {
-            format!("{} is not a GGUF file llama.cpp could read", path.display())
-        })?;
+        let first = Part::open(path)?;
+        let content = &first.content;
         let arch = match content.metadata.get("general.architecture") {
             Some(GValue::String(a)) => a.clone(),
             _ => bail!("{} has no general.architecture", path.display()),
         };
-        let mut shards = Vec::new();
         let count = match content.metadata.get("split.count") {
             Some(v) => number(v).unwrap_or(1.0) as usize,
             None => 1,
         };
+        if !(1..=1024).contains(&count) {
+            bail!(
+                "{}: split.count {count} is not a count of files",
+                path.display()
+            );
+        }
+        let mut parts = vec![first];
         for k in 2..=count {
             let shard = shard_path(path, k, count).with_context(|| {
                 format!(
@@ -60,36 +85,36 @@ impl GgufFile {
                     path.display()
                 )
             })?;
-            let mut f = File::open(&shard).with_context(|| {
-                format!(
-                    "{} is split in {count} files; cannot open {}",
+            if !shard.is_file() {
+                bail!(
+                    "{} is split in {count} files; {} is missing",
                     path.display(),
                     shard.display()
-                )
-            })?;
-            let c = Content::read(&mut f)
-                .with_context(|| format!("{} is not a GGUF file", shard.display()))?;
-            shards.push((shard, c, f));
+                );
+            }
+            parts.push(Part::open(&shard)?);
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
-            content,
-            file,
-            shards,
+            parts,
             arch,
         })
     }
 
-    fn info(&self, name: &str) -> Option<&candle_core::quantized::gguf_file::TensorInfo> {
-        self.content.tensor_infos.get(name).or_else(|| {
-            self.shards
-                .iter()
-                .find_map(|(_, c, _)| c.tensor_infos.get(name))
-        })
+    /// The part that holds tensor `name`, and its entry.
+    fn find(&self, name: &str) -> Option<(usize, &TensorInfo)> {
+        self.parts
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.content.tensors.get(name).map(|t| (i, t)))
+    }
+
+    fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.find(name).map(|(_, t)| t)
     }
 
     pub fn meta(&self, key: &str) -> Option<&GValue> {
-        self.content.metadata.get(key)
+        self.parts[0].content.metadata.get(key)
     }
 
     fn arch_meta(&self, key: &str) -> Option<&GValue> {
@@ -133,7 +158,7 @@ impl GgufFile {
         );
         let vocab = self
             .info("token_embd.weight")
-            .map(|t| t.shape.dims()[0])
+            .map(|t| t.dims[0])
             .context("the GGUF has no token_embd.weight")?;
         c.insert("vocab_size".into(), json!(vocab));
         c.insert(
@@ -259,69 +284,71 @@ impl GgufFile {
         Ok(Value::Object(c))
     }
 
-    fn raw(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
-        let (path, content, file) = match self.content.tensor_infos.contains_key(name) {
-            true => (&self.path, &self.content, &mut self.file),
-            false => match self
-                .shards
-                .iter_mut()
-                .find(|(_, c, _)| c.tensor_infos.contains_key(name))
-            {
-                Some((p, c, f)) => (&*p, &*c, f),
-                None => bail!("{} lacks tensor {name}", self.path.display()),
-            },
+    /// The bytes of tensor `name` (of expert `expert` only, for a stack of experts), with its
+    /// type and dimensions (those of one expert).
+    fn raw(&mut self, name: &str, expert: Option<usize>) -> Result<RawTensor> {
+        let (part, info) = self
+            .find(name)
+            .with_context(|| format!("{} lacks tensor {name}", self.path.display()))?;
+        let info = info.clone();
+        let (dims, start, bytes) = match expert {
+            None => (info.dims.clone(), info.start, info.bytes),
+            Some(e) => {
+                let [n, rows, cols] = info.dims[..] else {
+                    bail!("{name} is not a stack of experts")
+                };
+                if e >= n {
+                    bail!("{name} has {n} experts, not {}", e + 1);
+                }
+                let per = info.bytes / n;
+                (vec![rows, cols], info.start + (e * per) as u64, per)
+            }
         };
-        let info = &content.tensor_infos[name];
-        let dims = info.shape.dims().to_vec();
-        let ty = info.ggml_dtype;
-        let elems: usize = dims.iter().product();
-        let bytes = elems / ty.block_size() * ty.type_size();
-        let start = content.tensor_data_offset + info.offset;
-        let mut buf = vec![0u8; bytes];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut buf)
-            .with_context(|| format!("{}: tensor {name} is cut short", path.display()))?;
-        Ok((ty, dims, buf))
+        let part = &mut self.parts[part];
+        let bytes = read_range(&mut part.file, start, bytes)
+            .with_context(|| format!("{}: cannot read tensor {name}", part.path.display()))?;
+        Ok(RawTensor {
+            ty: info.ty,
+            dims,
+            bytes,
+        })
     }
 
-    /// A 1-D tensor's values as f32.
+    /// A 1-D float tensor's values as f32 (rope factors and the like).
     pub fn vector_f32(&mut self, name: &str) -> Result<Vec<f32>> {
-        let t = self.tensor(name, &Device::Cpu)?;
-        Ok(t.dequantize(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
-    }
-
-    fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
-        let (ty, dims, bytes) = self.raw(name)?;
-        qtensor(ty, dims, bytes, device)
+        let t = self.raw(name, None)?;
+        let f32s = match t.ty {
+            GgmlType::F32 => t
+                .bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            GgmlType::F16 => t
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            GgmlType::BF16 => t
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => bail!("{name} is {}, not a float vector", other.name()),
+        };
+        Ok(f32s)
     }
 
     /// The GGUF tensor behind a Hugging Face tensor name, as stored (with the converter's
-    /// changes undone). `rows`: for a slice of a stacked expert tensor.
-    pub fn load_hf(&mut self, hf: &str, device: &Device) -> Result<Option<QTensor>> {
+    /// changes undone).
+    pub fn load_hf(&mut self, hf: &str) -> Result<Option<RawTensor>> {
         let Some(found) = self.locate(hf) else {
             return Ok(None);
         };
-        let (ty, dims, mut bytes) = self.raw(&found.name)?;
-        let (dims, bytes) = match found.expert {
-            Some(e) => {
-                let [n, rows, cols] = dims[..] else {
-                    bail!("{} is not a stack of experts", found.name)
-                };
-                if e >= n {
-                    bail!("{} has {n} experts, not {}", found.name, e + 1);
-                }
-                let per = bytes.len() / n;
-                (vec![rows, cols], bytes.split_off(e * per)[..per].to_vec())
-            }
-            None => (dims, bytes),
-        };
-        let bytes = match found.permuted_heads {
-            Some(heads) => unpermute_rows(&bytes, dims[0], heads)?,
-            None => bytes,
-        };
-        Ok(Some(qtensor(ty, dims, bytes, device)?))
+        let mut t = self.raw(&found.name, found.expert)?;
+        if let Some(heads) = found.permuted_heads {
+            t.bytes = unpermute_rows(&t.bytes, t.dims[0], heads)?;
+        }
+        Ok(Some(t))
     }
 
     /// Which GGUF tensor holds a Hugging Face tensor, and how.
@@ -487,11 +514,6 @@ pub fn number(v: &GValue) -> Option<f64> {
         GValue::Bool(b) => *b as u8 as f64,
         _ => return None,
     })
-}
-
-fn qtensor(ty: GgmlDType, dims: Vec<usize>, bytes: Vec<u8>, device: &Device) -> Result<QTensor> {
-    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), device, ty)?;
-    Ok(QTensor::new(storage, dims)?)
 }
 
 /// Undo the converter's per-head row order (q/k of Llama-architecture files): within each head

@@ -3,7 +3,9 @@
 //! from the rooms above it, and hands them tensors (candle's) and plain values.
 
 pub mod config;
+pub mod ggml;
 pub mod gguf;
+pub mod gguf_container;
 pub mod gguf_vocab;
 pub mod json;
 pub mod safetensors;

@@ -1,43 +1,146 @@
-//! Matrices as they are held (dense in their stored dtype, or quantized) behind one matmul that
-//! picks the kernel: candle's for f32 and for everything on a GPU; on the CPU owrun's own
-//! (`kernels`) for 16-bit weights and the block types they cover, candle's quantized kernels for
-//! the others.
+//! Matrices as they are held (dense in their stored dtype, or GGML blocks) behind one matmul
+//! that picks the kernel: on the CPU owrun's own (`kernels`) for 16-bit weights and every block
+//! type, candle's for f32; on a GPU candle's for everything.
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::kernels;
+use crate::engine::format::ggml::GgmlType;
 
 /// A weight matrix, rows × columns (out × in for a linear layer, vocab × hidden for embeddings).
 #[derive(Clone)]
 pub enum Matrix {
     Dense(Tensor),
-    Quantized(QMatrix),
+    /// GGML blocks in main memory, multiplied by owrun's kernels (the CPU).
+    Blocks(QMatrix),
+    /// GGML blocks on a GPU, multiplied by candle's kernels.
+    Device(Arc<QTensor>),
 }
 
 /// A matrix of GGML blocks, held as stored: one copy of the weights.
 #[derive(Clone)]
 pub struct QMatrix {
-    pub blocks: Arc<QTensor>,
-    /// Whether it may also go through candle's QTensor op, which keeps a second, repacked copy of
-    /// the weights for its tiled kernels: faster (Q8_0 always, other types in prefill), twice the
-    /// memory. A permission, decided at load by the memory available.
-    pub may_repack: bool,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Arc<Vec<u8>>,
 }
 
-/// Rows of activations from which a matrix that may repack uses candle's tiled kernels (for
-/// types other than Q8_0, which uses them always).
-const REPACKED_MIN_ROWS: usize = 16;
+impl QMatrix {
+    /// `bytes` as a rows × cols matrix of `ty`, checked to be exactly that.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QMatrix> {
+        let row = ty
+            .row_bytes(cols)
+            .with_context(|| format!("rows of {cols} values are not whole {} blocks", ty.name()))?;
+        if Some(bytes.len()) != row.checked_mul(rows) {
+            bail!(
+                "{} bytes are not {rows} rows of {cols} {} values",
+                bytes.len(),
+                ty.name()
+            );
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            bytes: Arc::new(bytes),
+        })
+    }
+
+    /// A candle quantized tensor's blocks (the quantizer's and its cache's output), copied.
+    pub fn from_qtensor(q: &QTensor) -> Result<QMatrix> {
+        let ty = ggml_type_of(q.dtype())?;
+        let [rows, cols] = q.shape().dims()[..] else {
+            bail!(
+                "a quantized tensor of shape {:?} is not a matrix",
+                q.shape()
+            );
+        };
+        QMatrix::new(ty, rows, cols, q.data()?.into_owned())
+    }
+
+    /// The same blocks as a candle tensor on `device` (a GPU), for types candle multiplies;
+    /// else the values as a dense f32 matrix there.
+    pub fn to_device(&self, device: &Device) -> Result<Matrix> {
+        if let Some(dtype) = candle_dtype_of(self.ty) {
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(self.bytes.as_slice()),
+                device,
+                dtype,
+            )?;
+            let q = QTensor::new(storage, (self.rows, self.cols))?;
+            return Ok(Matrix::Device(Arc::new(q)));
+        }
+        let ids: Vec<u32> = (0..self.rows as u32).collect();
+        let values = self.rows_f32(&ids)?;
+        Ok(Matrix::Dense(Tensor::from_vec(
+            values,
+            (self.rows, self.cols),
+            device,
+        )?))
+    }
+
+    /// Rows `ids` as f32 values.
+    fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let row = self.ty.row_bytes(self.cols).context("whole blocks")?;
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, values) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+            let r = id as usize;
+            if r >= self.rows {
+                bail!("row {r} of a matrix of {} rows", self.rows);
+            }
+            kernels::dequantize(self.ty, &self.bytes[r * row..(r + 1) * row], values);
+        }
+        Ok(out)
+    }
+}
+
+/// owrun's name for a candle block type.
+fn ggml_type_of(dtype: GgmlDType) -> Result<GgmlType> {
+    Ok(match dtype {
+        GgmlDType::Q4_0 => GgmlType::Q4_0,
+        GgmlDType::Q4_1 => GgmlType::Q4_1,
+        GgmlDType::Q5_0 => GgmlType::Q5_0,
+        GgmlDType::Q5_1 => GgmlType::Q5_1,
+        GgmlDType::Q8_0 => GgmlType::Q8_0,
+        GgmlDType::Q2K => GgmlType::Q2K,
+        GgmlDType::Q3K => GgmlType::Q3K,
+        GgmlDType::Q4K => GgmlType::Q4K,
+        GgmlDType::Q5K => GgmlType::Q5K,
+        GgmlDType::Q6K => GgmlType::Q6K,
+        other => bail!("candle type {other:?} is not a block type owrun multiplies"),
+    })
+}
+
+/// candle's name for a block type, where candle has the type.
+fn candle_dtype_of(ty: GgmlType) -> Option<GgmlDType> {
+    [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ]
+    .into_iter()
+    .find(|&d| ggml_type_of(d).ok() == Some(ty))
+}
 
 impl Matrix {
     pub fn bytes(&self) -> usize {
         match self {
             Matrix::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Matrix::Quantized(q) => q.blocks.storage_size_in_bytes(),
+            Matrix::Blocks(q) => q.bytes.len(),
+            Matrix::Device(q) => q.storage_size_in_bytes(),
         }
     }
 
@@ -45,14 +148,28 @@ impl Matrix {
     pub fn rows_of(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         Ok(match self {
             Matrix::Dense(t) => t.index_select(ids, 0)?.to_dtype(dtype)?,
-            Matrix::Quantized(q) => q.blocks.embedding(ids)?.to_dtype(dtype)?,
+            Matrix::Blocks(q) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let values = q.rows_f32(&ids)?;
+                Tensor::from_vec(values, (ids.len(), q.cols), &Device::Cpu)?.to_dtype(dtype)?
+            }
+            Matrix::Device(q) => q.embedding(ids)?.to_dtype(dtype)?,
         })
     }
 
     /// `x` (m × columns) times this matrix transposed: m × rows.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Matrix::Quantized(q) => q.matmul_t(x),
+            Matrix::Blocks(q) => {
+                let (m, k) = x.dims2()?;
+                if k != q.cols {
+                    bail!("{m} × {k} activations times a matrix of {} columns", q.cols);
+                }
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let y = kernels::quantized_matmul(q.ty, &q.bytes, q.rows, k, &xs, m);
+                Ok(Tensor::from_vec(y, (m, q.rows), &Device::Cpu)?)
+            }
+            Matrix::Device(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Dense(w) => match (w.device(), w.dtype(), x.dtype()) {
                 (Device::Cpu, DType::F16 | DType::BF16, DType::F32) => cpu_half(w, x),
                 _ => Ok(x.matmul(&w.t()?)?),
@@ -61,88 +178,8 @@ impl Matrix {
     }
 }
 
-impl QMatrix {
-    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        let q = self.blocks.as_ref();
-        if !q.device().is_cpu() {
-            return Ok(x.contiguous()?.apply_op1_no_bwd(q)?);
-        }
-        if kernels::quantized_supported(q.dtype(), x.dim(1)?) {
-            return own_quantized(q, x);
-        }
-        // With the copy allowed: candle's repacked tiles for Q8_0 always (decode 27 against 15
-        // tok/s on TinyLlama, 2 threads) and for prefill of the other types (Q4_K_M pp128 ~200
-        // against 56 tok/s); K-quant decoding is faster without them (42.8 against 32.7 tok/s).
-        let repacked =
-            self.may_repack && (q.dtype() == GgmlDType::Q8_0 || x.dim(0)? >= REPACKED_MIN_ROWS);
-        if repacked {
-            Ok(x.contiguous()?.apply_op1_no_bwd(q)?)
-        } else {
-            cpu_quantized(q, x)
-        }
-    }
-}
-
 /// Rows of activations from which a 16-bit matmul widens the weights and runs one f32 GEMM.
 const GEMM_MIN_ROWS: usize = 16;
-
-/// A quantized matmul on the CPU through owrun's kernels.
-fn own_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let n = q.shape().dims()[0];
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let y = kernels::quantized_matmul(q.dtype(), &q.data()?, n, k, &xs, m);
-    Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
-}
-
-/// A quantized matmul on the CPU through candle's block dot products (`k_quants::matmul`),
-/// without the repacked copy candle's QTensor op keeps of every matrix it multiplies: that
-/// copy doubles the memory of a quantized model. Measured on TinyLlama Q4_K_M (2 threads):
-/// decode 42.8 tok/s here against 32.7 through candle's op, peak memory 1.12x the weights
-/// against 2.22x; prefill is slower (56 against ~200 tok/s at 128 tokens), the price of the
-/// memory until owrun has tiled kernels of its own.
-fn cpu_quantized(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    use candle_core::quantized::k_quants::{self as kq, GgmlType};
-    use candle_core::quantized::GgmlDType as T;
-    let (m, k) = x.dims2()?;
-    let n = q.shape().dims()[0];
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut dst = vec![0f32; m * n];
-    let data = q.data()?;
-    fn run<B: GgmlType>(
-        mkn: (usize, usize, usize),
-        xs: &[f32],
-        data: &[u8],
-        dst: &mut [f32],
-    ) -> Result<()> {
-        let size = std::mem::size_of::<B>();
-        if !data.len().is_multiple_of(size)
-            || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
-        {
-            bail!("quantized data is not a whole number of aligned blocks");
-        }
-        // SAFETY: the bytes are a QTensor's blocks of type B (its dtype said so), whole and
-        // aligned as checked above; blocks are plain data.
-        let blocks =
-            unsafe { std::slice::from_raw_parts(data.as_ptr() as *const B, data.len() / size) };
-        Ok(kq::matmul(mkn, xs, blocks, dst)?)
-    }
-    let mkn = (m, k, n);
-    match q.dtype() {
-        T::Q4_0 => run::<kq::BlockQ4_0>(mkn, &xs, &data, &mut dst)?,
-        T::Q4_1 => run::<kq::BlockQ4_1>(mkn, &xs, &data, &mut dst)?,
-        T::Q5_0 => run::<kq::BlockQ5_0>(mkn, &xs, &data, &mut dst)?,
-        T::Q5_1 => run::<kq::BlockQ5_1>(mkn, &xs, &data, &mut dst)?,
-        T::Q8_0 => run::<kq::BlockQ8_0>(mkn, &xs, &data, &mut dst)?,
-        T::Q2K => run::<kq::BlockQ2K>(mkn, &xs, &data, &mut dst)?,
-        T::Q3K => run::<kq::BlockQ3K>(mkn, &xs, &data, &mut dst)?,
-        T::Q4K => run::<kq::BlockQ4K>(mkn, &xs, &data, &mut dst)?,
-        T::Q5K => run::<kq::BlockQ5K>(mkn, &xs, &data, &mut dst)?,
-        T::Q6K => run::<kq::BlockQ6K>(mkn, &xs, &data, &mut dst)?,
-        _ => return Ok(x.contiguous()?.apply_op1_no_bwd(q)?),
-    }
-    Ok(Tensor::from_vec(dst, (m, n), &Device::Cpu)?)
-}
 
 fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
@@ -210,27 +247,77 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn quantized_matmuls_agree_with_candle_s_op() {
-        use candle_core::quantized::GgmlDType;
-        let w = Tensor::randn(0f32, 1.0, (64, 256), &Device::Cpu).unwrap();
+    fn blocks_multiply_and_look_up_as_their_values() {
+        // Quantized by candle (an implementation of the blocks apart from owrun's kernels).
+        let w = Tensor::randn(0f32, 1.0, (40, 256), &Device::Cpu).unwrap();
         for ty in [
             GgmlDType::Q4_0,
             GgmlDType::Q5_1,
             GgmlDType::Q4K,
-            GgmlDType::Q5K,
             GgmlDType::Q6K,
         ] {
             let q = QTensor::quantize(&w, ty).unwrap();
-            for rows in [1, 9] {
-                let x = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
-                let theirs = x.apply_op1_no_bwd(&q).unwrap();
-                let ours = cpu_quantized(&q, &x).unwrap();
-                let scale = max_abs(&theirs);
-                let err = max_abs(&(ours - theirs).unwrap());
-                assert!(
-                    err <= 1e-4 * scale.max(1.0),
-                    "{ty:?}, {rows} rows: {err} of {scale}"
+            let values: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let m = Matrix::Blocks(QMatrix::from_qtensor(&q).unwrap());
+            // Embedding rows: exactly the values.
+            let ids = Tensor::new(&[3u32, 0, 39], &Device::Cpu).unwrap();
+            let rows: Vec<f32> = m
+                .rows_of(&ids, DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (r, id) in [3, 0, 39].into_iter().enumerate() {
+                assert_eq!(
+                    rows[r * 256..(r + 1) * 256],
+                    values[id * 256..(id + 1) * 256]
                 );
+            }
+            // Products: the values' products, up to the rounding of the activations to 8 bits
+            // per block (each value off by at most half a step: its block's largest / 254).
+            for rows in [1, 9, 20] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let xt = Tensor::from_vec(x.clone(), (rows, 256), &Device::Cpu).unwrap();
+                let got: Vec<f32> = m
+                    .matmul_t(&xt)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let block = ggml_type_of(ty).unwrap().block_len();
+                for i in 0..rows {
+                    for j in 0..40 {
+                        let (xi, wj) =
+                            (&x[i * 256..(i + 1) * 256], &values[j * 256..(j + 1) * 256]);
+                        let want: f64 = xi.iter().zip(wj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let bound: f64 = (0..256 / block)
+                            .map(|b| {
+                                let r = b * block..(b + 1) * block;
+                                let amax = xi[r.clone()].iter().fold(0f32, |a, v| a.max(v.abs()));
+                                wj[r].iter().map(|v| v.abs() as f64).sum::<f64>() * amax as f64
+                                    / 254.0
+                            })
+                            .sum();
+                        let err = (got[i * 40 + j] as f64 - want).abs();
+                        assert!(
+                            err <= bound * 1.001 + 1e-4,
+                            "{ty:?} {i},{j}: {err} > {bound}"
+                        );
+                    }
+                }
             }
         }
     }

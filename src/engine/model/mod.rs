@@ -27,7 +27,7 @@ use anyhow::{bail, Result};
 use decoder::{Decoder, Segment};
 use kv::KvCache;
 
-pub use kernels::{own_quantized_kernels, use_threads};
+pub use kernels::use_threads;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SeqId(u64);

@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
+use super::kernels;
 use super::linear::{Matrix, QMatrix};
-use crate::engine::format::gguf::GgufFile;
+use crate::engine::format::ggml::GgmlType;
+use crate::engine::format::gguf::{GgufFile, RawTensor};
 use crate::engine::format::safetensors::{describe, SafetensorsFiles};
 use crate::engine::quantize::cache::QuantCache;
 use crate::engine::quantize::{self, Role, Scheme};
@@ -31,8 +33,6 @@ pub struct Weights {
     small_dtype: DType,
     /// Quantize matrices under this scheme (for a model of this many layers), through the cache.
     quant: Option<(Scheme, usize, QuantCache)>,
-    /// Quantized matrices may use candle's repacked kernels (see `allow_repacking`).
-    repack: bool,
 }
 
 impl Weights {
@@ -50,7 +50,6 @@ impl Weights {
             matmul_dtype,
             small_dtype,
             quant: None,
-            repack: false,
         })
     }
 
@@ -67,20 +66,26 @@ impl Weights {
             matmul_dtype,
             small_dtype,
             quant: None,
-            repack: false,
         }
     }
 
-    /// Let quantized matrices keep candle's repacked copy (faster, twice their memory).
-    pub fn allow_repacking(&mut self, allow: bool) {
-        self.repack = allow;
+    /// What the quantizer (candle's) made, where this device multiplies it.
+    fn quantized(&self, q: &Arc<QTensor>) -> Result<Matrix> {
+        if self.device.is_cpu() {
+            Ok(Matrix::Blocks(QMatrix::from_qtensor(q)?))
+        } else {
+            Ok(Matrix::Device(q.clone()))
+        }
     }
 
-    fn quantized(&self, q: Arc<QTensor>) -> Matrix {
-        Matrix::Quantized(QMatrix {
-            blocks: q,
-            may_repack: self.repack,
-        })
+    /// A quantized matrix where this device multiplies it: as blocks in main memory for the
+    /// CPU, as candle's tensor (or dense values) on a GPU.
+    fn blocks(&self, q: QMatrix) -> Result<Matrix> {
+        if self.device.is_cpu() {
+            Ok(Matrix::Blocks(q))
+        } else {
+            q.to_device(&self.device)
+        }
     }
 
     /// Quantize matrices under `scheme`, reading and filling `cache`.
@@ -113,12 +118,14 @@ impl Weights {
         let t = match &mut self.files {
             Source::Safetensors(f) => f.load(name, &self.device)?.with_context(|| missing(name))?,
             Source::Gguf(g) => {
-                let q = g
-                    .load_hf(name, &self.device)?
-                    .with_context(|| missing(name))?;
-                match dense_of(&q, &self.device)? {
+                let raw = g.load_hf(name)?.with_context(|| missing(name))?;
+                match dense_of(&raw, &self.device)? {
                     Some(t) => t,
-                    None => q.dequantize(&self.device)?,
+                    None => {
+                        let mut values = vec![0f32; raw.dims.iter().product()];
+                        kernels::dequantize(raw.ty, &raw.bytes, &mut values);
+                        Tensor::from_vec(values, raw.dims.as_slice(), &self.device)?
+                    }
                 }
             }
         };
@@ -136,37 +143,40 @@ impl Weights {
     pub fn matrix(&mut self, name: &str, shape: &[usize], role: Role) -> Result<Matrix> {
         if let Source::Gguf(g) = &mut self.files {
             // As the file holds it: a block type stays quantized.
-            let q = g
-                .load_hf(name, &self.device)?
-                .with_context(|| missing(name))?;
-            if q.shape().dims() != shape {
+            let raw = g.load_hf(name)?.with_context(|| missing(name))?;
+            if raw.dims != shape {
                 bail!(
                     "tensor {name} has shape {:?}, but the GGUF's hyperparameters imply {shape:?}",
-                    q.shape().dims()
+                    raw.dims
                 );
             }
-            return Ok(match dense_of(&q, &self.device)? {
-                Some(t) => Matrix::Dense(match self.matmul_dtype {
+            return match dense_of(&raw, &self.device)? {
+                Some(t) => Ok(Matrix::Dense(match self.matmul_dtype {
                     Some(d) if d != t.dtype() => t.to_dtype(d)?,
                     _ => t,
-                }),
-                None => self.quantized(Arc::new(q)),
-            });
+                })),
+                None => {
+                    let q = QMatrix::new(raw.ty, shape[0], shape[1], raw.bytes)
+                        .with_context(|| format!("tensor {name}"))?;
+                    self.blocks(q)
+                }
+            };
         }
         if let Some((scheme, layers, cache)) = self.quant.as_mut().filter(|_| role != Role::Router)
         {
             let wanted = scheme.type_for(role, *layers);
             if let Some(ty) = quantize::fitting_type(wanted, shape[1]) {
                 if let Some(q) = cache.get(name, ty, shape, &self.device) {
-                    return Ok(self.quantized(q));
+                    return self.quantized(&q);
                 }
                 let dense = self.load(name, shape)?;
                 let q = quantize::quantize(&dense, ty, &self.device)
                     .with_context(|| format!("cannot quantize {name} to {ty:?}"))?;
+                let matrix = self.quantized(&q)?;
                 if let Some((_, _, cache)) = self.quant.as_mut() {
-                    cache.add(name, q.clone());
+                    cache.add(name, q);
                 }
-                return Ok(self.quantized(q));
+                return Ok(matrix);
             }
         }
         let t = self.load(name, shape)?;
@@ -200,19 +210,17 @@ impl Weights {
 }
 
 /// A GGUF tensor of a float type as a dense tensor in that type (None: a block type).
-fn dense_of(q: &QTensor, device: &Device) -> Result<Option<Tensor>> {
-    let dtype = match q.dtype() {
-        GgmlDType::F32 => DType::F32,
-        GgmlDType::F16 => DType::F16,
-        GgmlDType::BF16 => DType::BF16,
-        _ => return Ok(None),
+fn dense_of(raw: &RawTensor, device: &Device) -> Result<Option<Tensor>> {
+    if raw.ty.is_quantized() {
+        return Ok(None);
+    }
+    let dtype = match raw.ty {
+        GgmlType::F16 => DType::F16,
+        GgmlType::BF16 => DType::BF16,
+        _ => DType::F32,
     };
-    let bytes = q.data()?;
     Ok(Some(Tensor::from_raw_buffer(
-        &bytes,
-        dtype,
-        q.shape().dims(),
-        device,
+        &raw.bytes, dtype, &raw.dims, device,
     )?))
 }
 

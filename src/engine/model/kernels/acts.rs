@@ -5,6 +5,60 @@
 
 use super::blocks::{block_scale, to_int8, BlockType};
 
+/// Activations for the vec-dot kernels: each of `m` rows of `k` values as int8 in their natural
+/// order, one f32 scale per block of `block` values (the weight type's block: 32 or 256), and
+/// the sum of every 16 int8 values (where a weight type has minimums or offsets, they multiply
+/// these sums rather than every value).
+pub struct RowActs {
+    pub k: usize,
+    pub block: usize,
+    pub qs: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub sums: Vec<i16>,
+}
+
+/// One row of [`RowActs`].
+#[derive(Clone, Copy)]
+pub struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub scales: &'a [f32],
+    pub sums: &'a [i16],
+}
+
+impl RowActs {
+    pub fn quantize(x: &[f32], m: usize, k: usize, block: usize) -> RowActs {
+        assert!(k.is_multiple_of(block) && block.is_multiple_of(16));
+        let mut acts = RowActs {
+            k,
+            block,
+            qs: vec![0; m * k],
+            scales: vec![0.0; m * k / block],
+            sums: vec![0; m * k / 16],
+        };
+        for (b, values) in x[..m * k].chunks_exact(block).enumerate() {
+            let (scale, inverse) = block_scale(values);
+            acts.scales[b] = scale;
+            let qs = &mut acts.qs[b * block..(b + 1) * block];
+            for (q, v) in qs.iter_mut().zip(values) {
+                *q = to_int8(*v, inverse);
+            }
+            for (s, sixteen) in qs.chunks_exact(16).enumerate() {
+                acts.sums[b * block / 16 + s] = sixteen.iter().map(|&q| q as i16).sum();
+            }
+        }
+        acts
+    }
+
+    pub fn row(&self, i: usize) -> ActRow<'_> {
+        let k = self.k;
+        ActRow {
+            qs: &self.qs[i * k..(i + 1) * k],
+            scales: &self.scales[i * k / self.block..(i + 1) * k / self.block],
+            sums: &self.sums[i * k / 16..(i + 1) * k / 16],
+        }
+    }
+}
+
 /// Activation rows that share one pass over a weight row (their accumulators stay in registers).
 pub const ROWS: usize = 4;
 

@@ -1,9 +1,9 @@
 //! GGML's block layouts, as every ISA's kernels read them, and the int8 quantization of
 //! activations that the quantized dot products share (as llama.cpp and candle do it).
 
-use candle_core::quantized::GgmlDType;
+use crate::engine::format::ggml::GgmlType;
 
-/// The block types owrun's own quantized kernels multiply.
+/// The block types the AVX-512 block kernels (`quant_rows`, `quant_tiles`) multiply.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum BlockType {
     Q8_0,
@@ -12,11 +12,11 @@ pub enum BlockType {
 }
 
 impl BlockType {
-    pub fn of(dtype: GgmlDType) -> Option<BlockType> {
-        match dtype {
-            GgmlDType::Q8_0 => Some(BlockType::Q8_0),
-            GgmlDType::Q4K => Some(BlockType::Q4K),
-            GgmlDType::Q6K => Some(BlockType::Q6K),
+    pub fn of(ty: GgmlType) -> Option<BlockType> {
+        match ty {
+            GgmlType::Q8_0 => Some(BlockType::Q8_0),
+            GgmlType::Q4K => Some(BlockType::Q4K),
+            GgmlType::Q6K => Some(BlockType::Q6K),
             _ => None,
         }
     }
@@ -56,6 +56,28 @@ pub fn q4k_scales_and_mins(p: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (join(a & LOW6, scales_hi), join(b & LOW6, mins_hi))
 }
 
+/// The 16 values IQ4_NL and IQ4_XS's 4-bit indices stand for (a non-linear grid, denser near 0).
+pub const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+#[inline(always)]
+pub fn iq4_value(index: u8) -> i8 {
+    IQ4_VALUES[(index & 0x0F) as usize]
+}
+
+/// Q3_K's sixteen 6-bit scales, unpacked from their 12 bytes and centred (stored value - 32):
+/// bytes 0-7 hold the low 4 bits (scales 0-7 in the low nibbles, 8-15 in the high ones), bytes
+/// 8-11 the top 2 bits (scale s in bits 2·(s / 4) of byte 8 + s % 4).
+#[inline(always)]
+pub fn q3k_scales(p: &[u8; 12]) -> [i8; 16] {
+    std::array::from_fn(|s| {
+        let low = (p[s % 8] >> (4 * (s / 8))) & 0x0F;
+        let high = (p[8 + s % 4] >> (2 * (s / 4))) & 3;
+        (low | (high << 4)) as i8 - 32
+    })
+}
+
 /// One block of activations' int8 scale (its largest magnitude maps to 127) and that scale's
 /// inverse (0 for a block of zeros).
 #[inline(always)]
@@ -66,11 +88,13 @@ pub fn block_scale(values: &[f32]) -> (f32, f32) {
 }
 
 /// `v` quantized with `block_scale`'s inverse: rounded to nearest even; |v| * inverse ≤ 127,
-/// so the value fits and is never -128. Inlined into callers compiled for AVX-512, where the
-/// rounding is one instruction rather than a libm call.
+/// so the value fits and is never -128. Adding and subtracting 1.5 · 2^23 rounds to an integer
+/// in the FPU's default mode (ties to even) for any |x| < 2^22: two additions on every target,
+/// which vectorise, where `round_ties_even` is a library call without SSE4.1.
 #[inline(always)]
 pub fn to_int8(v: f32, inverse: f32) -> i8 {
-    (v * inverse).round_ties_even() as i8
+    const ROUND: f32 = 12_582_912.0;
+    ((v * inverse + ROUND) - ROUND) as i8
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! What this CPU can run, detected once for every kernel.
 //!
-//! Detection is the standard library's (`is_x86_feature_detected!`): CPUID and, for the wide
-//! registers, that the OS saves them (XCR0), so a flag the OS does not back is not trusted. Each
-//! field names a set of instructions a kernel family is compiled for; a kernel runs only where
-//! its whole set is there.
+//! Detection is the standard library's (`is_x86_feature_detected!`, `is_aarch64_feature_detected!`):
+//! CPUID and, for the wide registers, that the OS saves them (XCR0), so a flag the OS does not
+//! back is not trusted. Each field names a set of instructions a kernel family is compiled for; a
+//! kernel runs only where its whole set is there.
 //!
-//! `OWRUN_NO_AVX512=1` turns the AVX-512 sets off (to compare with the AVX2 paths on one machine,
-//! or to rule them out when a result looks wrong): read here, once, and nowhere else.
+//! `OWRUN_CPU` caps what the kernels may use, to measure or test each path on one machine:
+//! `avx512` (everything an x86 CPU has), `avx2` (no AVX-512), `neon` (everything an ARM CPU has),
+//! `portable` (no SIMD kernel at all). Read here, once, and nowhere else; a value that names no
+//! path is reported on stderr and ignored.
 
 use std::sync::OnceLock;
 
@@ -24,20 +26,43 @@ pub struct Features {
     pub avx512_bf16: bool,
 }
 
+/// How far `OWRUN_CPU` lets the kernels go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    Portable,
+    Avx2,
+    Everything,
+}
+
+fn cap() -> Cap {
+    match std::env::var("OWRUN_CPU").ok().as_deref().map(str::trim) {
+        None | Some("") | Some("avx512") | Some("neon") | Some("native") => Cap::Everything,
+        Some("avx2") => Cap::Avx2,
+        Some("portable") => Cap::Portable,
+        Some(other) => {
+            eprintln!(
+                "owrun: warning: OWRUN_CPU={other:?} names no kernel path (avx512, avx2, neon, \
+                 portable); using everything this CPU has"
+            );
+            Cap::Everything
+        }
+    }
+}
+
 /// This CPU's features, as the kernels may use them.
 pub fn features() -> Features {
     static FEATURES: OnceLock<Features> = OnceLock::new();
-    *FEATURES.get_or_init(|| {
-        let avx512_allowed = std::env::var_os("OWRUN_NO_AVX512").is_none();
-        detect(avx512_allowed)
+    *FEATURES.get_or_init(|| match cap() {
+        Cap::Portable => Features::default(),
+        cap => detect(cap),
     })
 }
 
 #[cfg(target_arch = "x86_64")]
-fn detect(avx512_allowed: bool) -> Features {
+fn detect(cap: Cap) -> Features {
     use std::arch::is_x86_feature_detected as has;
     let avx2_fma = has!("avx2") && has!("fma");
-    let avx512 = avx512_allowed && has!("avx512f") && has!("avx512vl");
+    let avx512 = cap == Cap::Everything && has!("avx512f") && has!("avx512vl");
     Features {
         avx2_fma,
         f16c: avx2_fma && has!("f16c"),
@@ -52,6 +77,6 @@ fn detect(avx512_allowed: bool) -> Features {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect(_avx512_allowed: bool) -> Features {
+fn detect(_cap: Cap) -> Features {
     Features::default()
 }

@@ -8,7 +8,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `cpu` | feature detection, once, with the `OWRUN_NO_AVX512` override |
+//! | `cpu` | feature detection, once, with the `OWRUN_CPU` override |
 //! | `blocks` | GGML block types, Q4_K scale unpacking, int8 rounding of activations |
 //! | `acts` | activations quantized for the quantized kernels, and the tile shapes |
 //! | `half16`, `dots` | 16-bit element types and tile shape; portable f32 dot loops |
@@ -24,24 +24,25 @@
 mod acts;
 mod blocks;
 mod cpu;
+mod dequant;
 mod dots;
 mod half;
 mod half16;
 mod half_tiles;
+mod iq_tables;
 mod quant;
 mod quant_rows;
 mod quant_tiles;
+mod vecdot;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use std::num::NonZeroUsize;
 
+pub use dequant::dequantize;
 pub use half::{matmul as half_matmul, widen};
 pub use half_tiles::available as half_tiles_available;
-pub use quant::{
-    matmul as quantized_matmul, own_kernels_available as own_quantized_kernels,
-    supports as quantized_supported,
-};
+pub use quant::matmul as quantized_matmul;
 
 /// Run the kernels (and candle's CPU kernels) on `threads` threads (None: one per core). The
 /// first call in a process decides; later calls change nothing (a pool cannot be resized).

@@ -1,114 +1,199 @@
-//! Quantized weights × f32 activations, for the GGML block types that quantized checkpoints
-//! mostly hold: Q8_0, and Q4_K with Q6_K (the Q4_K_M mix), on CPUs with AVX-512 VNNI.
+//! Quantized weights × f32 activations: the entry point for every block type, and the choice of
+//! the kernel that runs it on this CPU.
 //!
-//! Why by hand: candle 0.11 multiplies these blocks 256 bits at a time at best (its AVX2 code), so
-//! on a two-core AVX-512 machine decoding a Q4_K_M model is bound by arithmetic, not by memory, and
-//! its faster tiled kernels keep a second, repacked copy of every weight. These kernels read the
-//! blocks as stored (one copy), 512 bits at a time: `quant_rows` for decoding, `quant_tiles` for
-//! prefill. Other CPUs keep candle's kernels (AVX2, NEON or portable), which `supports` says.
-//! The tests check both against a scalar reference built from candle's dequantization.
-
-use candle_core::quantized::GgmlDType;
+//! - `quant_rows` / `quant_tiles`: Q8_0, Q4_K and Q6_K (the blocks of real Q8_0 and Q4_K_M
+//!   files) on AVX-512 VNNI, 512 bits at a time, decode rows and prefill tiles;
+//! - `vecdot`: every block type, in portable Rust, one weight row against each activation row.
+//!
+//! Every path reads the blocks as stored: one copy of the model. The tests check each path this
+//! CPU can run against a reference built from the dequantized weights (themselves checked
+//! against the `gguf` package) and the unrounded activations, within the error the rounding of
+//! the activations to 8 bits can make.
 
 use super::blocks::BlockType;
-use super::{cpu, quant_rows, quant_tiles};
+use super::{cpu, quant_rows, quant_tiles, vecdot};
+use crate::engine::format::ggml::GgmlType;
 
-/// Whether `matmul` runs `dtype` with rows of `k` values on this CPU.
-pub fn supports(dtype: GgmlDType, k: usize) -> bool {
-    let Some(kind) = BlockType::of(dtype) else {
-        return false;
-    };
-    k.is_multiple_of(kind.block_len().max(64)) && cpu::features().avx512_vnni
+/// A kernel family that can multiply a block type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// `quant_rows` and `quant_tiles`: AVX-512 VNNI, Q8_0 / Q4_K / Q6_K.
+    Avx512Blocks,
+    /// `vecdot`: every type, portable.
+    Portable,
 }
 
-/// Whether owrun's kernels (rather than candle's) multiply Q8_0, Q4_K and Q6_K on this CPU.
-pub fn own_kernels_available() -> bool {
-    cpu::features().avx512_vnni
+/// The paths this CPU runs `ty` with rows of `k` values on, fastest first.
+pub fn paths(ty: GgmlType, k: usize) -> Vec<Path> {
+    let mut paths = Vec::new();
+    if let Some(kind) = BlockType::of(ty) {
+        if k.is_multiple_of(kind.block_len().max(64)) && cpu::features().avx512_vnni {
+            paths.push(Path::Avx512Blocks);
+        }
+    }
+    paths.push(Path::Portable);
+    paths
 }
 
 /// `x` (m × k, row-major) times the transpose of the quantized matrix `w` (n rows of k values
-/// in `dtype`'s blocks). Returns m × n, row-major. Call only where `supports(dtype, k)`.
-pub fn matmul(dtype: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
-    let kind = BlockType::of(dtype).expect("a supported block type");
-    assert!(supports(dtype, k), "{dtype:?} rows of {k} on this CPU");
+/// in `ty`'s blocks). Returns m × n, row-major.
+pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+    matmul_on(paths(ty, k)[0], ty, w, n, k, x, m)
+}
+
+/// As [`matmul`], through one path (one of `paths(ty, k)`).
+pub fn matmul_on(
+    path: Path,
+    ty: GgmlType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    assert!(paths(ty, k).contains(&path), "{path:?} cannot run {ty:?}");
     assert_eq!(x.len(), m * k, "activations are m × k");
-    let row_bytes = k / kind.block_len() * kind.block_bytes();
+    let row_bytes = ty.row_bytes(k).expect("rows of whole blocks");
     assert_eq!(w.len(), n * row_bytes, "weights are n rows of k");
-    if m >= quant_tiles::MIN_ROWS {
-        quant_tiles::matmul(kind, w, n, k, x, m)
-    } else {
-        quant_rows::matmul(kind, w, n, k, x, m)
+    match path {
+        Path::Avx512Blocks => {
+            let kind = BlockType::of(ty).expect("checked by paths");
+            if m >= quant_tiles::MIN_ROWS {
+                quant_tiles::matmul(kind, w, n, k, x, m)
+            } else {
+                quant_rows::matmul(kind, w, n, k, x, m)
+            }
+        }
+        Path::Portable => vecdot::matmul(ty, w, n, k, x, m),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::engine::model::kernels::acts::{quantize_acts, stored_at};
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
+    use crate::engine::model::kernels::dequant::dequantize;
 
-    /// The scalar reference: candle's dequantized weights times the quantized activations,
-    /// summed in f64.
-    fn reference(dtype: GgmlDType, w: &QTensor, x: &[f32], m: usize, k: usize) -> Vec<f32> {
-        let kind = BlockType::of(dtype).unwrap();
-        // SAFETY: the test runs only where AVX-512 is available.
-        let acts = unsafe { quantize_acts(kind, x, m, k) };
-        let wf: Vec<f32> = w
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let n = wf.len() / k;
-        let mut y = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut sum = 0f64;
-                for p in 0..k {
-                    let q = acts.qs[i * k + stored_at(kind, p)] as f64;
-                    let scale = acts.scales[(i * k + p) / kind.block_len()] as f64;
-                    sum += q * scale * wf[j * k + p] as f64;
-                }
-                y[i * n + j] = sum as f32;
-            }
+    /// A deterministic stream of pseudo-random numbers (xorshift).
+    pub struct Rng(u64);
+
+    impl Rng {
+        pub fn new(seed: u64) -> Rng {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
         }
-        y
+
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Uniform in [-1, 1).
+        pub fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
     }
 
-    #[test]
-    fn kernels_match_the_scalar_reference() {
-        if !cpu::features().avx512_vnni {
-            eprintln!("NOTICE: no AVX-512 VNNI on this CPU; owrun uses candle's kernels here");
-            return;
+    /// Where each block type keeps its f16 scales (byte offsets in a block).
+    fn f16_fields(ty: GgmlType) -> &'static [usize] {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+            GgmlType::Q2K => &[80, 82],
+            GgmlType::Q3K => &[108],
+            GgmlType::Q6K => &[208],
+            GgmlType::IQ1M => &[],
+            _ => &[0],
         }
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
-            // 1 to 7 rows: the row dot products; 16 and 35: the prefill tiles (a partial group
-            // of 16 rows, a partial tile of 8 weight rows).
-            for (m, k, n) in [
-                (1, 256, 9),
-                (4, 512, 7),
-                (7, 768, 70),
-                (16, 256, 8),
-                (35, 512, 13),
-            ] {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let want = reference(dtype, &q, &x, m, k);
-                let got = matmul(dtype, &q.data().unwrap(), n, k, &x, m);
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let err = super::super::max_difference(&got, &want);
-                assert!(
-                    err <= 1e-5 * scale.max(1.0) * (k as f32).sqrt(),
-                    "{dtype:?} {m}x{k}x{n}: {err} of {scale}"
-                );
+    }
+
+    /// `blocks` blocks of `ty` of random bits, with finite scales in [0.001, 0.1).
+    pub fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
+        let size = ty.block_bytes();
+        let mut bytes: Vec<u8> = (0..blocks * size).map(|_| rng.next() as u8).collect();
+        for block in bytes.chunks_exact_mut(size) {
+            let scale = || {
+                half::f16::from_f32(0.001 + 0.099 * (rng.next() >> 40) as f32 / (1u64 << 24) as f32)
+            };
+            let mut scale = scale;
+            for &at in f16_fields(ty) {
+                block[at..at + 2].copy_from_slice(&scale().to_le_bytes());
+            }
+            if ty == GgmlType::IQ1M {
+                // The f16 scale: its nibble i is the top nibble of the last four u16 words' word i.
+                let bits = scale().to_bits();
+                for (i, shift) in [0, 4, 8, 12].into_iter().enumerate() {
+                    let at = size - 8 + 2 * i;
+                    let word = u16::from_le_bytes([block[at], block[at + 1]]);
+                    let word = (word & 0x0FFF) | (((bits >> shift) & 0xF) << 12);
+                    block[at..at + 2].copy_from_slice(&word.to_le_bytes());
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Per output: the f64 product of the dequantized weights with the activations, and how far
+    /// a kernel may be from it: each activation is rounded to the nearest of 255 steps of its
+    /// block's largest magnitude (off by at most that / 254), so a block's product moves by at
+    /// most Σ|w| · amax / 254; a little more for f32 sums.
+    fn reference(
+        ty: GgmlType,
+        w: &[u8],
+        n: usize,
+        k: usize,
+        x: &[f32],
+        m: usize,
+    ) -> Vec<(f64, f64)> {
+        let mut wf = vec![0f32; n * k];
+        dequantize(ty, w, &mut wf);
+        let block = ty.block_len();
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            for j in 0..n {
+                let wj = &wf[j * k..(j + 1) * k];
+                let mut want = 0f64;
+                let mut bound = 0f64;
+                let mut magnitude = 0f64;
+                for (xb, wb) in xi.chunks(block).zip(wj.chunks(block)) {
+                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                    let wsum: f64 = wb.iter().map(|v| v.abs() as f64).sum();
+                    bound += wsum * amax / 254.0;
+                    magnitude += wsum * amax;
+                    want += xb
+                        .iter()
+                        .zip(wb)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>();
+                }
+                out.push((want, bound * 1.0001 + magnitude * 1e-6 + 1e-6));
+            }
+        }
+        out
+    }
+
+    /// Every quantized type on every path this CPU has, at decode and prefill shapes (and
+    /// widths that leave partial tasks and tiles).
+    #[test]
+    fn every_block_type_on_every_path_matches_the_reference() {
+        let mut rng = Rng::new(7);
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            for (m, blocks, n) in [(1, 2, 9), (3, 4, 7), (5, 1, 33), (16, 2, 8), (35, 3, 13)] {
+                let k = blocks * ty.block_len().max(64);
+                let w = random_blocks(ty, n * k / ty.block_len(), &mut rng);
+                let x: Vec<f32> = (0..m * k).map(|_| rng.unit() * 4.0).collect();
+                let want = reference(ty, &w, n, k, &x, m);
+                for path in paths(ty, k) {
+                    let got = matmul_on(path, ty, &w, n, k, &x, m);
+                    for (idx, (g, (w, bound))) in got.iter().zip(&want).enumerate() {
+                        let err = (*g as f64 - w).abs();
+                        assert!(
+                            err <= *bound,
+                            "{ty:?} on {path:?}, {m}x{k}x{n}, output {idx}: {g} vs {w} (bound {bound})"
+                        );
+                    }
+                }
             }
         }
     }
@@ -116,9 +201,8 @@ mod tests {
 
 #[cfg(test)]
 mod timing {
+    use super::tests::{random_blocks, Rng};
     use super::*;
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
 
     fn best(reps: usize, mut f: impl FnMut()) -> f64 {
         (0..reps)
@@ -130,36 +214,33 @@ mod timing {
             .fold(f64::MAX, f64::min)
     }
 
-    /// `cargo test --release time_kernels -- --ignored --nocapture`: the best of several runs
-    /// of owrun's kernels and candle's QTensor op (its repacked copy) on one TinyLlama matrix.
+    /// `cargo test --release time_kernels -- --ignored --nocapture`: the best of several runs of
+    /// every path on one TinyLlama-sized matrix (`OWRUN_TIME_ONLY=Q4_K` for one type).
     #[test]
     #[ignore]
     fn time_kernels() {
         let (n, k) = (5632, 2048);
         let only = std::env::var("OWRUN_TIME_ONLY").ok();
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0] {
-            if only.as_ref().is_some_and(|o| o != &format!("{dtype:?}")) {
+        let mut rng = Rng::new(1);
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            if only.as_ref().is_some_and(|o| o != ty.name()) {
                 continue;
             }
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let data = q.data().unwrap();
+            let w = random_blocks(ty, n * k / ty.block_len(), &mut rng);
             for m in [1usize, 16, 128] {
                 let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
-                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-                let reps = if m == 1 { 200 } else { 20 };
-                let ours = best(reps, || {
-                    std::hint::black_box(matmul(dtype, &data, n, k, &x, m));
-                });
-                let theirs = best(reps, || {
-                    std::hint::black_box(xt.apply_op1_no_bwd(&q).unwrap());
-                });
-                eprintln!(
-                    "{dtype:?} m={m}: ours {:.3} ms ({:.0} GMAC/s), candle {:.3} ms",
-                    ours * 1e3,
-                    (m * n * k) as f64 / ours / 1e9,
-                    theirs * 1e3
-                );
+                let reps = if m == 1 { 50 } else { 5 };
+                for path in paths(ty, k) {
+                    let t = best(reps, || {
+                        std::hint::black_box(matmul_on(path, ty, &w, n, k, &x, m));
+                    });
+                    eprintln!(
+                        "{} m={m} {path:?}: {:.3} ms ({:.1} GMAC/s)",
+                        ty.name(),
+                        t * 1e3,
+                        (m * n * k) as f64 / t / 1e9
+                    );
+                }
             }
         }
     }
