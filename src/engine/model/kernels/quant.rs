@@ -3,7 +3,9 @@
 //!
 //! - `quant_rows` / `quant_tiles`: Q8_0, Q4_K and Q6_K (the blocks of real Q8_0 and Q4_K_M
 //!   files) on AVX-512 VNNI, 512 bits at a time, decode rows and prefill tiles;
-//! - `vecdot`: every block type, in portable Rust, one weight row against each activation row.
+//! - `x86::avx2_quant`: every type but the IQ1–IQ3 grids on AVX2 (and with AVX-512 VNNI's dot
+//!   products on 256-bit registers), one weight row against up to 4 activation rows;
+//! - `vecdot`: every block type, in portable Rust; the driver the per-ISA row kernels share.
 //!
 //! Every path reads the blocks as stored: one copy of the model. The tests check each path this
 //! CPU can run against a reference built from the dequantized weights (themselves checked
@@ -19,6 +21,10 @@ use crate::engine::format::ggml::GgmlType;
 pub enum Path {
     /// `quant_rows` and `quant_tiles`: AVX-512 VNNI, Q8_0 / Q4_K / Q6_K.
     Avx512Blocks,
+    /// `x86::avx2_quant` with AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
+    Avx2Vnni,
+    /// `x86::avx2_quant`: AVX2, every type but the IQ1–IQ3 grids.
+    Avx2,
     /// `vecdot`: every type, portable.
     Portable,
 }
@@ -29,6 +35,16 @@ pub fn paths(ty: GgmlType, k: usize) -> Vec<Path> {
     if let Some(kind) = BlockType::of(ty) {
         if k.is_multiple_of(kind.block_len().max(64)) && cpu::features().avx512_vnni {
             paths.push(Path::Avx512Blocks);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::avx2_quant::supports(ty) {
+        let f = cpu::features();
+        if f.avx512_vnni {
+            paths.push(Path::Avx2Vnni);
+        }
+        if f.avx2_fma && f.f16c {
+            paths.push(Path::Avx2);
         }
     }
     paths.push(Path::Portable);
@@ -64,7 +80,18 @@ pub fn matmul_on(
                 quant_rows::matmul(kind, w, n, k, x, m)
             }
         }
-        Path::Portable => vecdot::matmul(ty, w, n, k, x, m),
+        // SAFETY: `paths` listed each only where the CPU has its instructions and it
+        // multiplies `ty`.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2Vnni => unsafe {
+            vecdot::matmul(super::x86::avx2_quant::rows_vnni, ty, w, n, k, x, m)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { vecdot::matmul(super::x86::avx2_quant::rows, ty, w, n, k, x, m) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Path::Avx2 | Path::Avx2Vnni => unreachable!("x86 only"),
+        // SAFETY: the portable kernel runs everywhere.
+        Path::Portable => unsafe { vecdot::matmul(vecdot::rows, ty, w, n, k, x, m) },
     }
 }
 

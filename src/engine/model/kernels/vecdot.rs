@@ -6,6 +6,7 @@
 //! grids, are dequantized a block at a time and multiplied in f32.
 
 use super::acts::{ActRow, RowActs};
+use super::SharedOut;
 use super::blocks::{iq4_value, q3k_scales, q4k_scales_and_mins};
 use super::dequant::{self, f16_at, q6k_value};
 use crate::engine::format::ggml::GgmlType;
@@ -203,37 +204,68 @@ fn dequantized_dot(ty: GgmlType, w: &[u8], x: ActRow) -> f32 {
     sum
 }
 
-/// `x` (m × k) times the transpose of `w` (n rows of k values in `ty`'s blocks), on the pool:
-/// m × n, row-major.
-pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+/// Dot products of one weight row (whole blocks of a type) with up to [`ROWS`] activation rows:
+/// `out[r]` for `x[r]`. The portable one is [`rows`]; each ISA has its own.
+///
+/// # Safety
+/// Each ISA's needs its instructions; the caller checks the CPU has them.
+pub type RowsKernel = unsafe fn(GgmlType, &[u8], &[ActRow], &mut [f32]);
+
+/// Activation rows one pass over a weight row serves (its unpacked blocks stay in registers).
+pub const ROWS: usize = 4;
+
+/// The portable [`RowsKernel`].
+pub fn rows(ty: GgmlType, w: &[u8], x: &[ActRow], out: &mut [f32]) {
+    for (o, xr) in out.iter_mut().zip(x) {
+        *o = row_dot(ty, w, *xr);
+    }
+}
+
+/// Weight rows per task: enough to amortise scheduling, few enough to balance the cores, and
+/// (for prefill) few enough that they stay in cache while every group of activation rows
+/// passes over them.
+fn rows_per_task(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (n / (threads * 8)).clamp(4, 32)
+}
+
+/// `x` (m × k) times the transpose of `w` (n rows of k values in `ty`'s blocks) through
+/// `kernel`, on the pool: m × n, row-major.
+///
+/// # Safety
+/// The CPU runs `kernel`, and `kernel` multiplies `ty`.
+pub unsafe fn matmul(
+    kernel: RowsKernel,
+    ty: GgmlType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
     use rayon::prelude::*;
     let acts = RowActs::quantize(x, m, k, ty.block_len());
+    let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
     let row_bytes = ty.row_bytes(k).expect("rows of whole blocks");
     let mut y = vec![0f32; m * n];
-    // Each task computes a run of output columns (weight rows) for every activation row.
-    let per_task = 16;
-    let columns: Vec<Vec<f32>> = (0..n.div_ceil(per_task))
-        .into_par_iter()
-        .map(|t| {
-            let first = t * per_task;
-            let last = (first + per_task).min(n);
-            let mut out = vec![0f32; m * (last - first)];
-            for j in first..last {
+    let out = SharedOut(y.as_mut_ptr());
+    let per_task = rows_per_task(n);
+    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let out = &out;
+        let columns = t * per_task..((t + 1) * per_task).min(n);
+        let mut dots = [0f32; ROWS];
+        for (g, group) in rows.chunks(ROWS).enumerate() {
+            for j in columns.clone() {
                 let wj = &w[j * row_bytes..(j + 1) * row_bytes];
-                for i in 0..m {
-                    out[i * (last - first) + j - first] = row_dot(ty, wj, acts.row(i));
+                // SAFETY: the caller checked the CPU runs `kernel` for `ty`; every activation
+                // row holds k values, `wj` k values of blocks.
+                unsafe { kernel(ty, wj, group, &mut dots[..group.len()]) };
+                for (r, d) in dots.iter().take(group.len()).enumerate() {
+                    // SAFETY: column j belongs to this task alone; (row, j) is inside m × n.
+                    unsafe { *out.0.add((g * ROWS + r) * n + j) = *d };
                 }
             }
-            out
-        })
-        .collect();
-    for (t, out) in columns.iter().enumerate() {
-        let first = t * per_task;
-        let width = out.len() / m.max(1);
-        for i in 0..m {
-            y[i * n + first..i * n + first + width]
-                .copy_from_slice(&out[i * width..(i + 1) * width]);
         }
-    }
+    });
     y
 }
