@@ -2,10 +2,12 @@
 """Make a random-weight model of a real shape for speed measurements, in the formats both runners
 read: a Hugging Face folder (f16 safetensors, config.json, a stand-in tokenizer.json) for owrun,
 and an F16 GGUF as llama.cpp's converter lays it out (llama architecture, q/k rows permuted for
-its rope, a SentencePiece-style stand-in vocabulary) for llama-bench and llama-quantize.
+its rope, a SentencePiece-style stand-in vocabulary) for llama-bench and llama-quantize. The
+shapes are real models' matrices; every one runs as the llama architecture, which is what the
+kernels see (the families differ in norms and attention details, not in matrix shapes).
 
     python3 -m pip install numpy safetensors gguf
-    python3 scripts/make_bench_model.py OUT_DIR [--shape tinyllama|llama3.2-1b]
+    python3 scripts/make_bench_model.py OUT_DIR [--shape tinyllama|llama3.2-1b|qwen2.5-0.5b|gemma3-1b]
 
 Writes OUT_DIR/<shape>/ (the folder) and OUT_DIR/<shape>.f16.gguf. The weights are N(0, 0.02):
 speed does not depend on their values. Nothing is downloaded.
@@ -24,6 +26,11 @@ SHAPES = {
     "tinyllama": dict(hidden=2048, layers=22, heads=32, kv=4, inter=5632, vocab=32000, tied=False, theta=10000.0),
     # Llama-3.2-1B: big vocabulary, tied embeddings
     "llama3.2-1b": dict(hidden=2048, layers=16, heads=32, kv=8, inter=8192, vocab=128256, tied=True, theta=500000.0),
+    # Qwen2.5-0.5B's matrices: rows of 896 (not whole 256-blocks: llama-quantize falls back to
+    # Q5_0 / Q8_0 / IQ4_NL there, as it does for the real model)
+    "qwen2.5-0.5b": dict(hidden=896, layers=24, heads=14, kv=2, inter=4864, vocab=151936, tied=True, theta=1000000.0),
+    # Gemma-3-1B's matrices: rows of 1152, head_dim 256 (not hidden / heads), a 262k vocabulary
+    "gemma3-1b": dict(hidden=1152, layers=26, heads=4, kv=1, inter=6912, vocab=262144, tied=True, theta=1000000.0, head_dim=256),
 }
 
 
@@ -38,7 +45,8 @@ def main():
     ap.add_argument("--shape", default="tinyllama", choices=sorted(SHAPES))
     args = ap.parse_args()
     s = SHAPES[args.shape]
-    h, hd = s["hidden"], s["hidden"] // s["heads"]
+    h = s["hidden"]
+    hd = s.get("head_dim", h // s["heads"])
     rng = np.random.default_rng(0)
 
     def w(*shape):
@@ -68,6 +76,7 @@ def main():
         "num_attention_heads": s["heads"], "num_key_value_heads": s["kv"], "vocab_size": s["vocab"],
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": s["theta"],
         "tie_word_embeddings": s["tied"], "torch_dtype": "float16", "bos_token_id": 1, "eos_token_id": 2,
+        "head_dim": hd,
     }
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
@@ -99,6 +108,8 @@ def main():
     g.add_block_count(s["layers"])
     g.add_feed_forward_length(s["inter"])
     g.add_rope_dimension_count(hd)
+    g.add_key_length(hd)
+    g.add_value_length(hd)
     g.add_head_count(s["heads"])
     g.add_head_count_kv(s["kv"])
     g.add_layer_norm_rms_eps(1e-5)

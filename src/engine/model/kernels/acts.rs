@@ -15,6 +15,9 @@ pub struct RowActs {
     pub qs: Vec<i8>,
     pub scales: Vec<f32>,
     pub sums: Vec<i16>,
+    /// Per block: its scale times the sum of its int8 values (what a block's offset or minimum
+    /// multiplies), ready in f32.
+    pub scaled_sums: Vec<f32>,
 }
 
 /// One row of [`RowActs`].
@@ -23,6 +26,7 @@ pub struct ActRow<'a> {
     pub qs: &'a [i8],
     pub scales: &'a [f32],
     pub sums: &'a [i16],
+    pub scaled_sums: &'a [f32],
 }
 
 impl RowActs {
@@ -34,6 +38,7 @@ impl RowActs {
             qs: vec![0; m * k],
             scales: vec![0.0; m * k / block],
             sums: vec![0; m * k / 16],
+            scaled_sums: vec![0.0; m * k / block],
         };
         for (b, values) in x[..m * k].chunks_exact(block).enumerate() {
             let (scale, inverse) = block_scale(values);
@@ -42,9 +47,13 @@ impl RowActs {
             for (q, v) in qs.iter_mut().zip(values) {
                 *q = to_int8(*v, inverse);
             }
+            let mut total = 0i32;
             for (s, sixteen) in qs.chunks_exact(16).enumerate() {
-                acts.sums[b * block / 16 + s] = sixteen.iter().map(|&q| q as i16).sum();
+                let sum: i16 = sixteen.iter().map(|&q| q as i16).sum();
+                acts.sums[b * block / 16 + s] = sum;
+                total += sum as i32;
             }
+            acts.scaled_sums[b] = scale * total as f32;
         }
         acts
     }
@@ -55,6 +64,7 @@ impl RowActs {
             qs: &self.qs[i * k..(i + 1) * k],
             scales: &self.scales[i * k / self.block..(i + 1) * k / self.block],
             sums: &self.sums[i * k / 16..(i + 1) * k / 16],
+            scaled_sums: &self.scaled_sums[i * k / self.block..(i + 1) * k / self.block],
         }
     }
 }

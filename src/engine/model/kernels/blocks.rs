@@ -56,6 +56,26 @@ pub fn q4k_scales_and_mins(p: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (join(a & LOW6, scales_hi), join(b & LOW6, mins_hi))
 }
 
+/// Whether the SIMD row kernels (AVX2, NEON) multiply `ty`: every block type but the IQ1–IQ3
+/// grids, which run on the portable kernel.
+pub fn has_simd_row_kernel(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4NL
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+            | GgmlType::IQ4XS
+    )
+}
+
 /// The 16 values IQ4_NL and IQ4_XS's 4-bit indices stand for (a non-linear grid, denser near 0).
 pub const IQ4_VALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,

@@ -24,6 +24,12 @@ pub struct Features {
     pub avx512_vnni: bool,
     /// AVX-512 BF16 (pair dot products for bf16 weights).
     pub avx512_bf16: bool,
+    /// ARM NEON (every AArch64 CPU).
+    #[cfg(target_arch = "aarch64")]
+    pub neon: bool,
+    /// ARM's int8 dot products (SDOT): ARMv8.2's extension, on most cores since 2017.
+    #[cfg(target_arch = "aarch64")]
+    pub dotprod: bool,
 }
 
 /// How far `OWRUN_CPU` lets the kernels go.
@@ -76,7 +82,18 @@ fn detect(cap: Cap) -> Features {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn detect(_cap: Cap) -> Features {
+    use std::arch::is_aarch64_feature_detected as has;
+    let neon = has!("neon");
+    Features {
+        neon,
+        dotprod: neon && has!("dotprod"),
+        ..Features::default()
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn detect(_cap: Cap) -> Features {
     Features::default()
 }

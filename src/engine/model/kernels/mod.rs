@@ -22,6 +22,8 @@
 //! `half16`, `dots`, `cpu`).
 
 mod acts;
+#[cfg(target_arch = "aarch64")]
+mod arm;
 mod blocks;
 mod cpu;
 mod dequant;
@@ -60,11 +62,13 @@ pub fn use_threads(threads: Option<NonZeroUsize>) {
                 .num_threads(n)
                 .build_global();
         }
-        // candle 0.11 sizes its quantized kernels' thread pool only from this variable (else one
-        // thread per physical core, which is one on a 2-vCPU machine). It is read once, when
-        // that pool starts: this sets it before any kernel runs. The last write of the process
-        // environment in owrun; it goes when no candle kernel is left on the CPU paths.
-        if threads.is_some() || std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // candle 0.11's CPU ops (the f32 GEMM of attention, until owrun's own) ask for their
+        // thread count on every call, and only the environment answers fast: without
+        // RAYON_NUM_THREADS it parses /proc/cpuinfo each time (4% of a small model's token,
+        // measured). Set once here, before any of them runs; the only writes of the process
+        // environment in owrun, and they go with the last candle op on the CPU paths.
+        if threads.is_some() || std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
             std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         }
     });

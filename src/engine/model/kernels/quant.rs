@@ -5,6 +5,7 @@
 //!   files) on AVX-512 VNNI, 512 bits at a time, decode rows and prefill tiles;
 //! - `x86::avx2_quant`: every type but the IQ1–IQ3 grids on AVX2 (and with AVX-512 VNNI's dot
 //!   products on 256-bit registers), one weight row against up to 4 activation rows;
+//! - `arm::neon_quant`: the same types on ARM NEON (with `sdot` where the CPU has it);
 //! - `vecdot`: every block type, in portable Rust; the driver the per-ISA row kernels share.
 //!
 //! Every path reads the blocks as stored: one copy of the model. The tests check each path this
@@ -22,9 +23,17 @@ pub enum Path {
     /// `quant_rows` and `quant_tiles`: AVX-512 VNNI, Q8_0 / Q4_K / Q6_K.
     Avx512Blocks,
     /// `x86::avx2_quant` with AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
+    #[cfg(target_arch = "x86_64")]
     Avx2Vnni,
     /// `x86::avx2_quant`: AVX2, every type but the IQ1–IQ3 grids.
+    #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// `arm::neon_quant` with the dot-product extension (`sdot`).
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
+    /// `arm::neon_quant` on baseline NEON.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
     /// `vecdot`: every type, portable.
     Portable,
 }
@@ -45,6 +54,16 @@ pub fn paths(ty: GgmlType, k: usize) -> Vec<Path> {
         }
         if f.avx2_fma && f.f16c {
             paths.push(Path::Avx2);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::arm::neon_quant::supports(ty) {
+        let f = cpu::features();
+        if f.dotprod {
+            paths.push(Path::NeonDot);
+        }
+        if f.neon {
+            paths.push(Path::Neon);
         }
     }
     paths.push(Path::Portable);
@@ -88,8 +107,12 @@ pub fn matmul_on(
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => unsafe { vecdot::matmul(super::x86::avx2_quant::rows, ty, w, n, k, x, m) },
-        #[cfg(not(target_arch = "x86_64"))]
-        Path::Avx2 | Path::Avx2Vnni => unreachable!("x86 only"),
+        #[cfg(target_arch = "aarch64")]
+        Path::NeonDot => unsafe {
+            vecdot::matmul(super::arm::neon_quant::rows_dotprod, ty, w, n, k, x, m)
+        },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { vecdot::matmul(super::arm::neon_quant::rows, ty, w, n, k, x, m) },
         // SAFETY: the portable kernel runs everywhere.
         Path::Portable => unsafe { vecdot::matmul(vecdot::rows, ty, w, n, k, x, m) },
     }

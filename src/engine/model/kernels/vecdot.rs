@@ -6,9 +6,9 @@
 //! grids, are dequantized a block at a time and multiplied in f32.
 
 use super::acts::{ActRow, RowActs};
-use super::SharedOut;
 use super::blocks::{iq4_value, q3k_scales, q4k_scales_and_mins};
 use super::dequant::{self, f16_at, q6k_value};
+use super::SharedOut;
 use crate::engine::format::ggml::GgmlType;
 
 /// Dot product of one weight row of `ty` with one activation row.

@@ -12,26 +12,12 @@
 use std::arch::x86_64::*;
 
 use super::super::acts::ActRow;
-use super::super::blocks::{q3k_scales, q4k_scales_and_mins, IQ4_VALUES};
+use super::super::blocks::{has_simd_row_kernel, q3k_scales, q4k_scales_and_mins, IQ4_VALUES};
 use crate::engine::format::ggml::GgmlType;
 
 /// Whether `rows` multiplies `ty`.
 pub fn supports(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::IQ4NL
-            | GgmlType::Q2K
-            | GgmlType::Q3K
-            | GgmlType::Q4K
-            | GgmlType::Q5K
-            | GgmlType::Q6K
-            | GgmlType::IQ4XS
-    )
+    has_simd_row_kernel(ty)
 }
 
 /// `out[r]` = the dot product of weight row `w` (whole blocks of `ty`) with activation row
@@ -253,11 +239,14 @@ unsafe fn blocks32<const R: usize, const VNNI: bool, B: Block32>(
     out: &mut [f32],
 ) {
     let blocks = w.len() / B::BYTES;
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut offsets = [0f32; R];
+    // Two accumulators per row, for even and odd blocks: one block's multiply-add does not wait
+    // for the previous one's (the latency, not the arithmetic, bounds a lone chain).
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut offsets = [[0f32; 2]; R];
     let wp = w.as_ptr();
     for b in 0..blocks {
         let (q, d, c) = B::unpack(wp.add(b * B::BYTES));
+        let e = b % 2;
         for r in 0..R {
             let xr = &x[r];
             let xq = _mm256_loadu_si256(xr.qs.as_ptr().add(32 * b) as *const __m256i);
@@ -267,15 +256,14 @@ unsafe fn blocks32<const R: usize, const VNNI: bool, B: Block32>(
                 udot::<VNNI>(q, xq)
             };
             let dx = *xr.scales.get_unchecked(b);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * dx), acc[r]);
+            acc[r][e] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * dx), acc[r][e]);
             if !B::SIGNED {
-                let sum = *xr.sums.get_unchecked(2 * b) as i32 + *xr.sums.get_unchecked(2 * b + 1) as i32;
-                offsets[r] += c * dx * sum as f32;
+                offsets[r][e] += c * *xr.scaled_sums.get_unchecked(b);
             }
         }
     }
     for r in 0..R {
-        out[r] = hsum(acc[r]) + offsets[r];
+        out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + offsets[r][0] + offsets[r][1];
     }
 }
 
@@ -301,7 +289,10 @@ unsafe fn acts32(x: &ActRow, at: usize) -> __m256i {
 /// Bits `shift..shift + 2` of every byte, as values 0..4.
 #[inline(always)]
 unsafe fn two_bits(v: __m256i, shift: i32) -> __m256i {
-    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(3))
+    _mm256_and_si256(
+        _mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)),
+        _mm256_set1_epi8(3),
+    )
 }
 
 #[inline(always)]
@@ -314,7 +305,10 @@ unsafe fn q2k<const R: usize, const VNNI: bool>(w: &[u8], x: &[ActRow], out: &mu
         let scales = std::slice::from_raw_parts(p, 16);
         let (d, dmin) = (f16(p.add(80)), f16(p.add(82)));
         let m16 = _mm256_cvtepu8_epi16(_mm_srli_epi16(
-            _mm_and_si128(_mm_loadu_si128(p as *const __m128i), _mm_set1_epi8(0xF0u8 as i8)),
+            _mm_and_si128(
+                _mm_loadu_si128(p as *const __m128i),
+                _mm_set1_epi8(0xF0u8 as i8),
+            ),
             4,
         ));
         let mut isum = [_mm256_setzero_si256(); R];
