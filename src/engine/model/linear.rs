@@ -178,13 +178,14 @@ impl Matrix {
     }
 }
 
-/// Rows of activations from which a 16-bit matmul widens the weights and runs one f32 GEMM.
+/// Rows of activations from which a 16-bit matmul on a CPU without owrun's 16-bit tiles (ARM,
+/// x86 without AVX2) widens the weights and runs candle's f32 GEMM.
 const GEMM_MIN_ROWS: usize = 16;
 
 fn cpu_half(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let n = w.dims()[0];
-    if m >= GEMM_MIN_ROWS && !kernels::half_tiles_available(k) {
+    if m >= GEMM_MIN_ROWS && !kernels::half_prefill_tiles(k) {
         let wide = {
             let (storage, layout) = w.storage_and_layout();
             let Storage::Cpu(cpu) = &*storage else {

@@ -45,6 +45,10 @@ pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
     let features = cpu::features();
     let simd = features.avx2_fma;
     let fused = m <= FUSED_MAX_ROWS && features.f16c;
+    #[cfg(target_arch = "x86_64")]
+    if !fused && half_tiles::avx2_available(k) {
+        return half_tiles::matmul_avx2(x, m, k, w, n);
+    }
     // Each task computes a block of output columns for every row: its rows of `w` are read once.
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(COLUMNS_PER_TASK))
         .into_par_iter()

@@ -24,52 +24,102 @@ pub fn available(k: usize) -> bool {
 /// passes over them.
 const TILES_PER_TASK: usize = 8;
 
-/// `x` (m × k) times `w`ᵀ (`w` n × k): m × n, row-major. Call only where `available(k)`.
+/// Whether the AVX2 tiles run rows of `k` values on this CPU (prefill where the AVX-512 ones
+/// do not).
+pub fn avx2_available(k: usize) -> bool {
+    let f = cpu::features();
+    k.is_multiple_of(8) && f.avx2_fma && f.f16c
+}
+
+/// `x` (m × k) times `w`ᵀ (`w` n × k): m × n, row-major, through AVX-512's 4 × 6 tiles. Call only
+/// where `available(k)`.
 pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
     assert!(available(k), "AVX-512 and rows of a multiple of 16");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let x_bf16 = bf16_activations::<T>(x, k);
+        tiled::<T, RM, RN>(x, m, k, w, n, |i, j, rm, rn, tile| {
+            let wp = w.as_ptr() as *const u16;
+            // SAFETY: AVX-512 F was detected (`available`); rows i..i + rm of x and j..j + rn of
+            // w exist and hold k values, k a multiple of 16.
+            unsafe {
+                match &x_bf16 {
+                    Some(xb) => avx512::tile_bf16_dot(
+                        xb.as_ptr().add(i * k),
+                        wp.add(j * k),
+                        k,
+                        rm,
+                        rn,
+                        tile,
+                    ),
+                    None => avx512::tile(
+                        T::LOAD16,
+                        x.as_ptr().add(i * k),
+                        wp.add(j * k),
+                        k,
+                        rm,
+                        rn,
+                        tile,
+                    ),
+                }
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AVX-512 on x86 only")
+}
+
+/// As [`matmul`], through AVX2's 4 × 3 tiles. Call only where `avx2_available(k)`.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_avx2<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
+    use super::x86::avx2_half::{tile, TM, TN};
+    assert!(avx2_available(k), "AVX2, F16C and rows of a multiple of 8");
+    tiled::<T, TM, TN>(x, m, k, w, n, |i, j, rm, rn, out| {
+        let wp = w.as_ptr() as *const u16;
+        // SAFETY: AVX2, FMA and F16C were detected; rows i..i + rm of x and j..j + rn of w hold
+        // k values, k a multiple of 8.
+        unsafe {
+            tile(
+                T::LOAD16,
+                x.as_ptr().add(i * k),
+                wp.add(j * k),
+                k,
+                rm,
+                rn,
+                out,
+            )
+        }
+    })
+}
+
+/// The prefill driver every ISA's tiles share: tasks own runs of `TN · TILES_PER_TASK` weight
+/// rows (which stay in L2 while every run of `TM` activation rows passes over them); `tile(i, j,
+/// rm, rn, out)` computes activation rows i..i + rm against weight rows j..j + rn.
+fn tiled<T: Half16, const TM: usize, const TN: usize>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[T],
+    n: usize,
+    tile: impl Fn(usize, usize, usize, usize, &mut [[f32; TN]; TM]) + Sync,
+) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
-    #[cfg(target_arch = "x86_64")]
-    let x_bf16 = bf16_activations::<T>(x, k);
     let mut y = vec![0f32; m * n];
     let out = SharedOut(y.as_mut_ptr());
-    let rows_per_task = RN * TILES_PER_TASK;
+    let rows_per_task = TN * TILES_PER_TASK;
     (0..n.div_ceil(rows_per_task))
         .into_par_iter()
         .for_each(|t| {
             let out = &out;
             let last = ((t + 1) * rows_per_task).min(n);
-            for i in (0..m).step_by(RM) {
-                let rm = RM.min(m - i);
-                for j in (t * rows_per_task..last).step_by(RN) {
-                    let rn = RN.min(last - j);
-                    let mut tile = [[0f32; RN]; RM];
-                    // SAFETY: AVX-512 F was detected (`available`); rows i..i + rm of x and
-                    // j..j + rn of w exist and hold k values, k a multiple of 16.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        let wj = w.as_ptr().add(j * k) as *const u16;
-                        match &x_bf16 {
-                            Some(xb) => avx512::tile_bf16_dot(
-                                xb.as_ptr().add(i * k),
-                                wj,
-                                k,
-                                rm,
-                                rn,
-                                &mut tile,
-                            ),
-                            None => avx512::tile(
-                                T::LOAD16,
-                                x.as_ptr().add(i * k),
-                                wj,
-                                k,
-                                rm,
-                                rn,
-                                &mut tile,
-                            ),
-                        }
-                    };
-                    for (a, row) in tile.iter().take(rm).enumerate() {
+            for i in (0..m).step_by(TM) {
+                let rm = TM.min(m - i);
+                for j in (t * rows_per_task..last).step_by(TN) {
+                    let rn = TN.min(last - j);
+                    let mut block = [[0f32; TN]; TM];
+                    tile(i, j, rm, rn, &mut block);
+                    for (a, row) in block.iter().take(rm).enumerate() {
                         for (b, v) in row.iter().take(rn).enumerate() {
                             // SAFETY: columns j..j + rn belong to this task alone; (i + a, j + b)
                             // is inside the m × n output.
@@ -161,12 +211,6 @@ mod tests {
 
     #[test]
     fn tiles_match_the_scalar_reference() {
-        if !available(16) {
-            eprintln!(
-                "NOTICE: no AVX-512 on this CPU; 16-bit prefill widens and uses candle's GEMM"
-            );
-            return;
-        }
         // Edges in both directions: 9 = 2 tiles + 1 row, 61 = 1 task + 13 rows.
         // k a multiple of 32: bf16 weights take the pair dot products where the CPU has them.
         for (m, k, n) in [(1, 16, 1), (9, 80, 61), (4, 256, 6), (9, 96, 61)] {
@@ -195,16 +239,29 @@ mod tests {
                 }
                 y
             };
-            let cases = [
-                (
+            let mut cases = Vec::new();
+            if available(k) {
+                cases.push((
                     matmul(&x, m, k, &wh, n),
                     reference(&|i| wh[i].to_f32(), false),
-                ),
-                (
+                ));
+                cases.push((
                     matmul(&x, m, k, &wb, n),
                     reference(&|i| wb[i].to_f32(), rounds_x),
-                ),
-            ];
+                ));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx2_available(k) {
+                // The AVX2 tiles take the f32 activations as they are.
+                cases.push((
+                    matmul_avx2(&x, m, k, &wh, n),
+                    reference(&|i| wh[i].to_f32(), false),
+                ));
+                cases.push((
+                    matmul_avx2(&x, m, k, &wb, n),
+                    reference(&|i| wb[i].to_f32(), false),
+                ));
+            }
             for (got, want) in cases {
                 let err = super::super::max_difference(&got, &want);
                 assert!(err < 1e-4 * k as f32, "{m}x{k}x{n}: max error {err}");
@@ -238,10 +295,24 @@ mod timing {
                 let bf16s = t.elapsed().as_secs_f64();
                 let flop = 2.0 * (m * k * n) as f64;
                 eprintln!(
-                    "{m}x{k}x{n}: f16 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s",
+                    "{m}x{k}x{n} AVX-512: f16 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s",
                     flop / f16s / 1e9,
                     flop / bf16s / 1e9
                 );
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(matmul_avx2(&x, m, k, &wh, n));
+                    let f16s = t.elapsed().as_secs_f64();
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(matmul_avx2(&x, m, k, &wb, n));
+                    let bf16s = t.elapsed().as_secs_f64();
+                    eprintln!(
+                        "{m}x{k}x{n} AVX2: f16 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s",
+                        flop / f16s / 1e9,
+                        flop / bf16s / 1e9
+                    );
+                }
             }
         }
     }

@@ -43,7 +43,10 @@ use std::num::NonZeroUsize;
 
 pub use dequant::dequantize;
 pub use half::{matmul as half_matmul, widen};
-pub use half_tiles::available as half_tiles_available;
+/// Whether owrun's register tiles run a 16-bit prefill with rows of `k` values on this CPU.
+pub fn half_prefill_tiles(k: usize) -> bool {
+    half_tiles::available(k) || half_tiles::avx2_available(k)
+}
 pub use quant::matmul as quantized_matmul;
 
 /// Run the kernels (and candle's CPU kernels) on `threads` threads (None: one per core). The
