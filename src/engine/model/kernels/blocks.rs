@@ -3,42 +3,6 @@
 
 use crate::engine::format::ggml::GgmlType;
 
-/// The block types the AVX-512 block kernels (`quant_rows`, `quant_tiles`) multiply.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum BlockType {
-    Q8_0,
-    Q4K,
-    Q6K,
-}
-
-impl BlockType {
-    pub fn of(ty: GgmlType) -> Option<BlockType> {
-        match ty {
-            GgmlType::Q8_0 => Some(BlockType::Q8_0),
-            GgmlType::Q4K => Some(BlockType::Q4K),
-            GgmlType::Q6K => Some(BlockType::Q6K),
-            _ => None,
-        }
-    }
-
-    /// Weights per block.
-    pub fn block_len(self) -> usize {
-        match self {
-            BlockType::Q8_0 => 32,
-            BlockType::Q4K | BlockType::Q6K => 256,
-        }
-    }
-
-    /// Bytes per block, as GGML lays them out.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            BlockType::Q8_0 => 34,
-            BlockType::Q4K => 144,
-            BlockType::Q6K => 210,
-        }
-    }
-}
-
 /// Q4_K's eight 6-bit scales and eight 6-bit minimums, unpacked from the 12 bytes GGML packs
 /// them into: bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7, bytes
 /// 4-7 the same for the minimums, bytes 8-11 the low 4 bits of scales 4-7 and minimums 4-7.

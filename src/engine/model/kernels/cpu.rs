@@ -15,14 +15,19 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Features {
     /// AVX2 with FMA: the fused 16-bit dot products and the portable loops compiled wide.
+    #[cfg(target_arch = "x86_64")]
     pub avx2_fma: bool,
     /// F16C beside AVX2 + FMA: f16 weights converted in the loop.
+    #[cfg(target_arch = "x86_64")]
     pub f16c: bool,
     /// AVX-512 F and VL: the 16-bit tiles.
+    #[cfg(target_arch = "x86_64")]
     pub avx512: bool,
     /// AVX-512 F/BW/VL with VNNI (and F16C, FMA): the quantized kernels.
+    #[cfg(target_arch = "x86_64")]
     pub avx512_vnni: bool,
     /// AVX-512 BF16 (pair dot products for bf16 weights).
+    #[cfg(target_arch = "x86_64")]
     pub avx512_bf16: bool,
     /// ARM NEON (every AArch64 CPU).
     #[cfg(target_arch = "aarch64")]
@@ -89,7 +94,6 @@ fn detect(_cap: Cap) -> Features {
     Features {
         neon,
         dotprod: neon && has!("dotprod"),
-        ..Features::default()
     }
 }
 

@@ -3,6 +3,7 @@
 
 /// Dot products of every row of `x` (rows of `k`) with `w`, four rows at a time so each loaded
 /// weight feeds four multiply-adds.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn dots_fma(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
     const LANES: usize = 8;
@@ -35,6 +36,7 @@ pub fn dots_fma(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;

@@ -2,19 +2,23 @@
 //!
 //! candle 0.11's CPU matmul takes both operands in one dtype and has no bf16 at all, so a 16-bit
 //! checkpoint would have to be widened to f32 (twice the memory) before it could run. These
-//! kernels multiply f32 activations by f16 or bf16 weights as they are stored: on AVX-512 the
-//! tiles of `half_tiles`; elsewhere one weight row at a time converted into a buffer that stays
-//! in L1 and reused for every activation row (or, for decoding on AVX2, converted inside fused
-//! dot products: `x86::avx2`). Each path is checked against a scalar reference in the tests.
+//! kernels multiply f32 activations by f16 or bf16 weights as they are stored: the register
+//! tiles of `half_tiles` (AVX-512, AVX2 for prefill, NEON); for decoding on AVX2, dot products
+//! with the conversion fused in (`x86::avx2`); elsewhere (rows not a multiple of 8, or no SIMD)
+//! one weight row at a time widened into a buffer that stays in L1 and reused for every
+//! activation row. Each path is checked against a scalar reference in the tests.
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::cpu;
 use super::dots::dots;
 use super::half16::Half16;
-use super::{cpu, half_tiles};
+use super::half_tiles;
 
 /// Rows of activations at or below which the fused dot products run (decoding, small batches);
 /// above it the weights are widened a row at a time and reused across rows.
+#[cfg(target_arch = "x86_64")]
 const FUSED_MAX_ROWS: usize = 4;
 
 /// A whole 16-bit matrix widened to f32, on every core (for prefill, which then runs as one
@@ -36,19 +40,27 @@ const COLUMNS_PER_TASK: usize = 16;
 pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(w.len(), n * k, "weights are n × k");
-    if half_tiles::available(k) {
-        return match m <= half_tiles::MATVEC_MAX_ROWS {
-            true => half_tiles::matvec(x, m, k, w, n),
-            false => half_tiles::matmul(x, m, k, w, n),
-        };
-    }
-    let features = cpu::features();
-    let simd = features.avx2_fma;
-    let fused = m <= FUSED_MAX_ROWS && features.f16c;
     #[cfg(target_arch = "x86_64")]
-    if !fused && half_tiles::avx2_available(k) {
-        return half_tiles::matmul_avx2(x, m, k, w, n);
+    {
+        if half_tiles::avx512_available(k) {
+            return match m <= half_tiles::MATVEC_MAX_ROWS {
+                true => half_tiles::matvec(x, m, k, w, n),
+                false => half_tiles::matmul_avx512(x, m, k, w, n),
+            };
+        }
+        if m > FUSED_MAX_ROWS && half_tiles::avx2_available(k) {
+            return half_tiles::matmul_avx2(x, m, k, w, n);
+        }
     }
+    #[cfg(target_arch = "aarch64")]
+    if half_tiles::neon_available(k) {
+        return half_tiles::matmul_neon(x, m, k, w, n);
+    }
+    #[cfg(target_arch = "x86_64")]
+    let (simd, fused) = {
+        let f = cpu::features();
+        (f.avx2_fma, m <= FUSED_MAX_ROWS && f.f16c)
+    };
     // Each task computes a block of output columns for every row: its rows of `w` are read once.
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(COLUMNS_PER_TASK))
         .into_par_iter()
@@ -56,16 +68,14 @@ pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
             let first = b * COLUMNS_PER_TASK;
             let cols = COLUMNS_PER_TASK.min(n - first);
             let mut out = vec![0f32; m * cols];
+            #[cfg(target_arch = "x86_64")]
             if fused {
                 for c in 0..cols {
                     let j = first + c;
                     let wj = &w[j * k..(j + 1) * k];
                     for i in 0..m {
                         // SAFETY: AVX2, FMA and F16C were detected above; lengths are k.
-                        #[cfg(target_arch = "x86_64")]
-                        {
-                            out[i * cols + c] = unsafe { T::dot_x86(&x[i * k..(i + 1) * k], wj) };
-                        }
+                        out[i * cols + c] = unsafe { T::dot_x86(&x[i * k..(i + 1) * k], wj) };
                     }
                 }
                 return out;
@@ -75,15 +85,15 @@ pub fn matmul<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Ve
                 let j = first + c;
                 T::widen_into(&w[j * k..(j + 1) * k], &mut row);
                 let mut column = vec![0f32; m];
+                #[cfg(target_arch = "x86_64")]
                 if simd {
                     // SAFETY: the CPU was checked for AVX2 and FMA above.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        super::x86::avx2::dots(x, k, &row, &mut column)
-                    };
+                    unsafe { super::x86::avx2::dots(x, k, &row, &mut column) };
                 } else {
                     dots(x, k, &row, &mut column);
                 }
+                #[cfg(not(target_arch = "x86_64"))]
+                dots(x, k, &row, &mut column);
                 for (i, v) in column.into_iter().enumerate() {
                     out[i * cols + c] = v;
                 }

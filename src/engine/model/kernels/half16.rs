@@ -3,10 +3,6 @@
 
 use half::{bf16, f16};
 
-/// Activation rows and weight rows of one prefill tile: 24 accumulators kept in registers.
-pub const RM: usize = 4;
-pub const RN: usize = 6;
-
 /// How 16 weights are read: as f16 (converted by the CPU) or as bf16 (the top half of an f32).
 #[derive(Clone, Copy)]
 pub enum Load16 {
@@ -16,7 +12,7 @@ pub enum Load16 {
 
 /// A weight element stored in 16 bits, converted to f32 on the fly.
 pub trait Half16: Copy + Send + Sync + 'static {
-    /// How the AVX-512 kernels read these weights.
+    /// How the SIMD tiles read these weights.
     const LOAD16: Load16;
     fn widen_into(src: &[Self], dst: &mut [f32]);
     /// x · w with the conversion fused into the loop (AVX2 + FMA + F16C).

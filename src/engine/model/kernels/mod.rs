@@ -24,6 +24,8 @@
 mod acts;
 #[cfg(target_arch = "aarch64")]
 mod arm;
+#[cfg(target_arch = "x86_64")]
+mod block_acts;
 mod blocks;
 mod cpu;
 mod dequant;
@@ -33,7 +35,9 @@ mod half16;
 mod half_tiles;
 mod iq_tables;
 mod quant;
+#[cfg(target_arch = "x86_64")]
 mod quant_rows;
+#[cfg(target_arch = "x86_64")]
 mod quant_tiles;
 mod vecdot;
 #[cfg(target_arch = "x86_64")]
@@ -45,7 +49,12 @@ pub use dequant::dequantize;
 pub use half::{matmul as half_matmul, widen};
 /// Whether owrun's register tiles run a 16-bit prefill with rows of `k` values on this CPU.
 pub fn half_prefill_tiles(k: usize) -> bool {
-    half_tiles::available(k) || half_tiles::avx2_available(k)
+    #[cfg(target_arch = "x86_64")]
+    return half_tiles::avx512_available(k) || half_tiles::avx2_available(k);
+    #[cfg(target_arch = "aarch64")]
+    return half_tiles::neon_available(k);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return false;
 }
 pub use quant::matmul as quantized_matmul;
 

@@ -13,14 +13,18 @@
 //! against the `gguf` package) and the unrounded activations, within the error the rounding of
 //! the activations to 8 bits can make.
 
-use super::blocks::BlockType;
-use super::{cpu, quant_rows, quant_tiles, vecdot};
+#[cfg(target_arch = "x86_64")]
+use super::block_acts::BlockType;
+use super::{cpu, vecdot};
+#[cfg(target_arch = "x86_64")]
+use super::{quant_rows, quant_tiles};
 use crate::engine::format::ggml::GgmlType;
 
 /// A kernel family that can multiply a block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     /// `quant_rows` and `quant_tiles`: AVX-512 VNNI, Q8_0 / Q4_K / Q6_K.
+    #[cfg(target_arch = "x86_64")]
     Avx512Blocks,
     /// `x86::avx2_quant` with AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
     #[cfg(target_arch = "x86_64")]
@@ -39,8 +43,10 @@ pub enum Path {
 }
 
 /// The paths this CPU runs `ty` with rows of `k` values on, fastest first.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn paths(ty: GgmlType, k: usize) -> Vec<Path> {
     let mut paths = Vec::new();
+    #[cfg(target_arch = "x86_64")]
     if let Some(kind) = BlockType::of(ty) {
         if k.is_multiple_of(kind.block_len().max(64)) && cpu::features().avx512_vnni {
             paths.push(Path::Avx512Blocks);
@@ -91,6 +97,7 @@ pub fn matmul_on(
     let row_bytes = ty.row_bytes(k).expect("rows of whole blocks");
     assert_eq!(w.len(), n * row_bytes, "weights are n rows of k");
     match path {
+        #[cfg(target_arch = "x86_64")]
         Path::Avx512Blocks => {
             let kind = BlockType::of(ty).expect("checked by paths");
             if m >= quant_tiles::MIN_ROWS {

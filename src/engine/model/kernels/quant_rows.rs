@@ -8,8 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::acts::{quantize_acts, ROWS};
-use super::blocks::BlockType;
+use super::block_acts::{quantize_acts, BlockType, ROWS};
 use super::SharedOut;
 
 /// `x` (m × k, row-major) times the transpose of `w` (n rows of k values in `kind`'s blocks).

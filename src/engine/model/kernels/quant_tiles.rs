@@ -15,8 +15,8 @@
 
 use rayon::prelude::*;
 
-use super::acts::{group_acts, LANES, TILE_ROWS as ROWS};
-use super::blocks::{q4k_scales_and_mins, BlockType};
+use super::block_acts::{group_acts, BlockType, LANES, TILE_ROWS as ROWS};
+use super::blocks::q4k_scales_and_mins;
 use super::SharedOut;
 
 /// Activation rows from which `quant::matmul` comes here.

@@ -3,4 +3,5 @@
 //! only where `cpu::features()` says the CPU has it. Tested under emulation (qemu-user) where
 //! the build machine is not ARM (README, "Development").
 
+pub mod neon_half;
 pub mod neon_quant;

@@ -212,25 +212,26 @@ unsafe fn blocks32<const R: usize, const DOT: bool, B: Block32>(
     out: &mut [f32],
 ) {
     let blocks = w.len() / B::BYTES;
-    let mut acc = [vdupq_n_f32(0.0); R];
-    let mut offsets = [0f32; R];
+    // Two accumulators per row, for even and odd blocks: one block's multiply-add does not wait
+    // for the previous one's.
+    let mut acc = [[vdupq_n_f32(0.0); 2]; R];
+    let mut offsets = [[0f32; 2]; R];
     for b in 0..blocks {
         let (lo, hi, d, c) = B::unpack(w.as_ptr().add(b * B::BYTES));
+        let e = b % 2;
         for r in 0..R {
             let xr = &x[r];
             let dot = dot16::<DOT>(vdupq_n_s32(0), lo, acts16(xr, 32 * b));
             let dot = dot16::<DOT>(dot, hi, acts16(xr, 32 * b + 16));
             let dx = *xr.scales.get_unchecked(b);
-            acc[r] = vmlaq_n_f32(acc[r], vcvtq_f32_s32(dot), d * dx);
+            acc[r][e] = vmlaq_n_f32(acc[r][e], vcvtq_f32_s32(dot), d * dx);
             if B::OFFSET {
-                let sum =
-                    *xr.sums.get_unchecked(2 * b) as i32 + *xr.sums.get_unchecked(2 * b + 1) as i32;
-                offsets[r] += c * dx * sum as f32;
+                offsets[r][e] += c * *xr.scaled_sums.get_unchecked(b);
             }
         }
     }
     for r in 0..R {
-        out[r] = vaddvq_f32(acc[r]) + offsets[r];
+        out[r] = vaddvq_f32(vaddq_f32(acc[r][0], acc[r][1])) + offsets[r][0] + offsets[r][1];
     }
 }
 

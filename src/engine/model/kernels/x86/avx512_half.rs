@@ -2,8 +2,12 @@
 //! products for prefill (f16 converted in the loop, bf16 as pairs with AVX-512 BF16) and the
 //! one-row products for decoding.
 
-use super::super::half16::{Load16, RM, RN};
+use super::super::half16::Load16;
 use std::arch::x86_64::*;
+
+/// Activation rows and weight rows of one prefill tile: 24 accumulators kept in registers.
+pub const RM: usize = 4;
+pub const RN: usize = 6;
 
 /// One tile, dispatched to the kernel compiled for its size (edges are smaller).
 ///

@@ -1,8 +1,8 @@
 //! The AVX-512 VNNI instructions of the quantized decode kernel (`quant_rows`): one weight row
 //! of Q8_0, Q4_K or Q6_K blocks against up to 4 rows of int8 activations.
 
-use super::super::acts::{Acts, ROWS};
-use super::super::blocks::{q4k_scales_and_mins, BlockType};
+use super::super::block_acts::{Acts, BlockType, ROWS};
+use super::super::blocks::q4k_scales_and_mins;
 use std::arch::x86_64::*;
 
 /// Dot products of one weight row `w` with activation rows `first..first + rows` (≤ ROWS).

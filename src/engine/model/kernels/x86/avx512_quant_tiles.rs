@@ -1,7 +1,7 @@
 //! The AVX-512 VNNI instructions of the quantized prefill kernel (`quant_tiles`): 8 unpacked
 //! weight rows times a group of 16 interleaved activation rows.
 
-use super::super::acts::{GroupedActs, LANES, TILE_ROWS as ROWS};
+use super::super::block_acts::{GroupedActs, LANES, TILE_ROWS as ROWS};
 use std::arch::x86_64::*;
 
 /// ROWS unpacked weight rows times the 16 activation rows of group `g`; `out[r][lane]`.
