@@ -1,8 +1,10 @@
 //! Quantized weights × f32 activations: the entry point for every block type, and the choice of
 //! the kernel that runs it on this CPU.
 //!
-//! - `quant_rows` / `quant_tiles`: Q8_0, Q4_K and Q6_K (the blocks of real Q8_0 and Q4_K_M
-//!   files) on AVX-512 VNNI, 512 bits at a time, decode rows and prefill tiles;
+//! - `quant_tiles`: prefill (16 or more rows) on AVX-512 VNNI for every type but the IQ1–IQ3
+//!   grids, each task's weight rows unpacked to bytes once for every activation row;
+//! - `quant_rows`: decoding Q8_0, Q4_K and Q6_K (the blocks of real Q8_0 and Q4_K_M files) on
+//!   AVX-512 VNNI, 512 bits at a time;
 //! - `x86::avx2_quant`: every type but the IQ1–IQ3 grids on AVX2 (and with AVX-512 VNNI's dot
 //!   products on 256-bit registers), one weight row against up to 4 activation rows;
 //! - `arm::neon_quant`: the same types on ARM NEON (with `sdot` where the CPU has it);
@@ -23,7 +25,8 @@ use crate::engine::format::ggml::GgmlType;
 /// A kernel family that can multiply a block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// `quant_rows` and `quant_tiles`: AVX-512 VNNI, Q8_0 / Q4_K / Q6_K.
+    /// AVX-512 VNNI: `quant_tiles` for prefill (every type but the IQ1–IQ3 grids), `quant_rows`
+    /// for decoding Q8_0 / Q4_K / Q6_K (the other types decode on `Avx2Vnni`'s rows).
     #[cfg(target_arch = "x86_64")]
     Avx512Blocks,
     /// `x86::avx2_quant` with AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
@@ -47,10 +50,11 @@ pub enum Path {
 pub fn paths(ty: GgmlType, k: usize) -> Vec<Path> {
     let mut paths = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if let Some(kind) = BlockType::of(ty) {
-        if k.is_multiple_of(kind.block_len().max(64)) && cpu::features().avx512_vnni {
-            paths.push(Path::Avx512Blocks);
-        }
+    if quant_tiles::supports(ty)
+        && k.is_multiple_of(ty.block_len().max(64))
+        && cpu::features().avx512_vnni
+    {
+        paths.push(Path::Avx512Blocks);
     }
     #[cfg(target_arch = "x86_64")]
     if super::x86::avx2_quant::supports(ty) {
@@ -98,14 +102,14 @@ pub fn matmul_on(
     assert_eq!(w.len(), n * row_bytes, "weights are n rows of k");
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512Blocks => {
-            let kind = BlockType::of(ty).expect("checked by paths");
-            if m >= quant_tiles::MIN_ROWS {
-                quant_tiles::matmul(kind, w, n, k, x, m)
-            } else {
-                quant_rows::matmul(kind, w, n, k, x, m)
-            }
-        }
+        Path::Avx512Blocks => match BlockType::of(ty) {
+            _ if m >= quant_tiles::MIN_ROWS => quant_tiles::matmul(ty, w, n, k, x, m),
+            Some(kind) => quant_rows::matmul(kind, w, n, k, x, m),
+            // Decoding the types without AVX-512 rows: AVX2's rows with VNNI (every CPU with
+            // this path has them).
+            // SAFETY: AVX-512 VNNI (this path) implies AVX2 and VNNI on 256-bit registers.
+            None => unsafe { vecdot::matmul(super::x86::avx2_quant::rows_vnni, ty, w, n, k, x, m) },
+        },
         // SAFETY: `paths` listed each only where the CPU has its instructions and it
         // multiplies `ty`.
         #[cfg(target_arch = "x86_64")]

@@ -15,78 +15,206 @@
 
 use rayon::prelude::*;
 
-use super::block_acts::{group_acts, BlockType, LANES, TILE_ROWS as ROWS};
-use super::blocks::q4k_scales_and_mins;
+use super::block_acts::{group_acts, LANES, TILE_ROWS as ROWS};
+use super::blocks::{q3k_scales, q4k_scales_and_mins, IQ4_VALUES};
 use super::SharedOut;
+use crate::engine::format::ggml::GgmlType;
 
 /// Activation rows from which `quant::matmul` comes here.
 pub(super) const MIN_ROWS: usize = 16;
 
-/// Values per sub-block with its own scale: Q6_K scales 16 values, Q4_K and Q8_0 32.
-fn sub_len(kind: BlockType) -> usize {
-    match kind {
-        BlockType::Q6K => 16,
-        BlockType::Q4K | BlockType::Q8_0 => 32,
+/// The block types the tiles multiply: every one whose values are small integers times one
+/// scale per run of 16 or 32 values, minus one offset per run (the IQ1–IQ3 grids are not).
+pub(super) fn supports(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4NL | IQ4XS | Q2K | Q3K | Q4K | Q5K | Q6K
+    )
+}
+
+/// Values per weight scale (and offset) once unpacked.
+fn sub_len(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q6K => 16,
+        _ => 32,
     }
 }
 
-/// One weight row unpacked: every value as an unsigned byte `q`, and per sub-block `scale` and
-/// `off` such that the weight is `scale * q - off`.
-///
-/// # Safety
-/// AVX-512 F/BW/VL are available (compiled for them so the byte loops vectorise).
+/// Values per activation scale: 256 for the K-quants (as llama.cpp's Q8_K), 32 otherwise.
+fn act_block(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
+        _ => 32,
+    }
+}
+
+/// Bits 0..32 of a 32-bit word, as bytes 0 or 1 (Q5_0/Q5_1's fifth bits).
+#[inline(always)]
+fn bits32(qh: u32) -> [u8; 32] {
+    std::array::from_fn(|i| ((qh >> i) & 1) as u8)
+}
+
+/// One weight row unpacked: byte `u` per value, and per run of `sub_len` values a scale and an
+/// offset with weight = scale · u − offset (the tile kernel multiplies unsigned bytes by signed
+/// activations). Exact: every type's values are small integers, shifted to be non-negative.
+/// Written as plain loops over whole blocks, which the compiler vectorises for AVX-512.
 #[cfg_attr(
     target_arch = "x86_64",
     target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")
 )]
-unsafe fn unpack_row(
-    kind: BlockType,
-    row: &[u8],
-    q: &mut [u8],
-    scale: &mut [f32],
-    off: &mut [f32],
-) {
+unsafe fn unpack_row(ty: GgmlType, row: &[u8], q: &mut [u8], scale: &mut [f32], off: &mut [f32]) {
     let half = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-    match kind {
-        BlockType::Q8_0 => {
-            for (b, block) in row.chunks(34).enumerate() {
+    let bytes = ty.block_bytes();
+    let values = ty.block_len();
+    let blocks = row.chunks_exact(bytes).zip(q.chunks_exact_mut(values));
+    // Nibbles of a 32-value block: low nibbles are values 0..16, high nibbles 16..32.
+    let nibbles = |qs: &[u8], out: &mut [u8]| {
+        for i in 0..16 {
+            out[i] = qs[i] & 0x0F;
+            out[i + 16] = qs[i] >> 4;
+        }
+    };
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::IQ4NL => {
+            for (b, (block, out)) in blocks.enumerate() {
                 let d = half(block);
                 scale[b] = d;
-                // Stored signed; +128 makes it the unsigned operand VNNI wants.
+                let start = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+                nibbles(&block[start..start + 16], out);
+                off[b] = match ty {
+                    GgmlType::Q4_0 => 8.0 * d,
+                    GgmlType::Q4_1 => -half(&block[2..]),
+                    _ => {
+                        for v in out.iter_mut() {
+                            *v = (IQ4_VALUES[*v as usize] as i16 + 128) as u8;
+                        }
+                        128.0 * d
+                    }
+                };
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let one = ty == GgmlType::Q5_1;
+            for (b, (block, out)) in blocks.enumerate() {
+                let d = half(block);
+                let at = if one { 4 } else { 2 };
+                let qh = u32::from_le_bytes(block[at..at + 4].try_into().expect("4 bytes"));
+                nibbles(&block[at + 4..at + 20], out);
+                for (v, bit) in out.iter_mut().zip(bits32(qh)) {
+                    *v |= bit << 4;
+                }
+                scale[b] = d;
+                off[b] = if one { -half(&block[2..]) } else { 16.0 * d };
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (b, (block, out)) in blocks.enumerate() {
+                let d = half(block);
+                scale[b] = d;
                 off[b] = 128.0 * d;
-                for (o, &v) in q[32 * b..32 * (b + 1)].iter_mut().zip(&block[2..34]) {
+                for (o, &v) in out.iter_mut().zip(&block[2..34]) {
                     *o = v ^ 0x80;
                 }
             }
         }
-        BlockType::Q4K => {
-            for (b, block) in row.chunks_exact(144).enumerate() {
-                let (d, dmin) = (half(block), half(&block[2..]));
-                let (sc, mn) = q4k_scales_and_mins(block[4..16].try_into().expect("12 bytes"));
-                for j in 0..8 {
-                    scale[8 * b + j] = d * sc[j] as f32;
-                    off[8 * b + j] = dmin * mn[j] as f32;
-                }
-                // Fixed-size views, so the compiler drops the bounds checks and vectorises.
-                let qs: &[u8; 128] = block[16..].try_into().expect("128 bytes");
-                let out: &mut [u8; 256] = (&mut q[256 * b..256 * (b + 1)]).try_into().expect("256");
-                for c in 0..4 {
-                    for i in 0..32 {
-                        out[64 * c + i] = qs[32 * c + i] & 0x0F;
-                        out[64 * c + 32 + i] = qs[32 * c + i] >> 4;
+        GgmlType::IQ4XS => {
+            for (b, (block, out)) in blocks.enumerate() {
+                let d = half(block);
+                let scales_h = u16::from_le_bytes([block[2], block[3]]);
+                for g in 0..8 {
+                    let ls = ((block[4 + g / 2] >> (4 * (g % 2))) & 0x0F)
+                        | ((((scales_h >> (2 * g)) & 3) as u8) << 4);
+                    let dl = d * (ls as i32 - 32) as f32;
+                    scale[8 * b + g] = dl;
+                    off[8 * b + g] = 128.0 * dl;
+                    let run = &mut out[32 * g..32 * (g + 1)];
+                    nibbles(&block[8 + 16 * g..24 + 16 * g], run);
+                    for v in run.iter_mut() {
+                        *v = (IQ4_VALUES[*v as usize] as i16 + 128) as u8;
                     }
                 }
             }
         }
-        BlockType::Q6K => {
-            for (b, block) in row.chunks(210).enumerate() {
+        GgmlType::Q2K => {
+            for (b, (block, out)) in blocks.enumerate() {
+                let (d, dmin) = (half(&block[80..]), half(&block[82..]));
+                for s in 0..16 {
+                    scale[16 * b + s] = d * (block[s] & 0x0F) as f32;
+                    off[16 * b + s] = dmin * (block[s] >> 4) as f32;
+                }
+                // Two halves of 128 values, each four runs of 32 at bit shifts 0, 2, 4, 6.
+                for h in 0..2 {
+                    let qs = &block[16 + 32 * h..48 + 32 * h];
+                    for run in 0..4 {
+                        for l in 0..32 {
+                            out[128 * h + 32 * run + l] = (qs[l] >> (2 * run)) & 3;
+                        }
+                    }
+                }
+            }
+        }
+        GgmlType::Q3K => {
+            for (b, (block, out)) in blocks.enumerate() {
+                let d = half(&block[108..]);
+                let sc = q3k_scales(block[96..108].try_into().expect("12 bytes"));
+                for s in 0..16 {
+                    scale[16 * b + s] = d * sc[s] as f32;
+                    off[16 * b + s] = 4.0 * d * sc[s] as f32;
+                }
+                // Value = 2 bits − 4, plus 4 where its bit of hmask is set: u = 2 bits + 4·bit.
+                let hmask = &block[0..32];
+                for h in 0..2 {
+                    let qs = &block[32 + 32 * h..64 + 32 * h];
+                    for run in 0..4 {
+                        let i = 4 * h + run;
+                        for l in 0..32 {
+                            let high = (hmask[l] >> i) & 1;
+                            out[32 * i + l] = ((qs[l] >> (2 * run)) & 3) + 4 * high;
+                        }
+                    }
+                }
+            }
+        }
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let five = ty == GgmlType::Q5K;
+            for (b, (block, out)) in blocks.enumerate() {
+                let (d, dmin) = (half(block), half(&block[2..]));
+                let (sc, mn) = q4k_scales_and_mins(block[4..16].try_into().expect("12 bytes"));
+                for g in 0..8 {
+                    scale[8 * b + g] = d * sc[g] as f32;
+                    off[8 * b + g] = dmin * mn[g] as f32;
+                }
+                // Runs of 32 values: the low nibbles of 32 bytes, then their high nibbles (and
+                // for Q5_K bit g of qh's byte l as the fifth bit of value l of run g).
+                let qs = if five {
+                    &block[48..176]
+                } else {
+                    &block[16..144]
+                };
+                for c in 0..4 {
+                    for l in 0..32 {
+                        out[64 * c + l] = qs[32 * c + l] & 0x0F;
+                        out[64 * c + 32 + l] = qs[32 * c + l] >> 4;
+                    }
+                }
+                if five {
+                    let qh = &block[16..48];
+                    for g in 0..8 {
+                        for l in 0..32 {
+                            out[32 * g + l] |= ((qh[l] >> g) & 1) << 4;
+                        }
+                    }
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (b, (block, out)) in blocks.enumerate() {
                 let d = half(&block[208..]);
                 for s in 0..16 {
                     scale[16 * b + s] = d * block[192 + s] as i8 as f32;
-                    // Stored as value + 32.
                     off[16 * b + s] = 32.0 * scale[16 * b + s];
                 }
-                let out = &mut q[256 * b..256 * (b + 1)];
                 for h in 0..2 {
                     let (ql, qh) = (
                         &block[64 * h..64 * h + 64],
@@ -102,27 +230,18 @@ unsafe fn unpack_row(
                 }
             }
         }
+        other => unreachable!("{other:?} has no tile unpacking (see `supports`)"),
     }
 }
 
-/// `x` (m × k) times the transpose of `w` (n rows of `kind` blocks): m × n, row-major.
+/// `x` (m × k) times the transpose of `w` (n rows of `ty` blocks): m × n, row-major.
 /// `quant::matmul` calls it for 16 rows and more, where the CPU has AVX-512 VNNI.
-pub(super) fn matmul(
-    kind: BlockType,
-    w: &[u8],
-    n: usize,
-    k: usize,
-    x: &[f32],
-    m: usize,
-) -> Vec<f32> {
-    let sub = sub_len(kind);
-    let block = match kind {
-        BlockType::Q8_0 => 32,
-        BlockType::Q4K | BlockType::Q6K => 256,
-    };
-    // SAFETY: `quant::matmul` checked AVX-512 F/BW/VL before calling.
-    let acts = unsafe { group_acts(x, m, k, block, sub) };
-    let row_bytes = k / kind.block_len() * kind.block_bytes();
+pub(super) fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+    assert!(supports(ty), "{ty:?} has no tiles");
+    let sub = sub_len(ty);
+    // SAFETY: the caller checked for AVX-512 (this path is listed only there).
+    let acts = unsafe { group_acts(x, m, k, act_block(ty), sub) };
+    let row_bytes = ty.row_bytes(k).expect("rows of whole blocks");
     let groups = m.div_ceil(LANES);
     let mut y = vec![0f32; m * n];
     let out = SharedOut(y.as_mut_ptr());
@@ -143,7 +262,7 @@ pub(super) fn matmul(
                 if r < rows {
                     let j = first + r;
                     // SAFETY: as for `group_acts`.
-                    unsafe { unpack_row(kind, &w[j * row_bytes..(j + 1) * row_bytes], qr, sr, or) };
+                    unsafe { unpack_row(ty, &w[j * row_bytes..(j + 1) * row_bytes], qr, sr, or) };
                 } else {
                     // Rows past the end multiply as zeros.
                     sr.fill(0.0);
