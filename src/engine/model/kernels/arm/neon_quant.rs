@@ -212,26 +212,46 @@ unsafe fn blocks32<const R: usize, const DOT: bool, B: Block32>(
     out: &mut [f32],
 ) {
     let blocks = w.len() / B::BYTES;
-    // Two accumulators per row, for even and odd blocks: one block's multiply-add does not wait
-    // for the previous one's.
-    let mut acc = [[vdupq_n_f32(0.0); 2]; R];
-    let mut offsets = [[0f32; 2]; R];
-    for b in 0..blocks {
-        let (lo, hi, d, c) = B::unpack(w.as_ptr().add(b * B::BYTES));
-        let e = b % 2;
-        for r in 0..R {
-            let xr = &x[r];
-            let dot = dot16::<DOT>(vdupq_n_s32(0), lo, acts16(xr, 32 * b));
-            let dot = dot16::<DOT>(dot, hi, acts16(xr, 32 * b + 16));
-            let dx = *xr.scales.get_unchecked(b);
-            acc[r][e] = vmlaq_n_f32(acc[r][e], vcvtq_f32_s32(dot), d * dx);
-            if B::OFFSET {
-                offsets[r][e] += c * *xr.scaled_sums.get_unchecked(b);
-            }
-        }
+    // Two named sets of accumulators, for even and odd blocks: one block's multiply-add does not
+    // wait for the previous one's, and (unlike one array indexed by parity) they stay in
+    // registers.
+    let mut acc = ([vdupq_n_f32(0.0); R], [vdupq_n_f32(0.0); R]);
+    let mut offsets = ([0f32; R], [0f32; R]);
+    let wp = w.as_ptr();
+    let mut b = 0;
+    while b + 2 <= blocks {
+        block32::<R, DOT, B>(wp, b, x, &mut acc.0, &mut offsets.0);
+        block32::<R, DOT, B>(wp, b + 1, x, &mut acc.1, &mut offsets.1);
+        b += 2;
     }
+    if b < blocks {
+        block32::<R, DOT, B>(wp, b, x, &mut acc.0, &mut offsets.0);
+    }
+    for (r, o) in out.iter_mut().enumerate().take(R) {
+        *o = vaddvq_f32(vaddq_f32(acc.0[r], acc.1[r])) + offsets.0[r] + offsets.1[r];
+    }
+}
+
+/// Block `b` of a 32-value block type against every activation row, into one set of
+/// accumulators.
+#[inline(always)]
+unsafe fn block32<const R: usize, const DOT: bool, B: Block32>(
+    wp: *const u8,
+    b: usize,
+    x: &[ActRow],
+    acc: &mut [float32x4_t; R],
+    offsets: &mut [f32; R],
+) {
+    let (lo, hi, d, c) = B::unpack(wp.add(b * B::BYTES));
     for r in 0..R {
-        out[r] = vaddvq_f32(vaddq_f32(acc[r][0], acc[r][1])) + offsets[r][0] + offsets[r][1];
+        let xr = &x[r];
+        let dot = dot16::<DOT>(vdupq_n_s32(0), lo, acts16(xr, 32 * b));
+        let dot = dot16::<DOT>(dot, hi, acts16(xr, 32 * b + 16));
+        let dx = *xr.scales.get_unchecked(b);
+        acc[r] = vmlaq_n_f32(acc[r], vcvtq_f32_s32(dot), d * dx);
+        if B::OFFSET {
+            offsets[r] += c * *xr.scaled_sums.get_unchecked(b);
+        }
     }
 }
 
