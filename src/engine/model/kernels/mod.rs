@@ -1,25 +1,27 @@
-//! owrun's CPU kernels: matrix products with weights as they are stored (16-bit, GGML blocks)
-//! that candle lacks or runs slowly. Private to `model`: `linear` calls the entry points below.
+//! owrun's CPU kernels: matrix products with weights as they are stored (16-bit, GGML blocks),
+//! on every ISA. Private to `model`: `linear` calls the entry points below.
 //!
 //! The layout follows the ISA split: the drivers here are portable Rust (how work is cut into
 //! tasks on rayon's pool, how activations are prepared, which path a shape takes), and every
-//! instruction-set-specific loop is in `x86/`, one file per set and family. `cpu` detects the
-//! CPU's features once; `blocks` holds what every ISA shares about GGML's block layouts.
+//! instruction-set-specific loop is in `x86/` or `arm/`, one file per set and family. `cpu`
+//! detects the CPU's features once; `blocks` holds what every ISA shares about GGML's blocks.
 //!
 //! | file | what |
 //! |---|---|
 //! | `cpu` | feature detection, once, with the `OWRUN_CPU` override |
-//! | `blocks` | GGML block types, Q4_K scale unpacking, int8 rounding of activations |
-//! | `acts` | activations quantized for the quantized kernels, and the tile shapes |
-//! | `half16`, `dots` | 16-bit element types and tile shape; portable f32 dot loops |
-//! | `half` | 16-bit weights: the entry point, widening, the portable and AVX2 paths |
-//! | `half_tiles` | 16-bit weights on AVX-512: prefill tiles and decode rows |
-//! | `quant` | quantized weights: the entry point (decode rows or prefill tiles) |
-//! | `quant_rows`, `quant_tiles` | quantized decode and prefill drivers |
-//! | `x86/` | the AVX2 and AVX-512 instructions of each family |
+//! | `blocks`, `iq_tables` | GGML block layouts and grids, int8 rounding of activations |
+//! | `dequant` | every block type to f32, exactly (checked against the `gguf` package) |
+//! | `acts` | activations quantized for the row kernels of every ISA |
+//! | `vecdot` | portable row kernels for every block type, and the driver every ISA's share |
+//! | `quant` | quantized weights: the entry point, the paths this CPU has, the choice |
+//! | `quant_tiles`, `quant_rows`, `block_acts` | AVX-512 VNNI prefill tiles (every type but IQ1–IQ3) and Q8_0/Q4_K/Q6_K decode rows (x86 only) |
+//! | `half16`, `dots` | 16-bit element types; portable f32 dot loops |
+//! | `half` | 16-bit weights: the entry point and the portable path |
+//! | `half_tiles` | 16-bit register tiles (AVX-512, AVX2, NEON) and AVX-512 decode rows |
+//! | `x86/`, `arm/` | the instructions of each ISA and family |
 //!
-//! Imports go one way: entry points → drivers → `x86/` → shared layouts (`blocks`, `acts`,
-//! `half16`, `dots`, `cpu`).
+//! Imports go one way: entry points → drivers → `x86/`, `arm/` → shared layouts (`blocks`,
+//! `acts`, `half16`, `dots`, `cpu`).
 
 mod acts;
 #[cfg(target_arch = "aarch64")]
