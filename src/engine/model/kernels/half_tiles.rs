@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::half16::Half16;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::half16::Load16;
 #[cfg(target_arch = "x86_64")]
 use super::x86::avx512_half as avx512;
@@ -77,22 +77,8 @@ pub fn matmul_avx512<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize
 pub fn matmul_avx2<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
     use super::x86::avx2_half::{tile, TM, TN};
     assert!(avx2_available(k), "AVX2, F16C and rows of a multiple of 8");
-    tiled::<T, TM, TN>(x, m, k, w, n, |i, j, rm, rn, out| {
-        let wp = w.as_ptr() as *const u16;
-        // SAFETY: AVX2, FMA and F16C were detected; rows i..i + rm of x and j..j + rn of w hold
-        // k values, k a multiple of 8.
-        unsafe {
-            tile(
-                T::LOAD16,
-                x.as_ptr().add(i * k),
-                wp.add(j * k),
-                k,
-                rm,
-                rn,
-                out,
-            )
-        }
-    })
+    // SAFETY: AVX2, FMA and F16C were detected; k is a multiple of 8.
+    unsafe { simd_tiles::<T, TM, TN>(x, m, k, w, n, tile) }
 }
 
 /// As [`matmul_avx512`], through NEON's 4 × 4 tiles (decode and prefill). Call only where
@@ -101,10 +87,32 @@ pub fn matmul_avx2<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) 
 pub fn matmul_neon<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize) -> Vec<f32> {
     use super::arm::neon_half::{tile, TM, TN};
     assert!(neon_available(k), "NEON and rows of a multiple of 8");
+    // SAFETY: NEON was detected; k is a multiple of 8.
+    unsafe { simd_tiles::<T, TM, TN>(x, m, k, w, n, tile) }
+}
+
+/// A 16-bit tile kernel of `x86/` or `arm/`: weights read as `Load16`, activation rows at `x`,
+/// weight rows at `w`, `k` values each, `rm` × `rn` dot products into the tile.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+type Tile16<const TM: usize, const TN: usize> =
+    unsafe fn(Load16, *const f32, *const u16, usize, usize, usize, &mut [[f32; TN]; TM]);
+
+/// `tiled` over one ISA's tile kernel, which reads the weights as `T` stores them.
+///
+/// # Safety
+/// The CPU runs `tile`, and `k` is a multiple of its step.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn simd_tiles<T: Half16, const TM: usize, const TN: usize>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[T],
+    n: usize,
+    tile: Tile16<TM, TN>,
+) -> Vec<f32> {
     tiled::<T, TM, TN>(x, m, k, w, n, |i, j, rm, rn, out| {
         let wp = w.as_ptr() as *const u16;
-        // SAFETY: NEON was detected; rows i..i + rm of x and j..j + rn of w hold k values, k a
-        // multiple of 8.
+        // SAFETY: the caller's; rows i..i + rm of x and j..j + rn of w hold k values.
         unsafe {
             tile(
                 T::LOAD16,

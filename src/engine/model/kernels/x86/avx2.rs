@@ -5,11 +5,12 @@
 
 use std::arch::x86_64::*;
 
+/// The sum of a vector's eight lanes (every AVX2 kernel's last step).
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_hadd_ps(s, s);
-    _mm_cvtss_f32(_mm_hadd_ps(s, s))
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// Eight weights as f32 from 16-bit storage at `p`.

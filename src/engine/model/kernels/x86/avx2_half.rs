@@ -4,6 +4,7 @@
 //! in the loop, bf16 widened by a shift.
 
 use super::super::half16::Load16;
+use super::avx2::hsum;
 use std::arch::x86_64::*;
 
 /// Activation rows and weight rows of one tile.
@@ -70,13 +71,6 @@ unsafe fn tile_bf16<const M: usize, const N: usize>(
         _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
     }
     tile_with::<M, N>(x, w, k, out, load)
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 #[inline(always)]

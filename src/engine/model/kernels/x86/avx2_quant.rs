@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use super::super::acts::ActRow;
 use super::super::blocks::{has_simd_row_kernel, q3k_scales, q4k_scales_and_mins, IQ4_VALUES};
+use super::avx2::hsum;
 use crate::engine::format::ggml::GgmlType;
 
 /// Whether `rows` multiplies `ty`.
@@ -72,13 +73,6 @@ unsafe fn dispatch<const VNNI: bool>(ty: GgmlType, w: &[u8], x: &[ActRow], out: 
 unsafe fn f16(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes([*p, *p.add(1)]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 #[inline(always)]
