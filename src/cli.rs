@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::generate::sampler::Overrides;
 use crate::engine::quantize::Scheme;
-use crate::engine::{DTypeChoice, DeviceChoice};
+use crate::engine::{DTypeChoice, DeviceChoice, KvType};
 use crate::error::usage;
 use crate::open::LoadChoices;
 
@@ -254,6 +254,14 @@ pub struct LoadArgs {
     /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Tokens a sequence may hold (prompt and answer). Default: the model's context, reduced
+    /// to what fits in the available memory (said on stderr)
+    #[arg(long = "ctx", value_name = "N")]
+    pub context: Option<usize>,
+    /// How the KV cache stores keys and values on the CPU: f16 (default, as llama.cpp), f32,
+    /// bf16, q8_0 or q4_0 (smaller, slightly less exact; llama.cpp's -ctk/-ctv)
+    #[arg(long, value_name = "TYPE", default_value = "f16", value_parser = parse_kv_type)]
+    pub kv_type: KvType,
 }
 
 impl LoadArgs {
@@ -270,6 +278,11 @@ impl LoadArgs {
             device: self.device,
             dtype: self.dtype.into(),
             quant: self.quant,
+            kv_type: self.kv_type,
+            context: match self.context {
+                Some(0) => return Err(usage("--ctx must be at least 1")),
+                n => n,
+            },
         })
     }
 }
@@ -456,6 +469,10 @@ fn parse_quant(spec: &str) -> Result<Scheme, String> {
             .collect();
         format!("expected one of {}", names.join(", "))
     })
+}
+
+fn parse_kv_type(spec: &str) -> Result<KvType, String> {
+    KvType::parse(spec.trim()).ok_or_else(|| format!("expected one of {}", KvType::NAMES))
 }
 
 fn parse_device(spec: &str) -> Result<DeviceChoice, String> {

@@ -11,7 +11,7 @@ use super::display::show_notes;
 use super::print_table;
 use crate::cli::KldArgs;
 use crate::engine::quality::{compare, log_probs};
-use crate::engine::DTypeChoice;
+use crate::engine::{DTypeChoice, KvType};
 use crate::error::usage;
 use crate::open::{LoadChoices, Opener};
 
@@ -36,6 +36,7 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
     let reference_choices = LoadChoices {
         dtype: DTypeChoice::F32,
         quant: None,
+        kv_type: KvType::F32,
         ..choices
     };
     let mut reference = opener.load(&path, &reference_choices)?;

@@ -20,6 +20,7 @@ use super::generate::sampler::SamplingParams;
 use super::model::arch::Arch;
 use super::model::decoder::Decoder;
 use super::model::weights::Weights;
+use super::model::kv::KvType;
 use super::model::{use_threads, Model};
 use super::quantize::cache::QuantCache;
 use super::quantize::Scheme;
@@ -36,6 +37,10 @@ pub struct LoadOptions {
     pub quant: Option<Scheme>,
     /// Where quantized matrices are cached between loads (None: not cached).
     pub quant_cache: Option<PathBuf>,
+    /// How the KV cache stores keys and values on the CPU.
+    pub kv_type: KvType,
+    /// Positions a sequence may hold (None: the model's context).
+    pub context: Option<usize>,
 }
 
 pub struct Engine {
@@ -68,11 +73,28 @@ fn engine(
     text: Text,
     sampling: SamplingParams,
     config: ModelConfig,
-    loaded: Loaded,
+    mut loaded: Loaded,
     started: Instant,
-) -> Engine {
-    Engine {
-        model: Model::new(loaded.decoder),
+    opts: &LoadOptions,
+) -> Result<Engine> {
+    let decoder = &mut loaded.decoder;
+    if decoder.device.is_cpu() {
+        opts.kv_type.check(decoder.arch.head_dim)?;
+    }
+    decoder.kv_type = opts.kv_type;
+    let trained = decoder.arch.context;
+    let mut notes = loaded.notes;
+    let mut model = Model::new(loaded.decoder);
+    if let Some(n) = opts.context {
+        if n > trained {
+            notes.push(format!(
+                "a context of {n} tokens is past the {trained} this model was trained for"
+            ));
+        }
+        model.set_context(n);
+    }
+    Ok(Engine {
+        model,
         text: Arc::new(text),
         sampling,
         config,
@@ -80,8 +102,8 @@ fn engine(
         device: loaded.device,
         dtype: loaded.dtype,
         quant: loaded.quant,
-        notes: loaded.notes,
-    }
+        notes,
+    })
 }
 
 /// The text side and sampling defaults of a Hugging Face folder: tokenizer.json,
@@ -146,7 +168,7 @@ impl Engine {
             quant: opts.quant,
             notes,
         };
-        Ok(engine(text, sampling, config, loaded, started))
+        engine(text, sampling, config, loaded, started, opts)
     }
 
     /// Load a GGUF file: hyperparameters, tokenizer and chat template from its metadata (or,
@@ -202,6 +224,6 @@ impl Engine {
             quant: None,
             notes,
         };
-        Ok(engine(text, sampling, config, loaded, started))
+        engine(text, sampling, config, loaded, started, opts)
     }
 }

@@ -32,4 +32,5 @@ pub mod text;
 
 pub use device::{DTypeChoice, DeviceChoice, LoadError};
 pub use load::{Engine, LoadOptions};
+pub use model::kv::KvType;
 pub use model::use_threads;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::model::kv::KvType;
 use super::generate::decoding::{generate, GenerateParams};
 use super::generate::sampler::{argmax, Sampler, SamplingParams};
 use super::model::SeqId;
@@ -40,6 +41,8 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
         dtype,
         quant: None,
         quant_cache: None,
+        kv_type: KvType::F32,
+        context: None,
     };
     Engine::load(dir, &[dir.join("model.safetensors")], &opts)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
@@ -239,6 +242,8 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             dtype: DTypeChoice::Auto,
             quant: Some(super::quantize::Scheme::Q8_0),
             quant_cache: None,
+            kv_type: KvType::F32,
+            context: None,
         };
         let mut ours = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
         let file = root.join("gguf").join(format!("{family}.gguf"));

@@ -28,7 +28,7 @@ use sha2::Digest;
 use crate::engine::format::config::stores_32_bit;
 use crate::engine::format::gguf::{self, is_gguf_file, GgufFile};
 use crate::engine::quantize::Scheme;
-use crate::engine::{DTypeChoice, DeviceChoice, Engine, LoadError, LoadOptions};
+use crate::engine::{DTypeChoice, DeviceChoice, Engine, KvType, LoadError, LoadOptions};
 use crate::error::usage;
 use crate::license::{self, GateRequest, License};
 use crate::registry::{ModelRef, Registry};
@@ -44,6 +44,10 @@ pub struct LoadChoices {
     pub dtype: DTypeChoice,
     /// Quantize at load (None: as stored, or quantized automatically when it does not fit).
     pub quant: Option<Scheme>,
+    /// How the KV cache stores keys and values on the CPU.
+    pub kv_type: KvType,
+    /// Positions a sequence may hold (None: the model's context, or what fits in memory).
+    pub context: Option<usize>,
 }
 
 /// What opening a model reads: owrun's settings and the registry.
@@ -210,6 +214,8 @@ impl Opener {
             dtype: choices.dtype,
             quant,
             quant_cache: quant.map(|q| self.quant_cache_path(path, q)),
+            kv_type: choices.kv_type,
+            context: choices.context,
         };
         let loaded = if is_gguf_file(path) {
             Engine::load_gguf(path, &options)
@@ -224,6 +230,10 @@ impl Opener {
                 e.context(format!("cannot load the model in {}", path.display()))
             }
         })?;
+        let mut engine = engine;
+        if choices.context.is_none() {
+            fit_context(&mut engine, self.available_memory());
+        }
         crate::memory::keep_freed_memory();
         Ok(engine)
     }
@@ -260,6 +270,40 @@ impl Opener {
             .join("quantized")
             .join(file(&format!("{name}-{}", &digest[..16])))
     }
+}
+
+/// Share of the memory available after loading that one sequence's KV cache may take when the
+/// context is chosen automatically (the rest: activations, the page cache, other programs).
+const CACHE_SHARE: f64 = 0.75;
+
+/// Without `--ctx`, the model's context shrinks to what one sequence's KV cache can hold beside
+/// the weights (llama.cpp's `--fit`, ollama's automatic context), said once in the notes.
+fn fit_context(engine: &mut Engine, available: Option<u64>) {
+    let Some(available) = available else { return };
+    let model = &mut engine.model;
+    let budget = (available as f64 * CACHE_SHARE) as usize;
+    let full = model.context();
+    if model.cache_bytes_for(full) <= budget {
+        return;
+    }
+    // The largest context whose cache fits, by bisection (windowed layers make it non-linear).
+    let (mut lo, mut hi) = (1usize, full);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if model.cache_bytes_for(mid) <= budget {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let fitted = (lo / 256 * 256).max(lo.min(256));
+    model.set_context(fitted);
+    engine.notes.push(format!(
+        "context {fitted} tokens of the model's {full}: a longer KV cache ({} per token) would \
+         not fit in the {} available (--ctx N to choose)",
+        format_bytes(model.cache_bytes_per_token() as u64),
+        format_bytes(available)
+    ));
 }
 
 /// The key acceptances of this model are recorded under: its Hub repo, or its directory.

@@ -151,16 +151,16 @@ impl Models {
             .unwrap_or_else(|| default_slots(&engine, self.options.memory_limit));
         eprintln!(
             "owrun: {id} loaded in {:.2}s: {slots} slots, context {} tokens",
-            engine.load_s, engine.config.context
+            engine.load_s,
+            engine.model.context()
         );
         let Engine {
             model,
             text,
             sampling,
-            config,
             ..
         } = engine;
-        let context = config.context.min(model.context());
+        let context = model.context();
         Ok(Arc::new(Served {
             id,
             context,
@@ -238,7 +238,7 @@ impl Models {
 /// Slots when `--parallel` is not given: as many full-context caches as a quarter of the
 /// available memory holds, between 4 and 16.
 fn default_slots(engine: &Engine, memory_limit: Option<u64>) -> usize {
-    let per_slot = engine.model.cache_bytes_per_token() * engine.config.context.max(1);
+    let per_slot = engine.model.cache_bytes_for(engine.model.context());
     let fit = crate::memory::available_bytes(memory_limit)
         .map(|a| (a / 4) as usize / per_slot.max(1))
         .unwrap_or(4);

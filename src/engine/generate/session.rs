@@ -52,7 +52,9 @@ impl CachedSequence {
         let reused = self
             .shared_prefix(prompt)
             .min(prompt.len().saturating_sub(1));
-        model.truncate(self.seq, reused)?;
+        // A sliding-window layer may have moved past what position `reused` needs: then the
+        // model keeps less (nothing), and the prompt is fed from there.
+        let reused = model.truncate(self.seq, reused)?;
         self.tokens.truncate(reused);
         Ok(reused)
     }
@@ -65,7 +67,7 @@ impl CachedSequence {
     /// Empty the cache (a new conversation, or a failed forward that left it unknown).
     pub fn clear(&mut self, model: &mut Model) -> Result<()> {
         self.tokens.clear();
-        model.truncate(self.seq, 0)
+        model.truncate(self.seq, 0).map(drop)
     }
 }
 

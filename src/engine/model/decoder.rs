@@ -12,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::arch::{Activation, Arch};
 use super::attention::{attend, Scores};
-use super::kv::KvCache;
+use super::flash::{self, Queries};
+use super::kv::{KvCache, KvType};
 use super::linear::{Linear, Matrix};
 use super::weights::Weights;
 use crate::engine::quantize::Role;
@@ -63,8 +64,10 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
-    /// The dtype activations (and the KV cache) are kept in.
+    /// The dtype activations (and a GPU's KV cache) are kept in.
     pub act_dtype: DType,
+    /// How the KV cache stores keys and values on the CPU.
+    pub kv_type: KvType,
     pub device: Device,
     /// Bytes of weights held.
     pub weight_bytes: usize,
@@ -293,6 +296,7 @@ impl Decoder {
             norm,
             lm_head,
             act_dtype,
+            kv_type: KvType::default(),
             device: device.clone(),
             weight_bytes,
         })
@@ -300,14 +304,25 @@ impl Decoder {
 
     /// A new, empty KV cache for one sequence of at most `max_len` tokens.
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(
-            self.layers.len(),
-            self.arch.kv_heads,
-            self.arch.head_dim,
-            max_len,
-            self.act_dtype,
-            &self.device,
-        )
+        let a = &self.arch;
+        if self.device.is_cpu() {
+            let windows: Vec<Option<usize>> = a.layers.iter().map(|l| l.window).collect();
+            KvCache::cpu(&windows, a.kv_heads, a.head_dim, max_len, self.kv_type)
+        } else {
+            KvCache::device(
+                self.layers.len(),
+                a.kv_heads,
+                a.head_dim,
+                max_len,
+                self.act_dtype,
+                &self.device,
+            )
+        }
+    }
+
+    /// Each layer's sliding window, if it has one.
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        self.arch.layers.iter().map(|l| l.window).collect()
     }
 
     fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
@@ -405,40 +420,51 @@ impl Decoder {
         for (seg, &start) in batch.iter_mut().zip(starts) {
             let t = seg.tokens.len();
             let pos = seg.cache.len();
-            let heads = |x: &Tensor, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
+            // t × n × hd rows, as the CPU cache stores them and the streaming attention reads.
+            let rows = |x: &Tensor, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
                 let x = x.narrow(0, start, t)?.reshape((1, t, n, hd))?;
                 let x = match norm {
                     Some(g) => self.rms_norm(&x, g)?,
                     None => x.contiguous()?,
                 };
-                // 1 × t × n × hd → n × t × hd
-                Ok(rope
-                    .apply(&x, pos)?
-                    .squeeze(0)?
-                    .transpose(0, 1)?
-                    .contiguous()?)
-            };
-            let qs = heads(&q, nh, &layer.q_norm)?;
-            let ks = heads(&k, nkv, &layer.k_norm)?;
-            let vs = v
-                .narrow(0, start, t)?
-                .reshape((t, nkv, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            seg.cache.write(li, &ks, &vs)?;
-            let first_key = info.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let (keys, values) = seg.cache.read(li, first_key, pos + t)?;
-            let (keys, values) = if self.device.is_cpu() {
-                (keys, values)
-            } else {
-                (keys.contiguous()?, values.contiguous()?)
+                Ok(rope.apply(&x, pos)?.squeeze(0)?)
             };
             let scores = Scores {
                 scale: a.attention_scale,
                 softcap: a.attention_softcap,
                 window: info.window,
             };
-            let out = attend(&qs, &keys, &values, pos, first_key, &scores, self.act_dtype)?;
+            let out = if seg.cache.on_cpu() {
+                let qs = rows(&q, nh, &layer.q_norm)?;
+                let ks = rows(&k, nkv, &layer.k_norm)?;
+                let vs = v.narrow(0, start, t)?.contiguous()?;
+                seg.cache.write(li, &ks, &vs)?;
+                let qs = qs.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let queries = Queries {
+                    q: &qs,
+                    t,
+                    pos,
+                    heads: nh,
+                    head_dim: hd,
+                };
+                let out = flash::attend(&queries, &seg.cache.view(li)?, &scores);
+                Tensor::from_vec(out, (t, nh * hd), &self.device)?.to_dtype(self.act_dtype)?
+            } else {
+                // n × t × hd: the tensor attention's layout.
+                let heads = |x: Tensor| x.transpose(0, 1)?.contiguous();
+                let qs = heads(rows(&q, nh, &layer.q_norm)?)?;
+                let ks = heads(rows(&k, nkv, &layer.k_norm)?)?;
+                let vs = v
+                    .narrow(0, start, t)?
+                    .reshape((t, nkv, hd))?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                seg.cache.write(li, &ks, &vs)?;
+                let first_key = info.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let (keys, values) = seg.cache.read(li, first_key, pos + t)?;
+                let (keys, values) = (keys.contiguous()?, values.contiguous()?);
+                attend(&qs, &keys, &values, pos, first_key, &scores, self.act_dtype)?
+            };
             outputs.push(out);
         }
         let out = if outputs.len() == 1 {

@@ -1,31 +1,270 @@
-//! The KV cache of one sequence: per layer, keys and values in buffers preallocated ahead of
-//! the sequence (kv_heads × capacity × head_dim), written in place as tokens arrive, read as
-//! views (no copy of the cache per token), and truncatable to any length.
+//! The KV cache of one sequence: per layer, the keys and values of every position it holds.
 //!
-//! Capacity grows by doubling up to the model's context, so a short chat does not reserve a
-//! 128k-token cache and a long one copies its cache only a logarithmic number of times.
+//! On the CPU the cache is owrun's own storage in the type the user chose (`--kv-type`: f16 by
+//! default, as llama.cpp; f32, bf16, or GGML's Q8_0 / Q4_0 blocks), one row of `head_dim` values
+//! per position and key/value head, laid out position-major (`[slot][kv_head][row]`) so that
+//! growing is an append. The streaming attention (`flash`) reads the rows where they are.
+//!
+//! A sliding-window layer keeps only what its window can still see: its buffer is a ring of
+//! `window + MAX_CHUNK` positions (a chunk's first query still sees `window - 1` keys before it,
+//! while the chunk writes up to `MAX_CHUNK` more), so Gemma's local layers and Mistral's
+//! windowed ones cost a fixed amount however long the conversation. Global layers grow by
+//! doubling up to the context, so a short chat does not reserve a 128k-token cache.
+//!
+//! On a GPU the cache is candle tensors in the activation dtype (kv_heads × capacity × head_dim),
+//! read as views by the tensor attention of `attention`.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+
+use super::kernels::dequantize;
+use crate::engine::format::ggml::GgmlType;
 
 /// Smallest buffer, in positions.
 const MIN_CAPACITY: usize = 256;
 
+/// The most tokens one forward writes per sequence: prompts are fed in chunks of this size
+/// (llama.cpp's `-ub`), which bounds the memory of a forward and sizes the windowed rings.
+pub const MAX_CHUNK: usize = 512;
+
+/// How the cache stores keys and values on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    F32,
+    #[default]
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+}
+
+impl KvType {
+    pub const NAMES: &'static str = "f32, f16, bf16, q8_0, q4_0";
+
+    pub fn parse(s: &str) -> Option<KvType> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f32" => KvType::F32,
+            "f16" => KvType::F16,
+            "bf16" => KvType::Bf16,
+            "q8_0" => KvType::Q8_0,
+            "q4_0" => KvType::Q4_0,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Bf16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
+    fn ggml(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::Bf16 => GgmlType::BF16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+            KvType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    /// Bytes of one row of `head_dim` values (a whole number of blocks: see [`KvType::check`]).
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        let t = self.ggml();
+        head_dim / t.block_len() * t.block_bytes()
+    }
+
+    /// Whether rows of `head_dim` values can be stored in this type.
+    pub fn check(self, head_dim: usize) -> Result<()> {
+        let block = self.ggml().block_len();
+        if head_dim % block != 0 {
+            bail!(
+                "a {} KV cache stores blocks of {block} values, and this model's heads have \
+                 {head_dim}: use --kv-type f16",
+                self.name()
+            );
+        }
+        Ok(())
+    }
+
+    /// `src` (head_dim values) into `dst` (one row in this type).
+    fn store(self, src: &[f32], dst: &mut [u8]) {
+        match self {
+            KvType::F32 => {
+                for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                    d.copy_from_slice(&s.to_le_bytes());
+                }
+            }
+            KvType::F16 => {
+                for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                    d.copy_from_slice(&f16::from_f32(*s).to_le_bytes());
+                }
+            }
+            KvType::Bf16 => {
+                for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                    d.copy_from_slice(&bf16::from_f32(*s).to_le_bytes());
+                }
+            }
+            KvType::Q8_0 => {
+                for (d, s) in dst.chunks_exact_mut(34).zip(src.chunks_exact(32)) {
+                    quantize_q8_0(s, d);
+                }
+            }
+            KvType::Q4_0 => {
+                for (d, s) in dst.chunks_exact_mut(18).zip(src.chunks_exact(32)) {
+                    quantize_q4_0(s, d);
+                }
+            }
+        }
+    }
+
+    /// One stored row back to f32 values.
+    #[inline]
+    pub fn load(self, src: &[u8], dst: &mut [f32]) {
+        match self {
+            KvType::F32 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                }
+            }
+            KvType::F16 => {
+                // SAFETY: f16 is two bytes with no invalid bit patterns; `src` holds
+                // dst.len() of them (the row), and u8 has alignment 1 while f16 needs 2:
+                // checked by align_to, which leaves a prefix when the row is unaligned.
+                let (pre, halves, _) = unsafe { src.align_to::<f16>() };
+                if pre.is_empty() && halves.len() >= dst.len() {
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                        &halves[..dst.len()],
+                        dst,
+                    );
+                } else {
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                        *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
+                    }
+                }
+            }
+            KvType::Bf16 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = f32::from_bits((u16::from_le_bytes([s[0], s[1]]) as u32) << 16);
+                }
+            }
+            KvType::Q8_0 | KvType::Q4_0 => dequantize(self.ggml(), src, dst),
+        }
+    }
+}
+
+/// GGML's reference Q8_0: d = max|x| / 127, q = round(x / d).
+fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    for (o, v) in out[2..].iter_mut().zip(x) {
+        *o = (v * id).round() as i8 as u8;
+    }
+}
+
+/// GGML's reference Q4_0: d = (the value of largest magnitude) / -8, q = min(15, x / d + 8.5).
+fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
+    let max = x
+        .iter()
+        .copied()
+        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    for j in 0..16 {
+        out[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+    }
+}
+
+/// One layer's keys and values on the CPU.
+struct CpuLayer {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    /// Slots the buffers hold now.
+    capacity: usize,
+    /// Slots they may grow to: the context, or the ring of a windowed layer.
+    limit: usize,
+}
+
+/// Where the rows of one layer are, for the attention that reads them.
+pub struct LayerView<'a> {
+    pub keys: &'a [u8],
+    pub values: &'a [u8],
+    pub ty: KvType,
+    /// Bytes of one row; consecutive positions of one head are `kv_heads` rows apart.
+    pub row_bytes: usize,
+    pub kv_heads: usize,
+    /// Position p lives in slot p % capacity (a ring once a windowed layer wraps; the
+    /// positions a query may see are always still there).
+    pub capacity: usize,
+}
+
+impl LayerView<'_> {
+    /// Byte offset of the row of position `p`, head `h`.
+    #[inline]
+    pub fn row(&self, p: usize, h: usize) -> usize {
+        ((p % self.capacity) * self.kv_heads + h) * self.row_bytes
+    }
+}
+
+enum Store {
+    Cpu { ty: KvType, layers: Vec<CpuLayer> },
+    /// Tensors on a device; empty until the first tokens arrive.
+    Device {
+        layers: Vec<(Tensor, Tensor)>,
+        capacity: usize,
+        dtype: DType,
+        device: Device,
+    },
+}
+
 pub struct KvCache {
-    /// Empty until the first tokens arrive.
-    layers: Vec<(Tensor, Tensor)>,
+    store: Store,
     layer_count: usize,
     len: usize,
-    capacity: usize,
     max: usize,
     kv_heads: usize,
     head_dim: usize,
-    dtype: DType,
-    device: Device,
 }
 
 impl KvCache {
-    pub fn new(
+    /// A CPU cache of `ty` rows; `windows[l]` is layer l's sliding window, if it has one.
+    pub fn cpu(
+        windows: &[Option<usize>],
+        kv_heads: usize,
+        head_dim: usize,
+        max: usize,
+        ty: KvType,
+    ) -> Self {
+        let layers = windows
+            .iter()
+            .map(|w| CpuLayer {
+                keys: Vec::new(),
+                values: Vec::new(),
+                capacity: 0,
+                limit: w.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK))),
+            })
+            .collect();
+        KvCache {
+            store: Store::Cpu { ty, layers },
+            layer_count: windows.len(),
+            len: 0,
+            max,
+            kv_heads,
+            head_dim,
+        }
+    }
+
+    /// A cache of candle tensors in `dtype` on `device` (a GPU).
+    pub fn device(
         layers: usize,
         kv_heads: usize,
         head_dim: usize,
@@ -34,21 +273,27 @@ impl KvCache {
         device: &Device,
     ) -> Self {
         KvCache {
-            layers: Vec::new(),
+            store: Store::Device {
+                layers: Vec::new(),
+                capacity: 0,
+                dtype,
+                device: device.clone(),
+            },
             layer_count: layers,
             len: 0,
-            capacity: 0,
             max,
             kv_heads,
             head_dim,
-            dtype,
-            device: device.clone(),
         }
     }
 
-    /// Bytes one more token takes (keys and values of every layer).
+    /// Bytes one more token takes (keys and values of every layer) while it is held.
     pub fn bytes_per_token(&self) -> usize {
-        self.layer_count * self.kv_heads * self.head_dim * 2 * self.dtype.size_in_bytes()
+        let row = match &self.store {
+            Store::Cpu { ty, .. } => ty.row_bytes(self.head_dim),
+            Store::Device { dtype, .. } => self.head_dim * dtype.size_in_bytes(),
+        };
+        self.layer_count * self.kv_heads * row * 2
     }
 
     /// Tokens the cache holds.
@@ -58,11 +303,12 @@ impl KvCache {
 
     /// Bytes reserved by the buffers.
     pub fn bytes(&self) -> usize {
-        2 * self.layer_count
-            * self.kv_heads
-            * self.capacity
-            * self.head_dim
-            * self.dtype.size_in_bytes()
+        match &self.store {
+            Store::Cpu { layers, .. } => layers.iter().map(|l| l.keys.len() + l.values.len()).sum(),
+            Store::Device {
+                capacity, dtype, ..
+            } => 2 * self.layer_count * self.kv_heads * capacity * self.head_dim * dtype.size_in_bytes(),
+        }
     }
 
     /// Make room for `more` tokens after the current ones.
@@ -74,46 +320,125 @@ impl KvCache {
                 self.max
             );
         }
-        if need <= self.capacity {
-            return Ok(());
-        }
-        let capacity = need
-            .next_power_of_two()
-            .max(MIN_CAPACITY)
-            .min(self.max.max(need));
-        let shape = (self.kv_heads, capacity, self.head_dim);
-        // One layer at a time, so growing holds at most one layer twice.
-        for l in 0..self.layer_count {
-            let k = Tensor::zeros(shape, self.dtype, &self.device)?;
-            let v = Tensor::zeros(shape, self.dtype, &self.device)?;
-            if self.len > 0 {
-                let (old_k, old_v) = self.read(l, 0, self.len)?;
-                k.slice_set(&old_k.contiguous()?, 1, 0)?;
-                v.slice_set(&old_v.contiguous()?, 1, 0)?;
+        let grown = |capacity: usize, limit: usize| -> Option<usize> {
+            (need > capacity && capacity < limit)
+                .then(|| need.next_power_of_two().max(MIN_CAPACITY).min(limit))
+        };
+        match &mut self.store {
+            Store::Cpu { ty, layers } => {
+                if more > MAX_CHUNK && layers.iter().any(|l| l.limit < self.max) {
+                    bail!("a forward of {more} tokens, past the chunk of {MAX_CHUNK}");
+                }
+                let row = ty.row_bytes(self.head_dim) * self.kv_heads;
+                for l in layers.iter_mut() {
+                    // Positions are written at their slot; a buffer grows only before it
+                    // wraps (a ring reaches its limit first), so growing is an append.
+                    if let Some(c) = grown(l.capacity, l.limit) {
+                        let bytes = c * row;
+                        l.keys
+                            .try_reserve_exact(bytes - l.keys.len())
+                            .and_then(|()| l.values.try_reserve_exact(bytes - l.values.len()))
+                            .map_err(|_| {
+                                anyhow::anyhow!(
+                                    "out of memory growing the KV cache to {c} tokens"
+                                )
+                            })?;
+                        l.keys.resize(bytes, 0);
+                        l.values.resize(bytes, 0);
+                        l.capacity = c;
+                    }
+                }
             }
-            if l < self.layers.len() {
-                self.layers[l] = (k, v);
-            } else {
-                self.layers.push((k, v));
+            Store::Device {
+                layers,
+                capacity,
+                dtype,
+                device,
+            } => {
+                let Some(c) = grown(*capacity, self.max) else {
+                    return Ok(());
+                };
+                let shape = (self.kv_heads, c, self.head_dim);
+                // One layer at a time, so growing holds at most one layer twice.
+                for l in 0..self.layer_count {
+                    let k = Tensor::zeros(shape, *dtype, device)?;
+                    let v = Tensor::zeros(shape, *dtype, device)?;
+                    if self.len > 0 {
+                        let (old_k, old_v) = &layers[l];
+                        k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                        v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    }
+                    if l < layers.len() {
+                        layers[l] = (k, v);
+                    } else {
+                        layers.push((k, v));
+                    }
+                }
+                *capacity = c;
             }
         }
-        self.capacity = capacity;
         Ok(())
     }
 
-    /// Write keys and values (kv_heads × t × head_dim) of layer `layer` at positions
-    /// len..len + t. Call [`reserve`](Self::reserve) first; [`advance`](Self::advance) once every
-    /// layer has been written.
+    /// Write the keys and values of layer `layer` at positions len..len + t: on the CPU, rows of
+    /// `t × kv_heads × head_dim` f32 values; on a device, tensors of kv_heads × t × head_dim.
+    /// Call [`reserve`](Self::reserve) first; [`advance`](Self::advance) once every layer has
+    /// been written.
     pub fn write(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
-        let (kb, vb) = &self.layers[layer];
-        kb.slice_set(&k.contiguous()?, 1, self.len)?;
-        vb.slice_set(&v.contiguous()?, 1, self.len)?;
+        match &mut self.store {
+            Store::Cpu { ty, layers } => {
+                let f32s = |x: &Tensor| x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+                let (k, v) = (f32s(k)?, f32s(v)?);
+                let (hd, rb) = (self.head_dim, ty.row_bytes(self.head_dim));
+                let l = &mut layers[layer];
+                let t = k.len() / (hd * self.kv_heads);
+                for i in 0..t {
+                    let slot = (self.len + i) % l.capacity;
+                    for h in 0..self.kv_heads {
+                        let src = (i * self.kv_heads + h) * hd;
+                        let dst = (slot * self.kv_heads + h) * rb;
+                        ty.store(&k[src..src + hd], &mut l.keys[dst..dst + rb]);
+                        ty.store(&v[src..src + hd], &mut l.values[dst..dst + rb]);
+                    }
+                }
+            }
+            Store::Device { layers, .. } => {
+                let (kb, vb) = &layers[layer];
+                kb.slice_set(&k.contiguous()?, 1, self.len)?;
+                vb.slice_set(&v.contiguous()?, 1, self.len)?;
+            }
+        }
         Ok(())
     }
 
-    /// Keys and values of layer `layer` at positions first..end, as views into the buffers.
+    /// Whether the cache is owrun's CPU storage (read through [`view`](Self::view)).
+    pub fn on_cpu(&self) -> bool {
+        matches!(self.store, Store::Cpu { .. })
+    }
+
+    /// The CPU rows of layer `layer`.
+    pub fn view(&self, layer: usize) -> Result<LayerView<'_>> {
+        let Store::Cpu { ty, layers } = &self.store else {
+            bail!("the KV cache is not on the CPU");
+        };
+        let l = &layers[layer];
+        Ok(LayerView {
+            keys: &l.keys,
+            values: &l.values,
+            ty: *ty,
+            row_bytes: ty.row_bytes(self.head_dim),
+            kv_heads: self.kv_heads,
+            capacity: l.capacity,
+        })
+    }
+
+    /// Keys and values of layer `layer` at positions first..end, as views into a device's
+    /// buffers.
     pub fn read(&self, layer: usize, first: usize, end: usize) -> Result<(Tensor, Tensor)> {
-        let (k, v) = &self.layers[layer];
+        let Store::Device { layers, .. } = &self.store else {
+            bail!("the KV cache is not on a device");
+        };
+        let (k, v) = &layers[layer];
         Ok((
             k.narrow(1, first, end - first)?,
             v.narrow(1, first, end - first)?,
@@ -124,8 +449,98 @@ impl KvCache {
         self.len += t;
     }
 
-    /// Forget every position from `len` on.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    /// Forget every position from `len` on; returns the tokens kept. A windowed layer's ring
+    /// may no longer hold the keys the next token at `len` needs (it moved on past them): then
+    /// the whole sequence is forgotten and 0 returned, and the caller feeds it again.
+    pub fn truncate(&mut self, len: usize, windows: &[Option<usize>]) -> usize {
+        let len = self.len.min(len);
+        if let Store::Cpu { layers, .. } = &self.store {
+            let lost = layers.iter().zip(windows).any(|(l, w)| {
+                let oldest = self.len.saturating_sub(l.capacity);
+                let needed = w.map_or(0, |w| (len + 1).saturating_sub(w));
+                needed < oldest
+            });
+            if lost {
+                self.len = 0;
+                return 0;
+            }
+        }
+        self.len = len;
+        len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seed: usize, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((seed * 31 + i * 7) % 23) as f32 / 7.0 - 1.5)
+            .collect()
+    }
+
+    #[test]
+    fn every_type_stores_and_loads_a_row_within_its_precision() {
+        let x = row(3, 64);
+        for (ty, tol) in [
+            (KvType::F32, 0.0),
+            (KvType::F16, 1e-3),
+            (KvType::Bf16, 1e-2),
+            (KvType::Q8_0, 0.02),
+            (KvType::Q4_0, 0.25),
+        ] {
+            let mut bytes = vec![0u8; ty.row_bytes(64)];
+            ty.store(&x, &mut bytes);
+            let mut back = vec![0f32; 64];
+            ty.load(&bytes, &mut back);
+            let err = x
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err <= tol, "{}: {err}", ty.name());
+        }
+        assert!(KvType::Q8_0.check(80).is_err());
+        assert!(KvType::F16.check(80).is_ok());
+    }
+
+    /// Keys of positions 0..n written one token at a time into a windowed layer's ring.
+    fn ring(window: usize, n: usize) -> KvCache {
+        let mut c = KvCache::cpu(&[Some(window)], 1, 32, 100_000, KvType::F32);
+        for p in 0..n {
+            c.reserve(1).unwrap();
+            let k = Tensor::new(row(p, 32).as_slice(), &Device::Cpu).unwrap();
+            c.write(0, &k, &k).unwrap();
+            c.advance(1);
+        }
+        c
+    }
+
+    #[test]
+    fn a_windowed_layer_keeps_a_ring_of_its_window_plus_a_chunk() {
+        let n = 3000;
+        let c = ring(100, n);
+        let v = c.view(0).unwrap();
+        assert_eq!(v.capacity, 100 + MAX_CHUNK);
+        assert_eq!(c.bytes(), 2 * (100 + MAX_CHUNK) * 32 * 4);
+        // The last window's keys are where the view says.
+        for p in n - 100..n {
+            let mut got = vec![0f32; 32];
+            let at = v.row(p, 0);
+            KvType::F32.load(&v.keys[at..at + v.row_bytes], &mut got);
+            assert_eq!(got, row(p, 32), "position {p}");
+        }
+    }
+
+    #[test]
+    fn truncating_a_ring_past_what_it_holds_forgets_the_sequence() {
+        let mut c = ring(100, 3000);
+        // The next token at 2900 needs keys from 2801 on: still in the ring.
+        assert_eq!(c.truncate(2900, &[Some(100)]), 2900);
+        let mut c = ring(100, 3000);
+        // At 1000 it needs keys from 901 on, long overwritten.
+        assert_eq!(c.truncate(1000, &[Some(100)]), 0);
+        assert_eq!(c.len(), 0);
     }
 }

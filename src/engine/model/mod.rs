@@ -14,6 +14,7 @@
 pub mod arch;
 mod attention;
 pub mod decoder;
+mod flash;
 mod kernels;
 pub mod kv;
 pub mod linear;
@@ -25,7 +26,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 
 use decoder::{Decoder, Segment};
-use kv::KvCache;
+use kv::{KvCache, MAX_CHUNK};
 
 pub use kernels::use_threads;
 
@@ -36,20 +37,29 @@ pub struct Model {
     pub decoder: Decoder,
     sequences: HashMap<SeqId, KvCache>,
     next_id: u64,
+    /// Positions a sequence may hold (the model's context, or less: `--ctx`, or what fits).
+    context: usize,
 }
 
 impl Model {
     pub fn new(decoder: Decoder) -> Self {
+        let context = decoder.arch.context;
         Model {
             decoder,
             sequences: HashMap::new(),
             next_id: 0,
+            context,
         }
     }
 
-    /// Positions a sequence may hold: the model's context.
+    /// Positions a sequence may hold.
     pub fn context(&self) -> usize {
-        self.decoder.arch.context
+        self.context
+    }
+
+    /// Let sequences started from now on hold `n` positions.
+    pub fn set_context(&mut self, n: usize) {
+        self.context = n.max(1);
     }
 
     /// Start an empty sequence.
@@ -73,20 +83,31 @@ impl Model {
         self.sequences.get(&seq).map_or(0, KvCache::len)
     }
 
-    /// Keep the first `len` tokens of the sequence and forget the rest.
-    pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<()> {
+    /// Keep the first `len` tokens of the sequence and forget the rest. Returns how many it
+    /// kept: fewer (0) when a sliding-window layer no longer holds what position `len` needs.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<usize> {
+        let windows = self.decoder.windows();
         match self.sequences.get_mut(&seq) {
-            Some(cache) => {
-                cache.truncate(len);
-                Ok(())
-            }
+            Some(cache) => Ok(cache.truncate(len, &windows)),
             None => bail!("no sequence {seq:?}"),
         }
     }
 
-    /// Bytes of KV cache one token of one sequence takes.
+    /// Bytes of KV cache one token of one sequence takes (sliding-window layers count until
+    /// their window is full: the most a token costs).
     pub fn cache_bytes_per_token(&self) -> usize {
         self.decoder.new_cache(0).bytes_per_token()
+    }
+
+    /// Bytes of KV cache one sequence of `tokens` tokens holds at most (sliding-window layers
+    /// stop growing at their window plus a chunk).
+    pub fn cache_bytes_for(&self, tokens: usize) -> usize {
+        let per_layer = self.cache_bytes_per_token() / self.decoder.arch.layers.len().max(1);
+        self.decoder
+            .windows()
+            .iter()
+            .map(|w| per_layer * w.map_or(tokens, |w| tokens.min(w + kv::MAX_CHUNK)))
+            .sum()
     }
 
     /// Bytes the sequences' KV caches reserve.
@@ -106,13 +127,17 @@ impl Model {
         let Some(cache) = self.sequences.get_mut(&seq) else {
             bail!("no sequence {seq:?}");
         };
-        on_pool(|| {
-            self.decoder.forward(&mut [Segment {
-                cache,
-                tokens,
-                all_logits: true,
-            }])
-        })
+        let mut logits = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(MAX_CHUNK) {
+            logits.extend(on_pool(|| {
+                self.decoder.forward(&mut [Segment {
+                    cache: &mut *cache,
+                    tokens: chunk,
+                    all_logits: true,
+                }])
+            })?);
+        }
+        Ok(logits)
     }
 
     /// Append tokens to several distinct sequences in one forward; returns the next-token
@@ -131,22 +156,36 @@ impl Model {
             .iter()
             .map(|(seq, _)| self.sequences.remove(seq).expect("checked above"))
             .collect();
-        let result = {
-            let mut segments: Vec<Segment> = caches
-                .iter_mut()
-                .zip(batch)
-                .map(|(cache, (_, tokens))| Segment {
-                    cache,
-                    tokens,
-                    all_logits: false,
-                })
-                .collect();
-            on_pool(|| self.decoder.forward(&mut segments))
-        };
+        let result = self.chunked(&mut caches, batch);
         for ((seq, _), cache) in batch.iter().zip(caches) {
             self.sequences.insert(*seq, cache);
         }
         result
+    }
+
+    /// Feed the batch in rounds of at most [`MAX_CHUNK`] tokens per sequence (llama.cpp's
+    /// micro-batches), so a forward's memory does not depend on the prompt's length.
+    fn chunked(&self, caches: &mut [KvCache], batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        let mut last = vec![Vec::new(); batch.len()];
+        let longest = batch.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        for from in (0..longest).step_by(MAX_CHUNK) {
+            let (mut segments, mut which) = (Vec::new(), Vec::new());
+            for (i, (cache, (_, tokens))) in caches.iter_mut().zip(batch).enumerate() {
+                if from < tokens.len() {
+                    which.push(i);
+                    segments.push(Segment {
+                        cache,
+                        tokens: &tokens[from..tokens.len().min(from + MAX_CHUNK)],
+                        all_logits: false,
+                    });
+                }
+            }
+            let logits = on_pool(|| self.decoder.forward(&mut segments))?;
+            for (i, row) in which.into_iter().zip(logits) {
+                last[i] = row;
+            }
+        }
+        Ok(last)
     }
 }
 

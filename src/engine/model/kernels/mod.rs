@@ -15,6 +15,7 @@
 //! | `vecdot` | portable row kernels for every block type, and the driver every ISA's share |
 //! | `quant` | quantized weights: the entry point, the paths this CPU has, the choice |
 //! | `quant_tiles`, `quant_rows`, `block_acts` | AVX-512 VNNI prefill tiles (every type but IQ1–IQ3) and Q8_0/Q4_K/Q6_K decode rows (x86 only) |
+//! | `attend` | the inner loop of streaming attention (one tile of keys into running softmaxes) |
 //! | `half16`, `dots` | 16-bit element types; portable f32 dot loops |
 //! | `half` | 16-bit weights: the entry point and the portable path |
 //! | `half_tiles` | 16-bit register tiles (AVX-512, AVX2, NEON) and AVX-512 decode rows |
@@ -24,6 +25,7 @@
 //! `acts`, `half16`, `dots`, `cpu`).
 
 mod acts;
+mod attend;
 #[cfg(target_arch = "aarch64")]
 mod arm;
 #[cfg(target_arch = "x86_64")]
@@ -47,6 +49,7 @@ mod x86;
 
 use std::num::NonZeroUsize;
 
+pub use attend::{fold_tile, Running, Tile, TILE as ATTENTION_TILE};
 pub use dequant::dequantize;
 pub use half::{matmul as half_matmul, widen};
 /// Whether owrun's register tiles run a 16-bit prefill with rows of `k` values on this CPU.

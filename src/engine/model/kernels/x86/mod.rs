@@ -3,6 +3,7 @@
 //! only where `cpu::features()` says the CPU has that set.
 
 pub mod avx2;
+pub mod avx2_attend;
 pub mod avx2_half;
 pub mod avx2_quant;
 pub mod avx512_half;
