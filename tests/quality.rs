@@ -18,13 +18,63 @@ use std::path::{Path, PathBuf};
 
 use support::{stories260k_dir, stories260k_expected, Sandbox};
 
+/// Weights in `dtype` against f32, both with an f32 KV cache (the weights' drift alone).
 fn kld(model: &Path, dtype: &str) -> serde_json::Value {
+    kld_with(model, dtype, "f32")
+}
+
+fn kld_with(model: &Path, dtype: &str, kv: &str) -> serde_json::Value {
     let sb = Sandbox::new("http://127.0.0.1:9");
-    let r = sb.run(&["kld", model.to_str().unwrap(), "--dtype", dtype, "--json"]);
+    let m = model.to_str().unwrap();
+    let r = sb.run(&["kld", m, "--dtype", dtype, "--kv-type", kv, "--json"]);
     r.ok();
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(doc["format"], dtype);
+    assert_eq!(doc["kv_type"], kv);
     doc["comparison"].clone()
+}
+
+/// The KV cache's types against an f32 cache, f32 weights. Why these bounds: a key or value
+/// rounded to f16 moves by at most 2^-12 of itself, as an f16 weight does, so its drift is
+/// bounded as f16 weights' are (1e-4; measured 2e-7 to 2e-6); bf16 by 2^-9, 64x f16's KL
+/// divergence (bound 1e-3; measured up to 1.3e-4). Q8_0 rounds to 1/254 of each 32-value
+/// block's largest magnitude, more than bf16 for the smaller values of a block (bound 2e-3;
+/// measured 6e-6 to 2.3e-4); Q4_0 to 1/16 of it, 16x Q8_0's error and ~250x its KL divergence
+/// (bound 0.15; measured 1.7e-3 to 6.2e-2). Top-1 agreement on these nearly flat random
+/// models: 99% (f16), 97% (bf16, Q8_0), 70% (Q4_0; measured 77%). The quantized types need
+/// heads that are whole blocks: gemma3's and qwen3's fixtures have 32 dimensions.
+#[test]
+fn kv_cache_types_stay_close_to_an_f32_cache() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for family in ["gemma3", "qwen3"] {
+        let dir = root.join(family);
+        let c: Vec<serde_json::Value> = ["f16", "bf16", "q8_0", "q4_0"]
+            .iter()
+            .map(|kv| kld_with(&dir, "f32", kv))
+            .collect();
+        let (mean, top1) = (
+            |i: usize| num(&c[i], "mean_kld"),
+            |i: usize| num(&c[i], "top1_agreement"),
+        );
+        assert!(mean(0) < 1e-4 && top1(0) >= 0.99, "{family} f16: {}", c[0]);
+        assert!(mean(1) < 1e-3 && top1(1) >= 0.97, "{family} bf16: {}", c[1]);
+        assert!(mean(2) < 2e-3 && top1(2) >= 0.97, "{family} q8_0: {}", c[2]);
+        assert!(mean(3) < 0.15 && top1(3) >= 0.70, "{family} q4_0: {}", c[3]);
+        // Fewer bits, more drift.
+        assert!(mean(0) < mean(1) && mean(1) < mean(2) && mean(2) < mean(3), "{family}: {c:?}");
+    }
+    // The trained model, whose heads (8 values) take only the float types.
+    let m = stories260k_dir();
+    let f16 = kld_with(&m, "f32", "f16");
+    assert!(num(&f16, "mean_kld") < 1e-4, "f16: {f16}");
+    assert!(num(&f16, "top1_agreement") >= 0.995, "f16: {f16}");
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    sb.run(&["kld", m.to_str().unwrap(), "--kv-type", "q8_0"])
+        .fails_with(2, "--kv-type: a q8_0 KV cache stores blocks of 32 values");
+    sb.run(&["run", m.to_str().unwrap(), "--kv-type", "q9", "hi"])
+        .fails_with(2, "expected one of f32, f16, bf16, q8_0, q4_0");
+    sb.run(&["run", m.to_str().unwrap(), "--ctx", "0", "hi"])
+        .fails_with(2, "--ctx must be at least 1");
 }
 
 fn fixtures() -> Vec<PathBuf> {

@@ -62,7 +62,8 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         let doc = json!({
             "model": model.display_name(),
             "format": format,
-            "reference": "f32",
+            "kv_type": choices.kv_type.name(),
+            "reference": "f32 (f32 KV cache)",
             "tokens": tokens.len(),
             "chunk": chunk,
             "comparison": c,
@@ -75,6 +76,7 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         [
             "model",
             "format",
+            "KV cache",
             "positions",
             "mean KLD",
             "p99 KLD",
@@ -88,6 +90,7 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         vec![
             model.display_name(),
             format,
+            choices.kv_type.name().to_string(),
             c.positions.to_string(),
             format!("{:.6} ± {:.6}", c.mean_kld, c.mean_kld_error),
             format!("{:.6}", c.p99_kld),

@@ -30,6 +30,9 @@ pub enum DTypeChoice {
 pub enum LoadError {
     #[error("no {0} device: {1}")]
     DeviceUnavailable(String, String),
+    /// A load option this model cannot take (the user's to change).
+    #[error("{0}")]
+    Unsuitable(String),
 }
 
 pub fn open_device(choice: DeviceChoice) -> Result<Device> {

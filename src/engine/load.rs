@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use super::device::{choose_dtypes, open_device, DTypeChoice, DeviceChoice};
+use super::device::{choose_dtypes, open_device, DTypeChoice, DeviceChoice, LoadError};
 use super::format::config::ModelConfig;
 use super::format::gguf::GgufFile;
 use super::format::json::read_json;
@@ -79,7 +79,9 @@ fn engine(
 ) -> Result<Engine> {
     let decoder = &mut loaded.decoder;
     if decoder.device.is_cpu() {
-        opts.kv_type.check(decoder.arch.head_dim)?;
+        opts.kv_type
+            .check(decoder.arch.head_dim)
+            .map_err(|e| LoadError::Unsuitable(format!("--kv-type: {e}")))?;
     }
     decoder.kv_type = opts.kv_type;
     let trained = decoder.arch.context;

@@ -198,6 +198,53 @@ fn interleaved_sequences_match_sequences_alone() {
     }
 }
 
+/// The streaming attention over the CPU cache (f32 rows, rings for windowed layers, prompts in
+/// chunks) gives the logits of the tensor attention with a full mask within 1e-4, on a prompt
+/// that wraps the windowed layers' rings twice (window 16 + a chunk of 512 = 528 positions) and
+/// on 150 greedy steps after it; and a sequence cut back inside its ring continues the same.
+#[test]
+fn streaming_attention_matches_the_full_mask_far_past_the_window() {
+    for family in ["llama", "qwen3", "gemma2", "gemma3", "mistral", "phi3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(family);
+        let mut engine = load(&dir, DTypeChoice::F32);
+        // Past the fixtures' trained 256 positions: both paths rotate the same way.
+        engine.model.set_context(2048);
+        let vocab = engine.model.decoder.arch.vocab_size as u64;
+        let prompt: Vec<u32> = (0..1300u64)
+            .map(|i| ((i * 2_654_435_761) % vocab) as u32)
+            .collect();
+        let ours = engine.model.new_sequence();
+        let theirs = engine.model.new_reference_sequence();
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-4, "{family} {what}: logits differ by {d}");
+        };
+        let mut a = engine.model.forward(ours, &prompt).unwrap();
+        let mut b = engine.model.forward(theirs, &prompt).unwrap();
+        close(&a, &b, "prompt");
+        let mut tokens = Vec::new();
+        for step in 0..150 {
+            let (ta, tb) = (argmax(&a), argmax(&b));
+            assert_eq!(ta, tb, "{family}: token {step}");
+            tokens.push(ta);
+            a = engine.model.forward(ours, &[ta]).unwrap();
+            b = engine.model.forward(theirs, &[tb]).unwrap();
+            close(&a, &b, &format!("step {step}"));
+        }
+        // Cut back 100 positions (inside every ring) and feed the same tokens again.
+        let len = engine.model.len(ours);
+        assert_eq!(engine.model.truncate(ours, len - 100).unwrap(), len - 100);
+        let again = engine.model.forward(ours, &tokens[tokens.len() - 100..]).unwrap();
+        let want = engine.model.forward(theirs, &[]).err();
+        assert!(want.is_some(), "a forward of no tokens is refused");
+        engine.model.truncate(theirs, len - 100).unwrap();
+        let b = engine.model.forward(theirs, &tokens[tokens.len() - 100..]).unwrap();
+        close(&again, &b, "after truncation");
+    }
+}
+
 /// Greedy decoding of several sequences in lockstep: each entry's tokens are appended to its
 /// sequence, then `n` tokens are chosen for each.
 fn greedy_raw(engine: &mut Engine, start: &[(SeqId, Vec<u32>)], n: usize) -> Vec<Vec<u32>> {

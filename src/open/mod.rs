@@ -222,15 +222,14 @@ impl Opener {
         } else {
             Engine::load(path, &crate::store::weight_files(path), &options)
         };
-        let engine = loaded.map_err(|e| {
+        let mut engine = loaded.map_err(|e| {
             // A device that is not there is the user's choice to revisit, not the model's fault.
-            if let Some(LoadError::DeviceUnavailable(..)) = e.downcast_ref::<LoadError>() {
-                usage(format!("--device: {e}"))
-            } else {
-                e.context(format!("cannot load the model in {}", path.display()))
+            match e.downcast_ref::<LoadError>() {
+                Some(LoadError::DeviceUnavailable(..)) => usage(format!("--device: {e}")),
+                Some(LoadError::Unsuitable(..)) => usage(e.to_string()),
+                None => e.context(format!("cannot load the model in {}", path.display())),
             }
         })?;
-        let mut engine = engine;
         if choices.context.is_none() {
             fit_context(&mut engine, self.available_memory());
         }

@@ -71,6 +71,26 @@ impl Model {
         id
     }
 
+    /// Start an empty sequence whose cache is f32 tensors read by the tensor attention with a
+    /// full mask (what owrun ran before the streaming attention, and still runs on GPUs): the
+    /// tests' reference.
+    #[cfg(test)]
+    pub fn new_reference_sequence(&mut self) -> SeqId {
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let a = &self.decoder.arch;
+        let cache = KvCache::device(
+            a.layers.len(),
+            a.kv_heads,
+            a.head_dim,
+            self.context,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        );
+        self.sequences.insert(id, cache);
+        id
+    }
+
     /// Drop a sequence and its cache. (The server keeps its slots' sequences for prefix reuse;
     /// run and chat hold one sequence for their lifetime.)
     #[allow(dead_code)]
@@ -127,6 +147,9 @@ impl Model {
         let Some(cache) = self.sequences.get_mut(&seq) else {
             bail!("no sequence {seq:?}");
         };
+        if tokens.is_empty() {
+            bail!("a forward over no tokens");
+        }
         let mut logits = Vec::with_capacity(tokens.len());
         for chunk in tokens.chunks(MAX_CHUNK) {
             logits.extend(on_pool(|| {
@@ -166,6 +189,9 @@ impl Model {
     /// Feed the batch in rounds of at most [`MAX_CHUNK`] tokens per sequence (llama.cpp's
     /// micro-batches), so a forward's memory does not depend on the prompt's length.
     fn chunked(&self, caches: &mut [KvCache], batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        if batch.iter().any(|(_, t)| t.is_empty()) {
+            bail!("a forward over no tokens");
+        }
         let mut last = vec![Vec::new(); batch.len()];
         let longest = batch.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
         for from in (0..longest).step_by(MAX_CHUNK) {
