@@ -360,6 +360,10 @@ pub struct BenchArgs {
     /// Repetitions of each test
     #[arg(short = 'r', long, default_value_t = 3, value_name = "N")]
     pub repetitions: usize,
+    /// Tokens already in the KV cache when each test starts (llama-bench's -d): how fast a
+    /// long conversation or document goes on
+    #[arg(short = 'd', long, default_value_t = 0, value_name = "N")]
+    pub depth: usize,
     #[command(flatten)]
     pub load: LoadArgs,
     /// Print one JSON document

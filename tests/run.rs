@@ -193,6 +193,37 @@ fn a_prompt_longer_than_the_context_fails_before_any_work() {
     let r = sb.run(&["run", &m, &long]);
     r.fails_with(2, "context window of 512 tokens");
     assert!(r.stdout.is_empty());
+    // --ctx sets a smaller one, and the error names it.
+    let short = "the dog ran to the park. ".repeat(10);
+    sb.run(&["run", &m, "--ctx", "40", &short])
+        .fails_with(2, "context window of 40 tokens");
+}
+
+/// Without --ctx, the context shrinks to what one sequence's KV cache can hold in the memory
+/// available (stories260K: 640 B per token in f16; 75% of 100 KB holds 117 of its 512), said
+/// once on stderr; --ctx overrides it, and a prompt past the fitted context is refused.
+#[test]
+fn the_context_is_fitted_to_the_memory_available() {
+    let m = stories();
+    let sb = sandbox();
+    let limit = [("OWRUN_MEMORY_LIMIT", "100000")];
+    let r = sb.run_env(&["run", &m, "Once", "-n", "3", "--dtype", "f32"], &limit);
+    r.ok();
+    assert!(
+        r.stderr.contains("context 117 tokens of the model's 512")
+            && r.stderr.contains("640 B per token"),
+        "{}",
+        r.stderr
+    );
+    let r = sb.run_env(
+        &["run", &m, "Once", "-n", "3", "--dtype", "f32", "--ctx", "300"],
+        &limit,
+    );
+    r.ok();
+    assert!(!r.stderr.contains("tokens of the model's"), "{}", r.stderr);
+    let long = "the dog ran to the park. ".repeat(30);
+    sb.run_env(&["run", &m, &long, "--dtype", "f32"], &limit)
+        .fails_with(2, "context window of 117 tokens");
 }
 
 #[test]
@@ -309,8 +340,32 @@ fn bench_reports_prefill_and_decode_speed() {
     r.ok();
     assert!(r.stdout.contains("pp32") && r.stdout.contains("tg16") && r.stdout.contains("±"));
     assert!(r.stderr.contains("peak resident"), "{}", r.stderr);
-    sb.run(&["bench", &m, "-p", "500", "-n", "100"])
-        .fails_with(2, "exceeds the model's context of 512");
+    sb.run(&["bench", &m, "-p", "600", "-n", "100"])
+        .fails_with(2, "-p 600 or -n 100 exceeds the model's context of 512");
+
+    // At a depth: the tests are named as llama-bench names them, the cache holds the depth,
+    // and its type and bytes per token are reported (stories260K: 5 layers × 4 key/value
+    // heads × 8 dimensions × keys and values × 2 bytes = 640 B in f16, 1280 B in f32).
+    let d = json_run(
+        &sb,
+        &["bench", &m, "-p", "16", "-n", "4", "-r", "2", "-d", "300", "--json"],
+    );
+    assert_eq!(d["tests"][0]["test"], "pp16 @ d300");
+    assert_eq!(d["tests"][1]["test"], "tg4 @ d300");
+    assert_eq!(d["depth"], 300);
+    assert_eq!(d["kv_type"], "f16");
+    assert_eq!(d["kv_bytes_per_token"], 640);
+    assert!(d["kv_cache_bytes"].as_u64().unwrap() >= 640 * 316, "{d}");
+    let f = json_run(
+        &sb,
+        &[
+            "bench", &m, "-p", "8", "-n", "2", "-r", "1", "--kv-type", "f32", "--json",
+        ],
+    );
+    assert_eq!(f["kv_type"], "f32");
+    assert_eq!(f["kv_bytes_per_token"], 1280);
+    sb.run(&["bench", &m, "-p", "16", "-n", "4", "-d", "500"])
+        .fails_with(2, "-d 500 plus -p 16 or -n 4 exceeds the model's context of 512");
 }
 
 /// The run's prompt and generated token ids are the ones transformers recorded for `case`.

@@ -205,7 +205,7 @@ impl Chat {
                     self.name,
                     self.license_line,
                     self.session.cached_tokens(),
-                    self.engine.config.context,
+                    self.engine.model.context(),
                     p.temperature,
                     p.top_k,
                     p.top_p,
@@ -269,7 +269,7 @@ impl Chat {
     /// Answer one user message, streaming to stdout.
     fn answer(&mut self, text: String) -> Result<()> {
         self.messages.push(Message::new("user", text));
-        let context = self.engine.config.context;
+        let context = self.engine.model.context();
         // Room kept for the answer when deciding whether the conversation still fits.
         let reserve = self
             .max_tokens

@@ -49,7 +49,7 @@ pub fn run(opener: &Opener, args: &RunArgs) -> Result<()> {
         note_folded_system();
     }
     let tokens = prompt.tokens;
-    let context = engine.config.context;
+    let context = engine.model.context();
     if tokens.len() >= context {
         return Err(usage(format!(
             "the prompt is {} tokens, but {} has a context window of {context} tokens: shorten \

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::variant_sizes;
 use crate::cli::ShowArgs;
+use crate::engine::KvType;
 use crate::license::{wrap, Acceptances, License};
 use crate::open::{acceptance_key, Opener};
 use crate::registry::{format_params, ModelRef};
@@ -38,6 +39,11 @@ pub fn run(opener: &Opener, args: &ShowArgs) -> Result<()> {
         .map(|s| crate::store::missing_files(&s.dir))
         .unwrap_or_default();
     let pulled = snapshot.is_some() && missing.is_empty();
+    // The KV cache as owrun holds it by default (f16), from the configuration on disk.
+    let kv = snapshot
+        .as_ref()
+        .filter(|_| pulled)
+        .and_then(|s| crate::engine::kv_cache_size(&s.dir, KvType::default()).ok());
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -55,6 +61,12 @@ pub fn run(opener: &Opener, args: &ShowArgs) -> Result<()> {
             "location": snapshot.as_ref().map(|s| s.dir.display().to_string()),
             "files": files.iter().map(|(n, s)| json!({"name": n, "size": s})).collect::<Vec<_>>(),
             "missing_files": missing,
+            "kv_cache": kv.map(|(per_token, context, full)| json!({
+                "type": KvType::default().name(),
+                "bytes_per_token": per_token,
+                "context": context,
+                "bytes_at_context": full,
+            })),
             "size_on_disk": repo_store.as_ref().map(|r| r.size_on_disk()),
             "variant_sizes": match &model {
                 ModelRef::Registry { entry, .. } => json!(variant_sizes(entry.params)
@@ -161,6 +173,15 @@ pub fn run(opener: &Opener, args: &ShowArgs) -> Result<()> {
             }
             let total: u64 = files.iter().map(|(_, s)| s).sum();
             writeln!(out, "  {:width$}  {:>9}", "total", format_bytes(total))?;
+            if let Some((per_token, context, full)) = kv {
+                writeln!(
+                    out,
+                    "kv cache:     {} per token ({}), {} at the full context of {context} tokens",
+                    format_bytes(per_token as u64),
+                    KvType::default().name(),
+                    format_bytes(full as u64)
+                )?;
+            }
         }
         None => writeln!(
             out,

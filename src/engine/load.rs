@@ -20,7 +20,7 @@ use super::generate::sampler::SamplingParams;
 use super::model::arch::Arch;
 use super::model::decoder::Decoder;
 use super::model::weights::Weights;
-use super::model::kv::KvType;
+use super::model::kv::{cache_bytes as kv_cache_bytes, KvType};
 use super::model::{use_threads, Model};
 use super::quantize::cache::QuantCache;
 use super::quantize::Scheme;
@@ -50,7 +50,6 @@ pub struct Engine {
     pub text: Arc<Text>,
     /// The model's sampling defaults (generation_config.json).
     pub sampling: SamplingParams,
-    pub config: ModelConfig,
     pub load_s: f64,
     pub device: Device,
     /// The dtype the weights are held in (the dense ones, under a quantization scheme).
@@ -72,7 +71,6 @@ struct Loaded {
 fn engine(
     text: Text,
     sampling: SamplingParams,
-    config: ModelConfig,
     mut loaded: Loaded,
     started: Instant,
     opts: &LoadOptions,
@@ -99,7 +97,6 @@ fn engine(
         model,
         text: Arc::new(text),
         sampling,
-        config,
         load_s: started.elapsed().as_secs_f64(),
         device: loaded.device,
         dtype: loaded.dtype,
@@ -114,6 +111,20 @@ fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<(Text, SamplingPar
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
     let text = Text::from_folder(dir, config_eos, &generation)?;
     Ok((text, SamplingParams::from_generation_config(&generation)))
+}
+
+/// What the KV cache of the model at `path` (a folder or a GGUF file) takes in `ty`, read from
+/// its configuration alone: bytes per token, its context, and bytes at that whole context.
+pub fn kv_cache_size(path: &Path, ty: KvType) -> Result<(usize, usize, usize)> {
+    let config = if path.is_file() {
+        ModelConfig::from_value(GgufFile::open(path)?.config_json()?)?
+    } else {
+        ModelConfig::load(path)?
+    };
+    let arch = Arch::from_config(&config)?;
+    let windows: Vec<Option<usize>> = arch.layers.iter().map(|l| l.window).collect();
+    let size = |n| kv_cache_bytes(&windows, arch.kv_heads, arch.head_dim, ty, n);
+    Ok((size(1), arch.context, size(arch.context)))
 }
 
 impl Engine {
@@ -170,7 +181,7 @@ impl Engine {
             quant: opts.quant,
             notes,
         };
-        engine(text, sampling, config, loaded, started, opts)
+        engine(text, sampling, loaded, started, opts)
     }
 
     /// Load a GGUF file: hyperparameters, tokenizer and chat template from its metadata (or,
@@ -226,6 +237,6 @@ impl Engine {
             quant: None,
             notes,
         };
-        engine(text, sampling, config, loaded, started, opts)
+        engine(text, sampling, loaded, started, opts)
     }
 }

@@ -184,6 +184,23 @@ fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// Bytes the keys and values of `tokens` positions take in a CPU cache of `ty` for a model of
+/// this shape: every layer holds them all, except a sliding-window layer, which stops at its
+/// ring (window + MAX_CHUNK).
+pub fn cache_bytes(
+    windows: &[Option<usize>],
+    kv_heads: usize,
+    head_dim: usize,
+    ty: KvType,
+    tokens: usize,
+) -> usize {
+    let per_token = 2 * kv_heads * ty.row_bytes(head_dim);
+    windows
+        .iter()
+        .map(|w| per_token * w.map_or(tokens, |w| tokens.min(w.saturating_add(MAX_CHUNK))))
+        .sum()
+}
+
 /// One layer's keys and values on the CPU.
 struct CpuLayer {
     keys: Vec<u8>,

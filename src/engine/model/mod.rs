@@ -122,12 +122,12 @@ impl Model {
     /// Bytes of KV cache one sequence of `tokens` tokens holds at most (sliding-window layers
     /// stop growing at their window plus a chunk).
     pub fn cache_bytes_for(&self, tokens: usize) -> usize {
-        let per_layer = self.cache_bytes_per_token() / self.decoder.arch.layers.len().max(1);
-        self.decoder
-            .windows()
-            .iter()
-            .map(|w| per_layer * w.map_or(tokens, |w| tokens.min(w + kv::MAX_CHUNK)))
-            .sum()
+        let d = &self.decoder;
+        if !d.device.is_cpu() {
+            return self.cache_bytes_per_token() * tokens;
+        }
+        let a = &d.arch;
+        kv::cache_bytes(&d.windows(), a.kv_heads, a.head_dim, d.kv_type, tokens)
     }
 
     /// Bytes the sequences' KV caches reserve.
