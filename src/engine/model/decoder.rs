@@ -94,6 +94,8 @@ pub struct Segment<'a> {
     pub tokens: &'a [u32],
     /// Logits after every token (quality measurements), not just after the last.
     pub all_logits: bool,
+    /// Where the caller's whole forward ends (past this chunk when a prompt is fed in chunks).
+    pub reach: usize,
 }
 
 impl Decoder {
@@ -427,7 +429,7 @@ impl Decoder {
                     Some(g) => self.rms_norm(&x, g)?,
                     None => x.contiguous()?,
                 };
-                Ok(rope.apply(&x, pos)?.squeeze(0)?)
+                Ok(rope.apply(&x, pos, seg.reach)?.squeeze(0)?)
             };
             let scores = Scores {
                 scale: a.attention_scale,

@@ -151,12 +151,14 @@ impl Model {
             bail!("a forward over no tokens");
         }
         let mut logits = Vec::with_capacity(tokens.len());
+        let reach = cache.len() + tokens.len();
         for chunk in tokens.chunks(MAX_CHUNK) {
             logits.extend(on_pool(|| {
                 self.decoder.forward(&mut [Segment {
                     cache: &mut *cache,
                     tokens: chunk,
                     all_logits: true,
+                    reach,
                 }])
             })?);
         }
@@ -193,6 +195,11 @@ impl Model {
             bail!("a forward over no tokens");
         }
         let mut last = vec![Vec::new(); batch.len()];
+        let reach: Vec<usize> = caches
+            .iter()
+            .zip(batch)
+            .map(|(c, (_, t))| c.len() + t.len())
+            .collect();
         let longest = batch.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
         for from in (0..longest).step_by(MAX_CHUNK) {
             let (mut segments, mut which) = (Vec::new(), Vec::new());
@@ -203,6 +210,7 @@ impl Model {
                         cache,
                         tokens: &tokens[from..tokens.len().min(from + MAX_CHUNK)],
                         all_logits: false,
+                        reach: reach[i],
                     });
                 }
             }

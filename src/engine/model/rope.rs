@@ -143,16 +143,18 @@ impl Rope {
 
     /// cos and sin for positions `first..first + n`, each n × rot_dim/2. LongRoPE switches to
     /// its long factors when the sequence reaches past the original context, as transformers
-    /// does for the forward that crosses it.
+    /// does for the forward that crosses it: `reach` is where the caller's whole forward ends
+    /// (a prompt fed in chunks decides once, for all of its chunks).
     pub fn tables(
         &self,
         first: usize,
         n: usize,
+        reach: usize,
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let inv = match &self.long {
-            Some((long, original)) if first + n > *original => long,
+            Some((long, original)) if reach.max(first + n) > *original => long,
             _ => &self.inv_freq,
         };
         let half = inv.len();
@@ -170,13 +172,14 @@ impl Rope {
         Ok((cos, sin))
     }
 
-    /// Rotate `x` (1 × t × heads × head_dim, contiguous) for positions `first..first + t`.
-    pub fn apply(&self, x: &Tensor, first: usize) -> Result<Tensor> {
+    /// Rotate `x` (1 × t × heads × head_dim, contiguous) for positions `first..first + t`, in a
+    /// forward that reaches position `reach` (see [`tables`](Self::tables)).
+    pub fn apply(&self, x: &Tensor, first: usize, reach: usize) -> Result<Tensor> {
         let (_, t, _, head_dim) = x.dims4()?;
         if self.rot_dim == 0 {
             return Ok(x.clone());
         }
-        let (cos, sin) = self.tables(first, t, x.dtype(), x.device())?;
+        let (cos, sin) = self.tables(first, t, reach, x.dtype(), x.device())?;
         if self.rot_dim == head_dim {
             return Ok(candle_nn::rotary_emb::rope_thd(x, &cos, &sin)?);
         }
@@ -215,8 +218,8 @@ mod tests {
             "long_factor": [2.0, 4.0]});
         let r = Rope::new(8, 0.5, 1e4, Some(&s), 64, Some(16)).unwrap();
         assert_eq!(r.rot_dim, 4);
-        let (short, _) = r.tables(10, 1, DType::F32, &Device::Cpu).unwrap();
-        let (long, _) = r.tables(10, 7, DType::F32, &Device::Cpu).unwrap();
+        let (short, _) = r.tables(10, 1, 0, DType::F32, &Device::Cpu).unwrap();
+        let (long, _) = r.tables(10, 7, 0, DType::F32, &Device::Cpu).unwrap();
         let a: Vec<f32> = short.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = long
             .narrow(0, 0, 1)
