@@ -61,7 +61,10 @@ fn kv_cache_types_stay_close_to_an_f32_cache() {
         assert!(mean(2) < 2e-3 && top1(2) >= 0.97, "{family} q8_0: {}", c[2]);
         assert!(mean(3) < 0.15 && top1(3) >= 0.70, "{family} q4_0: {}", c[3]);
         // Fewer bits, more drift.
-        assert!(mean(0) < mean(1) && mean(1) < mean(2) && mean(2) < mean(3), "{family}: {c:?}");
+        assert!(
+            mean(0) < mean(1) && mean(1) < mean(2) && mean(2) < mean(3),
+            "{family}: {c:?}"
+        );
     }
     // The trained model, whose heads (8 values) take only the float types.
     let m = stories260k_dir();

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::model::kv::KvType;
 use super::generate::decoding::{generate, GenerateParams};
 use super::generate::sampler::{argmax, Sampler, SamplingParams};
+use super::model::kv::KvType;
 use super::model::SeqId;
 use super::text::template::Message;
 use super::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
@@ -218,7 +218,11 @@ fn streaming_attention_matches_the_full_mask_far_past_the_window() {
         let ours = engine.model.new_sequence();
         let theirs = engine.model.new_reference_sequence();
         let close = |a: &[f32], b: &[f32], what: &str| {
-            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(d < 1e-4, "{family} {what}: logits differ by {d}");
         };
         let mut a = engine.model.forward(ours, &prompt).unwrap();
@@ -236,11 +240,17 @@ fn streaming_attention_matches_the_full_mask_far_past_the_window() {
         // Cut back 100 positions (inside every ring) and feed the same tokens again.
         let len = engine.model.len(ours);
         assert_eq!(engine.model.truncate(ours, len - 100).unwrap(), len - 100);
-        let again = engine.model.forward(ours, &tokens[tokens.len() - 100..]).unwrap();
+        let again = engine
+            .model
+            .forward(ours, &tokens[tokens.len() - 100..])
+            .unwrap();
         let want = engine.model.forward(theirs, &[]).err();
         assert!(want.is_some(), "a forward of no tokens is refused");
         engine.model.truncate(theirs, len - 100).unwrap();
-        let b = engine.model.forward(theirs, &tokens[tokens.len() - 100..]).unwrap();
+        let b = engine
+            .model
+            .forward(theirs, &tokens[tokens.len() - 100..])
+            .unwrap();
         close(&again, &b, "after truncation");
     }
 }
@@ -297,7 +307,13 @@ fn long_prompts_match_transformers() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
             .collect();
         for (kv, tolerance) in [(KvType::F32, 1e-3), (KvType::F16, 5e-2)] {
             let mut engine = Engine::load(

@@ -110,7 +110,10 @@ pub fn attend(q: &Queries, kv: &LayerView, s: &Scores) -> Vec<f32> {
                 let r = (pi - first) * rep + hr;
                 let at = (pi * nh + group * rep + hr) * hd;
                 let inv = if acc.l[r] > 0.0 { 1.0 / acc.l[r] } else { 0.0 };
-                for (o, x) in out[at..at + hd].iter_mut().zip(&acc.o[r * hd..(r + 1) * hd]) {
+                for (o, x) in out[at..at + hd]
+                    .iter_mut()
+                    .zip(&acc.o[r * hd..(r + 1) * hd])
+                {
                     *o = x * inv;
                 }
             }
@@ -167,7 +170,8 @@ fn run_task(
             for (d, &x) in key.iter().enumerate() {
                 keys_t[d * KEYS_PER_TILE + j] = x;
             }
-            kv.ty.load(&kv.values[row], &mut values[j * hd..(j + 1) * hd]);
+            kv.ty
+                .load(&kv.values[row], &mut values[j * hd..(j + 1) * hd]);
         }
         let tile = Tile {
             queries: &queries,

@@ -8,8 +8,11 @@
 //! A sliding-window layer keeps only what its window can still see: its buffer is a ring of
 //! `window + MAX_CHUNK` positions (a chunk's first query still sees `window - 1` keys before it,
 //! while the chunk writes up to `MAX_CHUNK` more), so Gemma's local layers and Mistral's
-//! windowed ones cost a fixed amount however long the conversation. Global layers grow by
-//! doubling up to the context, so a short chat does not reserve a 128k-token cache.
+//! windowed ones cost a fixed amount however long the conversation. A global layer's buffer
+//! spans the whole context but is an anonymous memory map: the system gives it pages as tokens
+//! are written, so a short chat holds little, growing never copies, and a dropped cache goes
+//! back to the system at once (memory the allocator frees it keeps, by owrun's choice: see
+//! `memory::keep_freed_memory`).
 //!
 //! On a GPU the cache is candle tensors in the activation dtype (kv_heads × capacity × head_dim),
 //! read as views by the tensor attention of `attention`.
@@ -17,11 +20,12 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
+use memmap2::MmapMut;
 
 use super::kernels::dequantize;
 use crate::engine::format::ggml::GgmlType;
 
-/// Smallest buffer, in positions.
+/// Smallest buffer on a device, in positions.
 const MIN_CAPACITY: usize = 256;
 
 /// The most tokens one forward writes per sequence: prompts are fed in chunks of this size
@@ -82,7 +86,7 @@ impl KvType {
     /// Whether rows of `head_dim` values can be stored in this type.
     pub fn check(self, head_dim: usize) -> Result<()> {
         let block = self.ggml().block_len();
-        if head_dim % block != 0 {
+        if !head_dim.is_multiple_of(block) {
             bail!(
                 "a {} KV cache stores blocks of {block} values, and this model's heads have \
                  {head_dim}: use --kv-type f16",
@@ -138,10 +142,7 @@ impl KvType {
                 // checked by align_to, which leaves a prefix when the row is unaligned.
                 let (pre, halves, _) = unsafe { src.align_to::<f16>() };
                 if pre.is_empty() && halves.len() >= dst.len() {
-                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-                        &halves[..dst.len()],
-                        dst,
-                    );
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(&halves[..dst.len()], dst);
                 } else {
                     for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
                         *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
@@ -203,12 +204,12 @@ pub fn cache_bytes(
 
 /// One layer's keys and values on the CPU.
 struct CpuLayer {
-    keys: Vec<u8>,
-    values: Vec<u8>,
-    /// Slots the buffers hold now.
+    /// Mapped at the first tokens, `capacity` slots each.
+    buffers: Option<(MmapMut, MmapMut)>,
+    /// Slots: the context, or the ring of a windowed layer.
     capacity: usize,
-    /// Slots they may grow to: the context, or the ring of a windowed layer.
-    limit: usize,
+    /// Slots written so far (the buffers' resident part).
+    touched: usize,
 }
 
 /// Where the rows of one layer are, for the attention that reads them.
@@ -233,7 +234,10 @@ impl LayerView<'_> {
 }
 
 enum Store {
-    Cpu { ty: KvType, layers: Vec<CpuLayer> },
+    Cpu {
+        ty: KvType,
+        layers: Vec<CpuLayer>,
+    },
     /// Tensors on a device; empty until the first tokens arrive.
     Device {
         layers: Vec<(Tensor, Tensor)>,
@@ -264,10 +268,9 @@ impl KvCache {
         let layers = windows
             .iter()
             .map(|w| CpuLayer {
-                keys: Vec::new(),
-                values: Vec::new(),
-                capacity: 0,
-                limit: w.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK))),
+                buffers: None,
+                capacity: w.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK))),
+                touched: 0,
             })
             .collect();
         KvCache {
@@ -321,10 +324,19 @@ impl KvCache {
     /// Bytes reserved by the buffers.
     pub fn bytes(&self) -> usize {
         match &self.store {
-            Store::Cpu { layers, .. } => layers.iter().map(|l| l.keys.len() + l.values.len()).sum(),
+            Store::Cpu { ty, layers } => {
+                let row = ty.row_bytes(self.head_dim) * self.kv_heads;
+                layers.iter().map(|l| 2 * l.touched * row).sum()
+            }
             Store::Device {
                 capacity, dtype, ..
-            } => 2 * self.layer_count * self.kv_heads * capacity * self.head_dim * dtype.size_in_bytes(),
+            } => {
+                2 * self.layer_count
+                    * self.kv_heads
+                    * capacity
+                    * self.head_dim
+                    * dtype.size_in_bytes()
+            }
         }
     }
 
@@ -337,33 +349,28 @@ impl KvCache {
                 self.max
             );
         }
-        let grown = |capacity: usize, limit: usize| -> Option<usize> {
-            (need > capacity && capacity < limit)
-                .then(|| need.next_power_of_two().max(MIN_CAPACITY).min(limit))
-        };
         match &mut self.store {
             Store::Cpu { ty, layers } => {
-                if more > MAX_CHUNK && layers.iter().any(|l| l.limit < self.max) {
+                if more > MAX_CHUNK && layers.iter().any(|l| l.capacity < self.max) {
                     bail!("a forward of {more} tokens, past the chunk of {MAX_CHUNK}");
                 }
                 let row = ty.row_bytes(self.head_dim) * self.kv_heads;
                 for l in layers.iter_mut() {
-                    // Positions are written at their slot; a buffer grows only before it
-                    // wraps (a ring reaches its limit first), so growing is an append.
-                    if let Some(c) = grown(l.capacity, l.limit) {
-                        let bytes = c * row;
-                        l.keys
-                            .try_reserve_exact(bytes - l.keys.len())
-                            .and_then(|()| l.values.try_reserve_exact(bytes - l.values.len()))
-                            .map_err(|_| {
+                    if l.buffers.is_none() {
+                        let bytes = (l.capacity * row).max(1);
+                        let map = || {
+                            MmapMut::map_anon(bytes).map_err(|e| {
                                 anyhow::anyhow!(
-                                    "out of memory growing the KV cache to {c} tokens"
+                                    "cannot reserve a KV cache of {} tokens ({bytes} bytes per \
+                                     layer for keys and as many for values): {e}; a smaller \
+                                     --ctx or --kv-type needs less",
+                                    self.max
                                 )
-                            })?;
-                        l.keys.resize(bytes, 0);
-                        l.values.resize(bytes, 0);
-                        l.capacity = c;
+                            })
+                        };
+                        l.buffers = Some((map()?, map()?));
                     }
+                    l.touched = l.touched.max(need.min(l.capacity));
                 }
             }
             Store::Device {
@@ -372,9 +379,10 @@ impl KvCache {
                 dtype,
                 device,
             } => {
-                let Some(c) = grown(*capacity, self.max) else {
+                if need <= *capacity {
                     return Ok(());
-                };
+                }
+                let c = need.next_power_of_two().max(MIN_CAPACITY).min(self.max);
                 let shape = (self.kv_heads, c, self.head_dim);
                 // One layer at a time, so growing holds at most one layer twice.
                 for l in 0..self.layer_count {
@@ -408,14 +416,18 @@ impl KvCache {
                 let (k, v) = (f32s(k)?, f32s(v)?);
                 let (hd, rb) = (self.head_dim, ty.row_bytes(self.head_dim));
                 let l = &mut layers[layer];
+                let capacity = l.capacity;
+                let Some((keys, values)) = l.buffers.as_mut() else {
+                    bail!("the KV cache was written before room was reserved");
+                };
                 let t = k.len() / (hd * self.kv_heads);
                 for i in 0..t {
-                    let slot = (self.len + i) % l.capacity;
+                    let slot = (self.len + i) % capacity;
                     for h in 0..self.kv_heads {
                         let src = (i * self.kv_heads + h) * hd;
                         let dst = (slot * self.kv_heads + h) * rb;
-                        ty.store(&k[src..src + hd], &mut l.keys[dst..dst + rb]);
-                        ty.store(&v[src..src + hd], &mut l.values[dst..dst + rb]);
+                        ty.store(&k[src..src + hd], &mut keys[dst..dst + rb]);
+                        ty.store(&v[src..src + hd], &mut values[dst..dst + rb]);
                     }
                 }
             }
@@ -439,9 +451,12 @@ impl KvCache {
             bail!("the KV cache is not on the CPU");
         };
         let l = &layers[layer];
+        let Some((keys, values)) = l.buffers.as_ref() else {
+            bail!("the KV cache of layer {layer} holds nothing yet");
+        };
         Ok(LayerView {
-            keys: &l.keys,
-            values: &l.values,
+            keys,
+            values,
             ty: *ty,
             row_bytes: ty.row_bytes(self.head_dim),
             kv_heads: self.kv_heads,
@@ -541,6 +556,10 @@ mod tests {
         let v = c.view(0).unwrap();
         assert_eq!(v.capacity, 100 + MAX_CHUNK);
         assert_eq!(c.bytes(), 2 * (100 + MAX_CHUNK) * 32 * 4);
+        // A global layer holds what was written, not its whole context.
+        let mut g = KvCache::cpu(&[None], 2, 32, 100_000, KvType::F16);
+        g.reserve(300).unwrap();
+        assert_eq!(g.bytes(), 2 * 300 * 2 * 64);
         // The last window's keys are where the view says.
         for p in n - 100..n {
             let mut got = vec![0f32; 32];

@@ -148,20 +148,31 @@ fn exp_sum(s: &mut [f32], m: f32) -> f32 {
     sum
 }
 
+/// Cephes' polynomial for e^r on |r| <= ln 2 / 2, highest power first (after 1 + r + r²·p(r)).
+pub const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+/// ln 2 split in two for an exact range reduction: x - n·ln 2 = x - n·HI + n·LO.
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = 2.121_944_4e-4;
+
 /// e^x for x <= 0 (scores minus their maximum), to about 2 ulp: x = n·ln 2 + r with |r| <= ln 2 / 2,
-/// e^r by Cephes' degree-6 polynomial, 2^n put in the exponent bits. Branch-free, so the loops
-/// that call it vectorise (a library `exp` per score would cost more than the dot products).
+/// e^r by Cephes' polynomial, 2^n put in the exponent bits. Branch-free, so the loops that call
+/// it vectorise (a library `exp` per score would cost more than the dot products).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    let r = x - n * LN2_HI + n * LN2_LO;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let e = p * r * r + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -239,7 +250,10 @@ mod tests {
             for x in 0..hd {
                 let want: f32 = (lo..hi).map(|j| p[j - lo] * v[j * hd + x]).sum::<f32>() / sum;
                 let got = o[r * hd + x] / l[r];
-                assert!((got - want).abs() < 1e-5, "row {r} dim {x}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "row {r} dim {x}: {got} vs {want}"
+                );
             }
         }
     }

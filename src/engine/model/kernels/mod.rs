@@ -25,9 +25,9 @@
 //! `acts`, `half16`, `dots`, `cpu`).
 
 mod acts;
-mod attend;
 #[cfg(target_arch = "aarch64")]
 mod arm;
+mod attend;
 #[cfg(target_arch = "x86_64")]
 mod block_acts;
 mod blocks;

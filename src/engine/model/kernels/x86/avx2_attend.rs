@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::attend::TILE;
+use super::super::attend::{exp, EXP_POLY, LN2_HI, LN2_LO, TILE};
 
 /// s[r][j] = q_r · k_j for `rows` query rows (row-major, `hd` each) against the transposed key
 /// tile `kt` (hd × TILE); `s` is rows × TILE.
@@ -19,11 +19,21 @@ pub unsafe fn scores(q: &[f32], kt: &[f32], hd: usize, rows: usize, s: &mut [f32
     assert!(q.len() >= rows * hd && kt.len() >= hd * TILE && s.len() >= rows * TILE);
     let mut r = 0;
     while r + 4 <= rows {
-        score_rows::<4>(q.as_ptr().add(r * hd), kt.as_ptr(), hd, s.as_mut_ptr().add(r * TILE));
+        score_rows::<4>(
+            q.as_ptr().add(r * hd),
+            kt.as_ptr(),
+            hd,
+            s.as_mut_ptr().add(r * TILE),
+        );
         r += 4;
     }
     while r < rows {
-        score_rows::<1>(q.as_ptr().add(r * hd), kt.as_ptr(), hd, s.as_mut_ptr().add(r * TILE));
+        score_rows::<1>(
+            q.as_ptr().add(r * hd),
+            kt.as_ptr(),
+            hd,
+            s.as_mut_ptr().add(r * TILE),
+        );
         r += 1;
     }
 }
@@ -70,7 +80,13 @@ pub unsafe fn accumulate(p: &[f32], v: &[f32], n: usize, hd: usize, rows: usize,
 
 /// R rows of output, 32 dimensions (four vectors) at a time: 4·R accumulators.
 #[inline(always)]
-unsafe fn weigh_rows<const R: usize>(p: *const f32, v: *const f32, n: usize, hd: usize, o: *mut f32) {
+unsafe fn weigh_rows<const R: usize>(
+    p: *const f32,
+    v: *const f32,
+    n: usize,
+    hd: usize,
+    o: *mut f32,
+) {
     let mut d = 0;
     while d + 32 <= hd {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
@@ -80,7 +96,8 @@ unsafe fn weigh_rows<const R: usize>(p: *const f32, v: *const f32, n: usize, hd:
             }
         }
         for j in 0..n {
-            let vj: [__m256; 4] = std::array::from_fn(|x| _mm256_loadu_ps(v.add(j * hd + d + 8 * x)));
+            let vj: [__m256; 4] =
+                std::array::from_fn(|x| _mm256_loadu_ps(v.add(j * hd + d + 8 * x)));
             for (i, a) in acc.iter_mut().enumerate() {
                 let w = _mm256_broadcast_ss(&*p.add(i * TILE + j));
                 for x in 0..4 {
@@ -140,7 +157,7 @@ pub unsafe fn exp_sum(s: &mut [f32], m: f32) -> f32 {
     }
     let mut total = super::avx2::hsum(sum);
     for x in &mut s[i..] {
-        *x = super::super::attend::exp(*x - m);
+        *x = exp(*x - m);
         total += *x;
     }
     total
@@ -154,11 +171,11 @@ unsafe fn exp8(x: __m256) -> __m256 {
         _mm256_set1_ps(std::f32::consts::LOG2_E),
         _mm256_set1_ps(0.5),
     ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.121_944_4e-4), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
     }
     let e = _mm256_add_ps(
         _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r),
