@@ -75,14 +75,18 @@ pub fn attend(q: &Queries, kv: &LayerView, s: &Scores) -> Vec<f32> {
                 .min(n / MIN_KEYS_PER_SPLIT)
                 .max(1)
         };
-        let step = n.div_ceil(splits);
-        for a in (keys.0..keys.1).step_by(step.max(1)) {
+        // Splits end on tile boundaries, so no tile is read by two of them.
+        let step = n.div_ceil(splits).div_ceil(KEYS_PER_TILE) * KEYS_PER_TILE;
+        let mut a = keys.0;
+        while a < keys.1 {
+            let b = ((a / KEYS_PER_TILE) * KEYS_PER_TILE + step).min(keys.1);
             tasks.push(Task {
                 group,
                 first,
                 end,
-                keys: (a, (a + step).min(keys.1)),
+                keys: (a, b),
             });
+            a = b;
         }
     }
     let partials: Vec<Partial> = tasks
@@ -148,31 +152,25 @@ fn run_task(
     // One tile of keys (transposed: head_dim × tile) and values (tile × head_dim) in f32.
     let mut keys_t = vec![0f32; hd * KEYS_PER_TILE];
     let mut values = vec![0f32; KEYS_PER_TILE * hd];
-    let mut key = vec![0f32; hd];
     let mut scratch = vec![0f32; rows * KEYS_PER_TILE];
     let mut visible = vec![(0, 0); rows];
     let (from, to) = task.keys;
-    for a in (from..to).step_by(KEYS_PER_TILE) {
+    // Tiles start on multiples of the tile (as the cache stores them); keys of a tile outside
+    // from..to are another task's, or no query's.
+    let start = from / KEYS_PER_TILE * KEYS_PER_TILE;
+    for a in (start..to).step_by(KEYS_PER_TILE) {
         let b = (a + KEYS_PER_TILE).min(to);
         // Which of keys a..b each row sees (relative to a).
         for pi in task.first..task.end {
             let p = q.pos + pi;
-            let (lo, hi) = (first_key(p).clamp(a, b), (p + 1).clamp(a, b));
+            let lo = first_key(p).max(from).clamp(a, b);
+            let hi = (p + 1).clamp(a, b);
             for hr in 0..rep {
                 visible[(pi - task.first) * rep + hr] = (lo - a, hi.max(lo) - a);
             }
         }
         let n = b - a;
-        for (j, p) in (a..b).enumerate() {
-            let at = kv.row(p, task.group);
-            let row = at..at + kv.row_bytes;
-            kv.ty.load(&kv.keys[row.clone()], &mut key);
-            for (d, &x) in key.iter().enumerate() {
-                keys_t[d * KEYS_PER_TILE + j] = x;
-            }
-            kv.ty
-                .load(&kv.values[row], &mut values[j * hd..(j + 1) * hd]);
-        }
+        kv.widen(a, n, task.group, &mut keys_t, &mut values);
         let tile = Tile {
             queries: &queries,
             keys_t: &keys_t,

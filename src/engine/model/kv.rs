@@ -1,9 +1,14 @@
 //! The KV cache of one sequence: per layer, the keys and values of every position it holds.
 //!
 //! On the CPU the cache is owrun's own storage in the type the user chose (`--kv-type`: f16 by
-//! default, as llama.cpp; f32, bf16, or GGML's Q8_0 / Q4_0 blocks), one row of `head_dim` values
-//! per position and key/value head, laid out position-major (`[slot][kv_head][row]`) so that
-//! growing is an append. The streaming attention (`flash`) reads the rows where they are.
+//! default, as llama.cpp; f32, bf16, or GGML's Q8_0 / Q4_0 blocks). The streaming attention
+//! (`flash`) reads it a tile of 64 positions at a time, widened to f32, through
+//! [`LayerView::widen`]. Float types are stored in those tiles (`[tile][kv_head]`, then the keys
+//! transposed, head_dim × 64, and the values as 64 rows): a tile is widened by one contiguous
+//! conversion, with the keys already in the order the score loop reads them. That is done for
+//! every cached key at every decoded token, so it is what decoding at depth costs. Block types
+//! (whose blocks run along a row) are stored a row per position and key/value head
+//! (`[slot][kv_head][row]`) and transposed as they are widened.
 //!
 //! A sliding-window layer keeps only what its window can still see: its buffer is a ring of
 //! `window + MAX_CHUNK` positions (a chunk's first query still sees `window - 1` keys before it,
@@ -22,7 +27,7 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use memmap2::MmapMut;
 
-use super::kernels::dequantize;
+use super::kernels::{dequantize, ATTENTION_TILE as TILE};
 use crate::engine::format::ggml::GgmlType;
 
 /// Smallest buffer on a device, in positions.
@@ -75,6 +80,11 @@ impl KvType {
             KvType::Q8_0 => GgmlType::Q8_0,
             KvType::Q4_0 => GgmlType::Q4_0,
         }
+    }
+
+    /// Whether the cache holds this type in tiles (float types) or rows (block types).
+    fn tiled(self) -> bool {
+        matches!(self, KvType::F32 | KvType::F16 | KvType::Bf16)
     }
 
     /// Bytes of one row of `head_dim` values (a whole number of blocks: see [`KvType::check`]).
@@ -212,24 +222,45 @@ struct CpuLayer {
     touched: usize,
 }
 
-/// Where the rows of one layer are, for the attention that reads them.
+/// One layer of a CPU cache, for the attention that reads it.
 pub struct LayerView<'a> {
-    pub keys: &'a [u8],
-    pub values: &'a [u8],
-    pub ty: KvType,
-    /// Bytes of one row; consecutive positions of one head are `kv_heads` rows apart.
-    pub row_bytes: usize,
+    keys: &'a [u8],
+    values: &'a [u8],
+    ty: KvType,
+    head_dim: usize,
     pub kv_heads: usize,
     /// Position p lives in slot p % capacity (a ring once a windowed layer wraps; the
-    /// positions a query may see are always still there).
-    pub capacity: usize,
+    /// positions a query may see are always still there). A multiple of the tile when tiled.
+    capacity: usize,
 }
 
 impl LayerView<'_> {
-    /// Byte offset of the row of position `p`, head `h`.
-    #[inline]
-    pub fn row(&self, p: usize, h: usize) -> usize {
-        ((p % self.capacity) * self.kv_heads + h) * self.row_bytes
+    /// Keys (transposed: head_dim × TILE) and values (n × head_dim) of positions
+    /// `first..first + n` of head `h`, as f32. `first` is a multiple of the tile, n <= TILE.
+    pub fn widen(&self, first: usize, n: usize, h: usize, keys_t: &mut [f32], values: &mut [f32]) {
+        let (hd, ty) = (self.head_dim, self.ty);
+        debug_assert!(first.is_multiple_of(TILE) && n <= TILE);
+        if ty.tiled() {
+            // One block per tile and head: keys hd × TILE, then values TILE × hd.
+            let es = ty.row_bytes(1);
+            let block = hd * TILE * es;
+            let tile = (first % self.capacity) / TILE;
+            let at = (tile * self.kv_heads + h) * block;
+            ty.load(&self.keys[at..at + block], &mut keys_t[..hd * TILE]);
+            ty.load(&self.values[at..at + n * hd * es], &mut values[..n * hd]);
+            return;
+        }
+        let rb = ty.row_bytes(hd);
+        let mut key = [0f32; 512];
+        let key = &mut key[..hd];
+        for j in 0..n {
+            let at = (((first + j) % self.capacity) * self.kv_heads + h) * rb;
+            ty.load(&self.keys[at..at + rb], key);
+            for (d, &x) in key.iter().enumerate() {
+                keys_t[d * TILE + j] = x;
+            }
+            ty.load(&self.values[at..at + rb], &mut values[j * hd..(j + 1) * hd]);
+        }
     }
 }
 
@@ -267,10 +298,14 @@ impl KvCache {
     ) -> Self {
         let layers = windows
             .iter()
-            .map(|w| CpuLayer {
-                buffers: None,
-                capacity: w.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK))),
-                touched: 0,
+            .map(|w| {
+                let capacity = w.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK)));
+                CpuLayer {
+                    buffers: None,
+                    // Whole tiles: a tile never wraps around the ring.
+                    capacity: capacity.div_ceil(TILE) * TILE,
+                    touched: 0,
+                }
             })
             .collect();
         KvCache {
@@ -421,13 +456,27 @@ impl KvCache {
                     bail!("the KV cache was written before room was reserved");
                 };
                 let t = k.len() / (hd * self.kv_heads);
+                let es = ty.row_bytes(1);
                 for i in 0..t {
                     let slot = (self.len + i) % capacity;
                     for h in 0..self.kv_heads {
                         let src = (i * self.kv_heads + h) * hd;
-                        let dst = (slot * self.kv_heads + h) * rb;
-                        ty.store(&k[src..src + hd], &mut keys[dst..dst + rb]);
-                        ty.store(&v[src..src + hd], &mut values[dst..dst + rb]);
+                        let (k, v) = (&k[src..src + hd], &v[src..src + hd]);
+                        if ty.tiled() {
+                            // Key element d at d·TILE + lane; the value row at lane·hd.
+                            let block = ((slot / TILE) * self.kv_heads + h) * hd * TILE * es;
+                            let lane = slot % TILE;
+                            for (d, x) in k.iter().enumerate() {
+                                let at = block + (d * TILE + lane) * es;
+                                ty.store(std::slice::from_ref(x), &mut keys[at..at + es]);
+                            }
+                            let at = block + lane * hd * es;
+                            ty.store(v, &mut values[at..at + rb]);
+                        } else {
+                            let dst = (slot * self.kv_heads + h) * rb;
+                            ty.store(k, &mut keys[dst..dst + rb]);
+                            ty.store(v, &mut values[dst..dst + rb]);
+                        }
                     }
                 }
             }
@@ -458,7 +507,7 @@ impl KvCache {
             keys,
             values,
             ty: *ty,
-            row_bytes: ty.row_bytes(self.head_dim),
+            head_dim: self.head_dim,
             kv_heads: self.kv_heads,
             capacity: l.capacity,
         })
@@ -554,18 +603,58 @@ mod tests {
         let n = 3000;
         let c = ring(100, n);
         let v = c.view(0).unwrap();
-        assert_eq!(v.capacity, 100 + MAX_CHUNK);
-        assert_eq!(c.bytes(), 2 * (100 + MAX_CHUNK) * 32 * 4);
+        // The window and a chunk, in whole tiles of 64.
+        let ring = (100 + MAX_CHUNK).div_ceil(64) * 64;
+        assert_eq!(v.capacity, ring);
+        assert_eq!(c.bytes(), 2 * ring * 32 * 4);
         // A global layer holds what was written, not its whole context.
         let mut g = KvCache::cpu(&[None], 2, 32, 100_000, KvType::F16);
         g.reserve(300).unwrap();
         assert_eq!(g.bytes(), 2 * 300 * 2 * 64);
-        // The last window's keys are where the view says.
-        for p in n - 100..n {
-            let mut got = vec![0f32; 32];
-            let at = v.row(p, 0);
-            KvType::F32.load(&v.keys[at..at + v.row_bytes], &mut got);
-            assert_eq!(got, row(p, 32), "position {p}");
+        // The last window's keys and values are where the view says, in every layout.
+        let first = (n - 100) / TILE * TILE;
+        let (mut kt, mut vs) = (vec![0f32; 32 * TILE], vec![0f32; TILE * 32]);
+        for t in (first..n).step_by(TILE) {
+            let m = (n - t).min(TILE);
+            v.widen(t, m, 0, &mut kt, &mut vs);
+            for p in t..t + m {
+                let want = row(p, 32);
+                let key: Vec<f32> = (0..32).map(|d| kt[d * TILE + p - t]).collect();
+                assert_eq!(key, want, "key of position {p}");
+                assert_eq!(vs[(p - t) * 32..(p - t + 1) * 32], want[..], "value {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_and_tiles_widen_to_the_same_values() {
+        for ty in [KvType::F16, KvType::Bf16, KvType::Q8_0] {
+            let mut c = KvCache::cpu(&[None], 2, 32, 1000, ty);
+            c.reserve(100).unwrap();
+            let k: Vec<f32> = (0..100).flat_map(|p| row(p, 64)).collect();
+            let v: Vec<f32> = (0..100).flat_map(|p| row(p + 1, 64)).collect();
+            let k = Tensor::from_vec(k, (100, 2, 32), &Device::Cpu).unwrap();
+            let v = Tensor::from_vec(v, (100, 2, 32), &Device::Cpu).unwrap();
+            c.write(0, &k, &v).unwrap();
+            c.advance(100);
+            let view = c.view(0).unwrap();
+            let (mut kt, mut vs) = (vec![0f32; 32 * TILE], vec![0f32; TILE * 32]);
+            view.widen(64, 36, 1, &mut kt, &mut vs);
+            for j in 0..36 {
+                let p = 64 + j;
+                let (want_k, want_v) = (&row(p, 64)[32..], &row(p + 1, 64)[32..]);
+                for d in 0..32 {
+                    let tol = if ty == KvType::Q8_0 { 0.02 } else { 0.01 };
+                    assert!(
+                        (kt[d * TILE + j] - want_k[d]).abs() <= tol,
+                        "{ty:?} k {p} {d}"
+                    );
+                    assert!(
+                        (vs[j * 32 + d] - want_v[d]).abs() <= tol,
+                        "{ty:?} v {p} {d}"
+                    );
+                }
+            }
         }
     }
 
