@@ -102,6 +102,36 @@ fn greedy_answers_match_owrun_run_and_transformers() {
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
 }
 
+/// `--ctx` and `--kv-type` apply to the server's slots: a prompt over the chosen context is
+/// refused naming it, and answers within it are the transformers tokens (stories260K's expected
+/// continuations, with a bf16 cache as with f32: its answers keep every greedy token).
+#[test]
+fn the_context_and_kv_type_apply_per_slot() {
+    let sb = sandbox();
+    let server = Server::start(
+        &sb,
+        &["stories260k", "--ctx", "100", "--kv-type", "bf16"],
+        &[],
+    );
+    server.wait_healthy();
+    let g = &stories260k_expected()[0];
+    let r = server.post(
+        "/v1/completions",
+        &completion_body(
+            g["prompt"].as_str().unwrap(),
+            json!({"max_tokens": 40, "temperature": 0}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["text"], g["continuation"]);
+    let long = "Once upon a time there was a cat. ".repeat(12);
+    let r = server.post("/v1/completions", &completion_body(&long, json!({})));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert!(e["message"].as_str().unwrap().contains("100 tokens"), "{e}");
+}
+
 #[test]
 fn a_stream_is_framed_as_openai_clients_read_it() {
     let sb = sandbox();

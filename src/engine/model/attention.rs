@@ -1,7 +1,9 @@
-//! Attention of one sequence's new tokens against its KV cache: scaled dot products, soft-capping,
-//! the causal mask and sliding windows, softmax, then the weighted values. Query heads that share
-//! a key/value head (grouped-query attention) are stacked as rows, so keys are never copied per
-//! query head.
+//! Attention as tensor operations, for caches held as device tensors (GPUs; on the CPU, the tests'
+//! reference for `flash`, which streams instead): scaled dot products, soft-capping, the causal
+//! mask and sliding windows, softmax, then the weighted values, with every score of the new
+//! tokens held at once. Query heads that share a key/value head (grouped-query attention) are
+//! stacked as rows, so keys are never copied per query head. `Scores` (how a layer scores) is
+//! shared by both paths.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};

@@ -79,7 +79,7 @@ pub fn use_threads(threads: Option<NonZeroUsize>) {
                 .num_threads(n)
                 .build_global();
         }
-        // candle 0.11's CPU ops (the f32 GEMM of attention, until owrun's own) ask for their
+        // candle 0.11's CPU ops (the GEMM of f32 weights, until owrun's own) ask for their
         // thread count on every call, and only the environment answers fast: without
         // RAYON_NUM_THREADS it parses /proc/cpuinfo each time (4% of a small model's token,
         // measured). Set once here, before any of them runs; the only writes of the process
