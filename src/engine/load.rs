@@ -122,8 +122,7 @@ pub fn kv_cache_size(path: &Path, ty: KvType) -> Result<(usize, usize, usize)> {
         ModelConfig::load(path)?
     };
     let arch = Arch::from_config(&config)?;
-    let windows: Vec<Option<usize>> = arch.layers.iter().map(|l| l.window).collect();
-    let size = |n| kv_cache_bytes(&windows, arch.kv_heads, arch.head_dim, ty, n);
+    let size = |n| kv_cache_bytes(&arch, ty, n);
     Ok((size(1), arch.context, size(arch.context)))
 }
 

@@ -184,14 +184,9 @@ pub fn generate(
 ) -> Result<Generation> {
     let started = Instant::now();
     let mut timings = Timings::default();
-    let (held, context) = (model.len(seq) + prompt.len(), model.context());
-    if held > context {
-        anyhow::bail!(
-            "the prompt is {held} tokens, longer than the context of {context} tokens \
-             (--ctx N sets the context)"
-        );
-    }
-    let room = context - held;
+    let room = model
+        .context()
+        .saturating_sub(model.len(seq) + prompt.len());
     let limit = params.max_tokens.map_or(room, |m| m.min(room));
     let mut decoding = Decoding::new(tokenizer, sampler, prompt, params.stop, params.eos, limit);
 

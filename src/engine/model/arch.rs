@@ -75,6 +75,11 @@ fn need(raw: &Value, key: &str) -> Result<usize> {
 pub const SUPPORTED: &str = "llama, mistral, mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3";
 
 impl Arch {
+    /// Each layer's sliding window, if it has one.
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        self.layers.iter().map(|l| l.window).collect()
+    }
+
     pub fn from_config(config: &ModelConfig) -> Result<Arch> {
         let raw = &config.raw;
         let mt = config.model_type.as_str();

@@ -308,8 +308,7 @@ impl Decoder {
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         let a = &self.arch;
         if self.device.is_cpu() {
-            let windows: Vec<Option<usize>> = a.layers.iter().map(|l| l.window).collect();
-            KvCache::cpu(&windows, a.kv_heads, a.head_dim, max_len, self.kv_type)
+            KvCache::cpu(&a.windows(), a.kv_heads, a.head_dim, max_len, self.kv_type)
         } else {
             KvCache::device(
                 self.layers.len(),
@@ -320,11 +319,6 @@ impl Decoder {
                 &self.device,
             )
         }
-    }
-
-    /// Each layer's sliding window, if it has one.
-    pub fn windows(&self) -> Vec<Option<usize>> {
-        self.arch.layers.iter().map(|l| l.window).collect()
     }
 
     fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {

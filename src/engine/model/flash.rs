@@ -96,18 +96,11 @@ pub fn attend(q: &Queries, kv: &LayerView, s: &Scores) -> Vec<f32> {
 
     // Merge the splits of each block (consecutive tasks), then normalise into the output.
     let mut out = vec![0f32; q.t * nh * hd];
-    let mut i = 0;
-    while i < tasks.len() {
-        let (group, first, end) = (tasks[i].group, tasks[i].first, tasks[i].end);
-        let mut acc = Partial {
-            m: partials[i].m.clone(),
-            l: partials[i].l.clone(),
-            o: partials[i].o.clone(),
-        };
-        i += 1;
-        while i < tasks.len() && tasks[i].group == group && tasks[i].first == first {
-            merge(&mut acc, &partials[i], hd);
-            i += 1;
+    let mut parts = tasks.iter().zip(partials).peekable();
+    while let Some((task, mut acc)) = parts.next() {
+        let (group, first, end) = (task.group, task.first, task.end);
+        while let Some((_, split)) = parts.next_if(|(t, _)| t.group == group && t.first == first) {
+            merge(&mut acc, &split, hd);
         }
         for pi in first..end {
             for hr in 0..rep {

@@ -27,7 +27,8 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use memmap2::MmapMut;
 
-use super::kernels::{dequantize, ATTENTION_TILE as TILE};
+use super::arch::Arch;
+use super::kernels::{block_scale, dequantize, ATTENTION_TILE as TILE};
 use crate::engine::format::ggml::GgmlType;
 
 /// Smallest buffer on a device, in positions.
@@ -169,11 +170,9 @@ impl KvType {
     }
 }
 
-/// GGML's reference Q8_0: d = max|x| / 127, q = round(x / d).
+/// GGML's reference Q8_0: d = max|x| / 127, q = round(x / d) (away from zero, as `roundf`).
 fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let (d, id) = block_scale(x);
     out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
     for (o, v) in out[2..].iter_mut().zip(x) {
         *o = (v * id).round() as i8 as u8;
@@ -195,21 +194,21 @@ fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
     }
 }
 
-/// Bytes the keys and values of `tokens` positions take in a CPU cache of `ty` for a model of
-/// this shape: every layer holds them all, except a sliding-window layer, which stops at its
-/// ring (window + MAX_CHUNK).
-pub fn cache_bytes(
-    windows: &[Option<usize>],
-    kv_heads: usize,
-    head_dim: usize,
-    ty: KvType,
-    tokens: usize,
-) -> usize {
-    let per_token = 2 * kv_heads * ty.row_bytes(head_dim);
-    windows
-        .iter()
-        .map(|w| per_token * w.map_or(tokens, |w| tokens.min(w.saturating_add(MAX_CHUNK))))
+/// Bytes the keys and values of `tokens` positions take in a CPU cache of `ty` for this model:
+/// every layer holds them all, except a sliding-window layer, which stops at its ring.
+pub fn cache_bytes(arch: &Arch, ty: KvType, tokens: usize) -> usize {
+    let per_token = 2 * arch.kv_heads * ty.row_bytes(arch.head_dim);
+    arch.windows()
+        .into_iter()
+        .map(|w| per_token * tokens.min(slots(w, tokens)))
         .sum()
+}
+
+/// Slots a layer's buffers hold in a cache of `max` positions: all of them, or for a window
+/// the ring of the window and a chunk; whole tiles, so that a tile never wraps around a ring.
+fn slots(window: Option<usize>, max: usize) -> usize {
+    let n = window.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK)));
+    n.div_ceil(TILE) * TILE
 }
 
 /// One layer's keys and values on the CPU.
@@ -298,14 +297,10 @@ impl KvCache {
     ) -> Self {
         let layers = windows
             .iter()
-            .map(|w| {
-                let capacity = w.map_or(max, |w| max.min(w.saturating_add(MAX_CHUNK)));
-                CpuLayer {
-                    buffers: None,
-                    // Whole tiles: a tile never wraps around the ring.
-                    capacity: capacity.div_ceil(TILE) * TILE,
-                    touched: 0,
-                }
+            .map(|&w| CpuLayer {
+                buffers: None,
+                capacity: slots(w, max),
+                touched: 0,
             })
             .collect();
         KvCache {

@@ -64,9 +64,12 @@ impl Model {
 
     /// Start an empty sequence.
     pub fn new_sequence(&mut self) -> SeqId {
+        self.add_sequence(self.decoder.new_cache(self.context))
+    }
+
+    fn add_sequence(&mut self, cache: KvCache) -> SeqId {
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        let cache = self.decoder.new_cache(self.context());
         self.sequences.insert(id, cache);
         id
     }
@@ -76,19 +79,15 @@ impl Model {
     /// tests' reference.
     #[cfg(test)]
     pub fn new_reference_sequence(&mut self) -> SeqId {
-        let id = SeqId(self.next_id);
-        self.next_id += 1;
         let a = &self.decoder.arch;
-        let cache = KvCache::device(
+        self.add_sequence(KvCache::device(
             a.layers.len(),
             a.kv_heads,
             a.head_dim,
             self.context,
             candle_core::DType::F32,
             &candle_core::Device::Cpu,
-        );
-        self.sequences.insert(id, cache);
-        id
+        ))
     }
 
     /// Drop a sequence and its cache. (The server keeps its slots' sequences for prefix reuse;
@@ -106,7 +105,7 @@ impl Model {
     /// Keep the first `len` tokens of the sequence and forget the rest. Returns how many it
     /// kept: fewer (0) when a sliding-window layer no longer holds what position `len` needs.
     pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<usize> {
-        let windows = self.decoder.windows();
+        let windows = self.decoder.arch.windows();
         match self.sequences.get_mut(&seq) {
             Some(cache) => Ok(cache.truncate(len, &windows)),
             None => bail!("no sequence {seq:?}"),
@@ -126,8 +125,7 @@ impl Model {
         if !d.device.is_cpu() {
             return self.cache_bytes_per_token() * tokens;
         }
-        let a = &d.arch;
-        kv::cache_bytes(&d.windows(), a.kv_heads, a.head_dim, d.kv_type, tokens)
+        kv::cache_bytes(&d.arch, d.kv_type, tokens)
     }
 
     /// Bytes the sequences' KV caches reserve.

@@ -8,6 +8,7 @@
 //! `x86/avx2_attend.rs` on x86 CPUs with AVX2 and FMA, and as the portable loops below (which
 //! the compiler vectorises: contiguous inner loops, a broadcast factor) everywhere else.
 
+#[cfg(target_arch = "x86_64")]
 use super::cpu::features;
 
 /// Keys per tile.
@@ -43,22 +44,8 @@ pub struct Running<'a> {
 pub fn fold_tile(t: &Tile, run: &mut Running, scratch: &mut [f32]) {
     let (hd, rows) = (t.head_dim, t.visible.len());
     let s = &mut scratch[..rows * TILE];
-    #[cfg(target_arch = "x86_64")]
-    let simd = features().avx2_fma;
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = {
-        let _ = features;
-        false
-    };
-    if simd {
-        // SAFETY: the CPU has AVX2 and FMA; the slices are the sizes the loops read.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            super::x86::avx2_attend::scores(t.queries, t.keys_t, hd, rows, s)
-        };
-    } else {
-        scores(t.queries, t.keys_t, hd, rows, s);
-    }
+    let loops = Loops::detect();
+    loops.scores(t.queries, t.keys_t, hd, rows, s);
     for (r, &(lo, hi)) in t.visible.iter().enumerate() {
         let row = &mut s[r * TILE..(r + 1) * TILE];
         if lo >= hi {
@@ -80,16 +67,7 @@ pub fn fold_tile(t: &Tile, run: &mut Running, scratch: &mut [f32]) {
         } else {
             exp(run.m[r] - m_new)
         };
-        let visible = &mut row[lo..hi];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 and FMA.
-        let sum = if simd {
-            unsafe { super::x86::avx2_attend::exp_sum(visible, m_new) }
-        } else {
-            exp_sum(visible, m_new)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let sum = exp_sum(visible, m_new);
+        let sum = loops.exp_sum(&mut row[lo..hi], m_new);
         row[..lo].fill(0.0);
         row[hi..].fill(0.0);
         run.m[r] = m_new;
@@ -100,14 +78,52 @@ pub fn fold_tile(t: &Tile, run: &mut Running, scratch: &mut [f32]) {
             }
         }
     }
-    if simd {
-        // SAFETY: as above.
+    loops.accumulate(s, t.values, t.n, hd, rows, run.o);
+}
+
+/// Which build of the loops this CPU runs: AVX2 + FMA on x86 where it has them, else the
+/// portable loops.
+#[derive(Clone, Copy)]
+enum Loops {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Loops {
+    fn detect() -> Loops {
         #[cfg(target_arch = "x86_64")]
-        unsafe {
-            super::x86::avx2_attend::accumulate(s, t.values, t.n, hd, rows, run.o)
-        };
-    } else {
-        accumulate(s, t.values, t.n, hd, rows, run.o);
+        if features().avx2_fma {
+            return Loops::Avx2;
+        }
+        Loops::Portable
+    }
+
+    fn scores(self, q: &[f32], kt: &[f32], hd: usize, rows: usize, s: &mut [f32]) {
+        match self {
+            // SAFETY: the CPU has AVX2 and FMA; the loops check the slices' sizes.
+            #[cfg(target_arch = "x86_64")]
+            Loops::Avx2 => unsafe { super::x86::avx2_attend::scores(q, kt, hd, rows, s) },
+            Loops::Portable => scores(q, kt, hd, rows, s),
+        }
+    }
+
+    fn exp_sum(self, s: &mut [f32], m: f32) -> f32 {
+        match self {
+            // SAFETY: the CPU has AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Loops::Avx2 => unsafe { super::x86::avx2_attend::exp_sum(s, m) },
+            Loops::Portable => exp_sum(s, m),
+        }
+    }
+
+    fn accumulate(self, p: &[f32], v: &[f32], n: usize, hd: usize, rows: usize, o: &mut [f32]) {
+        match self {
+            // SAFETY: the CPU has AVX2 and FMA; the loops check the slices' sizes.
+            #[cfg(target_arch = "x86_64")]
+            Loops::Avx2 => unsafe { super::x86::avx2_attend::accumulate(p, v, n, hd, rows, o) },
+            Loops::Portable => accumulate(p, v, n, hd, rows, o),
+        }
     }
 }
 

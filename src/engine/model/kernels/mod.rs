@@ -50,6 +50,7 @@ mod x86;
 use std::num::NonZeroUsize;
 
 pub use attend::{fold_tile, Running, Tile, TILE as ATTENTION_TILE};
+pub use blocks::block_scale;
 pub use dequant::dequantize;
 pub use half::{matmul as half_matmul, widen};
 /// Whether owrun's register tiles run a 16-bit prefill with rows of `k` values on this CPU.
