@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::variant_sizes;
@@ -30,20 +30,42 @@ pub fn run(opener: &Opener, args: &ShowArgs) -> Result<()> {
     let key = acceptance_key(&model);
     let accepted = |l: &License| acceptances.find(&l.id, &key).map(|a| a.date.clone());
 
-    let files: Vec<(String, u64)> = snapshot
-        .as_ref()
-        .map(|s| list_files(&s.dir))
-        .unwrap_or_default();
-    let missing = snapshot
-        .as_ref()
-        .map(|s| crate::store::missing_files(&s.dir))
-        .unwrap_or_default();
+    // A GGUF file is the whole model (with its shards); a folder holds several files.
+    let gguf = match &snapshot {
+        Some(s) if s.dir.is_file() => Some(crate::engine::gguf_summary(&s.dir)?),
+        _ => None,
+    };
+    let files: Vec<(String, u64)> = match (&snapshot, &gguf) {
+        (Some(_), Some(g)) => g
+            .parts
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.file_name()?.to_str()?.to_string(),
+                    p.metadata().ok()?.len(),
+                ))
+            })
+            .collect(),
+        (Some(s), None) => list_files(&s.dir),
+        (None, _) => Vec::new(),
+    };
+    let missing = match &snapshot {
+        Some(s) if gguf.is_none() => crate::store::missing_files(&s.dir),
+        _ => Vec::new(),
+    };
     let pulled = snapshot.is_some() && missing.is_empty();
-    // The KV cache as owrun holds it by default (f16), from the configuration on disk.
-    let kv = snapshot
-        .as_ref()
-        .filter(|_| pulled)
-        .and_then(|s| crate::engine::kv_cache_size(&s.dir, KvType::default()).ok());
+    // The KV cache as owrun holds it by default (f16), from the configuration on disk. A model
+    // the user named by its path is checked as `run` would check it: a file that would not
+    // load is an error here too, not a description of garbage.
+    let local = matches!(model, ModelRef::Local { .. });
+    let kv = match snapshot.as_ref().filter(|_| pulled) {
+        Some(s) if local => Some(
+            crate::engine::kv_cache_size(&s.dir, KvType::default())
+                .with_context(|| format!("{} would not load", s.dir.display()))?,
+        ),
+        Some(s) => crate::engine::kv_cache_size(&s.dir, KvType::default()).ok(),
+        None => None,
+    };
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -158,6 +180,16 @@ pub fn run(opener: &Opener, args: &ShowArgs) -> Result<()> {
     match &snapshot {
         Some(s) => {
             writeln!(out, "location:     {}", s.dir.display())?;
+            if let Some(g) = &gguf {
+                let types: Vec<String> =
+                    g.types.iter().map(|(ty, n)| format!("{ty} x{n}")).collect();
+                writeln!(
+                    out,
+                    "format:       GGUF, architecture {}; tensors {}",
+                    g.arch,
+                    types.join(", ")
+                )?;
+            }
             if !missing.is_empty() {
                 writeln!(
                     out,

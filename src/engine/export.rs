@@ -85,7 +85,7 @@ pub fn write(
         other => bail!("cannot write {other} models as GGUF"),
     };
     let st = SafetensorsFiles::open(files)?;
-    let stored = st.dtype("model.embed_tokens.weight").unwrap_or(DType::F32);
+    let stored = st.dtype("model.embed_tokens.weight")?.unwrap_or(DType::F32);
 
     let mut meta: Vec<(String, G)> = Vec::new();
     let mut put = |k: &str, v: G| meta.push((k.to_string(), v));

@@ -110,11 +110,37 @@ fn engine(
 fn folder_text_side(dir: &Path, config_eos: &[u32]) -> Result<(Text, SamplingParams)> {
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
     let text = Text::from_folder(dir, config_eos, &generation)?;
-    Ok((text, SamplingParams::from_generation_config(&generation)))
+    let sampling = SamplingParams::from_generation_config(&generation)
+        .with_context(|| format!("in {}", dir.join("generation_config.json").display()))?;
+    Ok((text, sampling))
 }
 
 /// What the KV cache of the model at `path` (a folder or a GGUF file) takes in `ty`, read from
 /// its configuration alone: bytes per token, its context, and bytes at that whole context.
+/// What `owrun show` says of a GGUF model, once its tables are checked.
+pub struct GgufSummary {
+    /// The file, then its other shards.
+    pub parts: Vec<PathBuf>,
+    pub arch: String,
+    /// Tensors per block type, most first.
+    pub types: Vec<(String, usize)>,
+}
+
+pub fn gguf_summary(path: &Path) -> Result<GgufSummary> {
+    let g = GgufFile::open(path)?;
+    let mut types = std::collections::BTreeMap::<String, usize>::new();
+    for ty in g.tensor_types() {
+        *types.entry(ty.name().to_string()).or_default() += 1;
+    }
+    let mut types: Vec<(String, usize)> = types.into_iter().collect();
+    types.sort_by_key(|t| std::cmp::Reverse(t.1));
+    Ok(GgufSummary {
+        parts: g.part_paths(),
+        arch: g.arch.clone(),
+        types,
+    })
+}
+
 pub fn kv_cache_size(path: &Path, ty: KvType) -> Result<(usize, usize, usize)> {
     let config = if path.is_file() {
         ModelConfig::from_value(GgufFile::open(path)?.config_json()?)?

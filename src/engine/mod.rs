@@ -31,6 +31,6 @@ pub mod quantize;
 pub mod text;
 
 pub use device::{DTypeChoice, DeviceChoice, LoadError};
-pub use load::{kv_cache_size, Engine, LoadOptions};
+pub use load::{gguf_summary, kv_cache_size, Engine, LoadOptions};
 pub use model::kv::KvType;
 pub use model::use_threads;

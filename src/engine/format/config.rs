@@ -12,6 +12,10 @@ use serde_json::Value;
 /// (`max_position_embeddings` 2048). Real checkpoints and GGUF files state theirs.
 pub const DEFAULT_CONTEXT: usize = 2048;
 
+/// Where a config.json made from a GGUF file's metadata notes the GGUF key behind each of its
+/// keys (for errors).
+pub const GGUF_KEYS: &str = "_gguf_keys";
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub model_type: String,
@@ -90,6 +94,22 @@ impl ModelConfig {
             eos_token_ids,
             raw,
         })
+    }
+}
+
+impl ModelConfig {
+    /// How the file a value came from names `key`: `llama.block_count` for a GGUF file's
+    /// metadata, `config.json's num_hidden_layers` otherwise.
+    pub fn field_name(&self, key: &str) -> String {
+        match self
+            .raw
+            .get(GGUF_KEYS)
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+        {
+            Some(name) => name.to_string(),
+            None => format!("config.json's {key}"),
+        }
     }
 }
 

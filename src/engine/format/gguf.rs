@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use super::config::DEFAULT_CONTEXT;
+use super::config::{DEFAULT_CONTEXT, GGUF_KEYS};
 use super::ggml::GgmlType;
 pub use super::gguf_container::MetaValue;
 use super::gguf_container::{read_range, GgufContainer, TensorInfo};
@@ -125,12 +125,36 @@ impl GgufFile {
         self.arch_meta(key).and_then(number)
     }
 
+    /// The files of the model: this one, then its other shards.
+    pub fn part_paths(&self) -> Vec<PathBuf> {
+        self.parts.iter().map(|p| p.path.clone()).collect()
+    }
+
+    /// The block type of every tensor, in all parts.
+    pub fn tensor_types(&self) -> impl Iterator<Item = GgmlType> + '_ {
+        self.parts
+            .iter()
+            .flat_map(|p| p.content.tensors.values().map(|t| t.ty))
+    }
+
+    /// Rows of the embedding table: the vocabulary the weights can take.
+    pub fn embedding_rows(&self) -> Option<usize> {
+        self.info("token_embd.weight").map(|t| t.dims[0])
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.info(name).is_some()
     }
 
     /// The hyperparameters as a Hugging Face config.json.
     pub fn config_json(&mut self) -> Result<Value> {
+        // A NaN or infinity would become JSON's null below, and then a default: refused here.
+        let prefix = format!("{}.", self.arch);
+        for (key, v) in &self.parts[0].content.metadata {
+            if key.starts_with(&prefix) && number(v).is_some_and(|x| !x.is_finite()) {
+                bail!("{key} is {v:?}, not a finite number");
+            }
+        }
         let experts = self.num("expert_count").unwrap_or(0.0) as usize;
         let model_type = match self.arch.as_str() {
             "llama" if experts > 0 => "mixtral",
@@ -237,6 +261,12 @@ impl GgufFile {
             dims,
             hd.or_else(|| Some((need("embedding_length").ok()? / heads) as usize)),
         ) {
+            if dims > hd {
+                bail!(
+                    "{}.rope.dimension_count is {dims}, more than the {hd} dimensions of a head",
+                    self.arch
+                );
+            }
             if dims < hd {
                 c.insert(
                     "partial_rotary_factor".into(),
@@ -281,7 +311,40 @@ impl GgufFile {
             "tie_word_embeddings".into(),
             json!(!self.has_tensor("output.weight")),
         );
+        c.insert(GGUF_KEYS.into(), self.key_names());
         Ok(Value::Object(c))
+    }
+
+    /// Which metadata each config.json key above came from, so that an error about a value
+    /// names the key the file really has.
+    fn key_names(&self) -> Value {
+        let a = &self.arch;
+        let mut names: Map<String, Value> = [
+            ("hidden_size", "embedding_length"),
+            ("intermediate_size", "feed_forward_length"),
+            ("num_hidden_layers", "block_count"),
+            ("num_attention_heads", "attention.head_count"),
+            ("num_key_value_heads", "attention.head_count_kv"),
+            ("head_dim", "attention.key_length"),
+            ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
+            ("rope_theta", "rope.freq_base"),
+            ("rope_local_base_freq", "rope.freq_base_swa"),
+            ("max_position_embeddings", "context_length"),
+            ("sliding_window", "attention.sliding_window"),
+            ("sliding_window_pattern", "attention.sliding_window_pattern"),
+            ("num_local_experts", "expert_count"),
+            ("num_experts_per_tok", "expert_used_count"),
+            ("attn_logit_softcapping", "attn_logit_softcapping"),
+            ("final_logit_softcapping", "final_logit_softcapping"),
+            ("query_pre_attn_scalar", "attention.scale"),
+            ("partial_rotary_factor", "rope.dimension_count"),
+            ("rope_scaling", "rope.scaling.factor"),
+        ]
+        .into_iter()
+        .map(|(hf, g)| (hf.to_string(), json!(format!("{a}.{g}"))))
+        .collect();
+        names.insert("vocab_size".into(), json!("the rows of token_embd.weight"));
+        Value::Object(names)
     }
 
     /// The bytes of tensor `name` (of expert `expert` only, for a stack of experts), with its

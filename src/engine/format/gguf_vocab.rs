@@ -25,16 +25,22 @@ pub struct Vocab {
     pub eos: Vec<u32>,
 }
 
-fn strings(v: Option<&GValue>) -> Vec<String> {
-    match v {
+/// The strings of array `key` (none when absent); anything else in it is an error naming `key`.
+fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>> {
+    match g.meta(key) {
+        None => Ok(Vec::new()),
         Some(GValue::Array(a)) => a
             .iter()
-            .map(|x| match x {
-                GValue::String(s) => s.clone(),
-                _ => String::new(),
+            .enumerate()
+            .map(|(i, x)| match x {
+                GValue::String(s) => Ok(s.clone()),
+                other => bail!(
+                    "{}: {key}[{i}] is {other:?}, not a string",
+                    g.path.display()
+                ),
             })
             .collect(),
-        _ => Vec::new(),
+        Some(_) => bail!("{}: {key} is not an array of strings", g.path.display()),
     }
 }
 
@@ -73,9 +79,20 @@ pub fn from_gguf(g: &GgufFile) -> Result<Vocab> {
             g.path.display()
         ),
     };
-    let tokens = strings(g.meta("tokenizer.ggml.tokens"));
+    let tokens = strings(g, "tokenizer.ggml.tokens")?;
     if tokens.is_empty() {
         bail!("{} has an empty tokenizer.ggml.tokens", g.path.display());
+    }
+    // A token without an embedding row cannot be fed to the model: such a vocabulary belongs to
+    // another model (or is a trap costing seconds to build), and is refused before it is built.
+    if let Some(rows) = g.embedding_rows() {
+        if tokens.len() > rows {
+            bail!(
+                "{}: tokenizer.ggml.tokens lists {} tokens, but token_embd.weight has rows for {rows}",
+                g.path.display(),
+                tokens.len()
+            );
+        }
     }
     let types: Vec<i64> = numbers(g.meta("tokenizer.ggml.token_type"))
         .into_iter()
@@ -115,7 +132,7 @@ pub fn from_gguf(g: &GgufFile) -> Result<Vocab> {
     };
     let doc = match model.as_str() {
         "gpt2" => {
-            let merges: Vec<Value> = strings(g.meta("tokenizer.ggml.merges"))
+            let merges: Vec<Value> = strings(g, "tokenizer.ggml.merges")?
                 .iter()
                 .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
                 .collect();

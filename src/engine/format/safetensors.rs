@@ -24,6 +24,9 @@ struct Entry {
 pub struct SafetensorsFiles {
     paths: Vec<PathBuf>,
     entries: HashMap<String, Entry>,
+    /// Tensors of a type owrun does not load (F8, integers), with that type's name: an error
+    /// naming it if the decoder asks for one, never "missing".
+    unsupported: HashMap<String, String>,
 }
 
 fn dtype_of(name: &str) -> Option<DType> {
@@ -36,9 +39,96 @@ fn dtype_of(name: &str) -> Option<DType> {
     })
 }
 
+/// Bytes per element of every safetensors type (to check the table; None: not a type at all).
+fn element_bytes(name: &str) -> Option<u64> {
+    Some(match name {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Where the header of one safetensors file puts each tensor, checked: a known type, a shape
+/// whose size (with checked arithmetic) equals its byte range, ranges inside the data section
+/// that do not overlap.
+/// One tensor of a header, checked.
+struct Placed {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    start: u64,
+    end: u64,
+}
+
+fn read_table(header: serde_json::Map<String, Value>, data: u64, len: u64) -> Result<Vec<Placed>> {
+    let mut table = Vec::with_capacity(header.len());
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info["dtype"].as_str().unwrap_or("");
+        let size = element_bytes(dtype)
+            .with_context(|| format!("tensor {name} has an unknown type {:?}", info["dtype"]))?;
+        let shape = info["shape"]
+            .as_array()
+            .with_context(|| format!("tensor {name} has no shape"))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .with_context(|| {
+                format!(
+                    "tensor {name}: shape {} is not a list of sizes",
+                    info["shape"]
+                )
+            })?;
+        let bytes = shape
+            .iter()
+            .try_fold(size, |acc, &d| acc.checked_mul(d as u64))
+            .with_context(|| format!("tensor {name}: shape {shape:?} overflows"))?;
+        let (Some(a), Some(b)) = (
+            info["data_offsets"][0].as_u64(),
+            info["data_offsets"][1].as_u64(),
+        ) else {
+            bail!("tensor {name} has no data offsets");
+        };
+        let end = data.checked_add(b).filter(|&e| e <= len);
+        if b < a || end.is_none() {
+            bail!("tensor {name} (bytes {a}..{b} of the data) lies outside the file: truncated?");
+        }
+        if b - a != bytes {
+            bail!(
+                "tensor {name}: shape {shape:?} of {dtype} takes {bytes} bytes, but its data \
+                 offsets span {}",
+                b - a
+            );
+        }
+        table.push(Placed {
+            name,
+            dtype: dtype.to_string(),
+            shape,
+            start: data + a,
+            end: data + b,
+        });
+    }
+    let mut ranges: Vec<(u64, u64, &str)> = table
+        .iter()
+        .map(|t| (t.start, t.end, t.name.as_str()))
+        .collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        if pair[0].1 > pair[1].0 {
+            bail!("tensors {} and {} overlap", pair[0].2, pair[1].2);
+        }
+    }
+    Ok(table)
+}
+
 impl SafetensorsFiles {
     pub fn open(paths: &[PathBuf]) -> Result<SafetensorsFiles> {
         let mut entries = HashMap::new();
+        let mut unsupported = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let mut f =
                 File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -59,52 +149,43 @@ impl SafetensorsFiles {
                 .with_context(|| {
                     format!("{}: the safetensors header is not JSON", path.display())
                 })?;
-            let data = 8 + n;
-            for (name, info) in header {
-                if name == "__metadata__" {
-                    continue;
+            let table = read_table(header, 8 + n, len).with_context(|| {
+                format!(
+                    "{} is not a safetensors file owrun can read safely",
+                    path.display()
+                )
+            })?;
+            for Placed {
+                name,
+                dtype: dtype_name,
+                shape,
+                start,
+                end,
+            } in table
+            {
+                match dtype_of(&dtype_name) {
+                    Some(dtype) => {
+                        entries.insert(
+                            name,
+                            Entry {
+                                file: i,
+                                dtype,
+                                shape,
+                                start,
+                                end,
+                            },
+                        );
+                    }
+                    None => {
+                        unsupported.insert(name, dtype_name);
+                    }
                 }
-                let dtype_name = info["dtype"].as_str().unwrap_or("");
-                let Some(dtype) = dtype_of(dtype_name) else {
-                    // Integer buffers and the like: never asked for by the decoder.
-                    continue;
-                };
-                let shape: Vec<usize> = info["shape"]
-                    .as_array()
-                    .map(|s| {
-                        s.iter()
-                            .filter_map(|d| d.as_u64().map(|d| d as usize))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let (Some(a), Some(b)) = (
-                    info["data_offsets"][0].as_u64(),
-                    info["data_offsets"][1].as_u64(),
-                ) else {
-                    bail!("{}: tensor {name} has no data offsets", path.display());
-                };
-                let elems: usize = shape.iter().product();
-                if b < a || data + b > len || (b - a) as usize != elems * dtype.size_in_bytes() {
-                    bail!(
-                        "{}: tensor {name} lies outside the file (truncated?)",
-                        path.display()
-                    );
-                }
-                entries.insert(
-                    name,
-                    Entry {
-                        file: i,
-                        dtype,
-                        shape,
-                        start: data + a,
-                        end: data + b,
-                    },
-                );
             }
         }
         Ok(SafetensorsFiles {
             paths: paths.to_vec(),
             entries,
+            unsupported,
         })
     }
 
@@ -112,8 +193,22 @@ impl SafetensorsFiles {
         self.entries.contains_key(name)
     }
 
-    pub fn dtype(&self, name: &str) -> Option<DType> {
-        self.entries.get(name).map(|e| e.dtype)
+    /// The type tensor `name` is stored in (None: the files lack it; an error: a type owrun does
+    /// not load).
+    pub fn dtype(&self, name: &str) -> Result<Option<DType>> {
+        self.refuse_unsupported(name)?;
+        Ok(self.entries.get(name).map(|e| e.dtype))
+    }
+
+    fn refuse_unsupported(&self, name: &str) -> Result<()> {
+        if let Some(dtype) = self.unsupported.get(name) {
+            bail!(
+                "tensor {name} is {dtype}, which owrun does not load (weights must be F32, F16, \
+                 BF16 or F64: quantize the model to GGUF with llama.cpp, or use its 16-bit \
+                 release)"
+            );
+        }
+        Ok(())
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -122,6 +217,7 @@ impl SafetensorsFiles {
 
     /// The tensor `name` as stored, on `device`; None when the files lack it.
     pub fn load(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        self.refuse_unsupported(name)?;
         let Some(e) = self.entries.get(name) else {
             return Ok(None);
         };

@@ -1,6 +1,7 @@
 //! Choosing the next token from logits: repetition penalty, then temperature, top-k, top-p and
 //! min-p, then a draw from a seeded generator (or argmax at temperature 0).
 
+use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -43,27 +44,38 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     /// owrun's defaults, overridden by what the model's generation_config.json says.
-    pub fn from_generation_config(gen: &serde_json::Value) -> Self {
+    /// The defaults a model's generation_config.json sets; a value no sampler could use (a
+    /// negative temperature, a top_p of 0) is an error naming it, not garbage to sample with.
+    pub fn from_generation_config(gen: &serde_json::Value) -> Result<Self> {
         let mut p = SamplingParams::default();
-        let f = |k: &str| gen.get(k).and_then(serde_json::Value::as_f64);
+        let f = |k: &str, ok: fn(f64) -> bool, what: &str| -> Result<Option<f32>> {
+            match gen.get(k).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() && ok(x) => Ok(Some(x as f32)),
+                    _ => bail!("generation_config.json's {k} is {v}, not {what}"),
+                },
+            }
+        };
+        let temperature = f("temperature", |t| t >= 0.0, "a temperature of 0 or more")?;
         if gen.get("do_sample").and_then(serde_json::Value::as_bool) == Some(false) {
             p.temperature = 0.0;
-        } else if let Some(t) = f("temperature") {
-            p.temperature = t as f32;
+        } else if let Some(t) = temperature {
+            p.temperature = t;
         }
         if let Some(v) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
             p.top_k = v as usize;
         }
-        if let Some(v) = f("top_p") {
-            p.top_p = v as f32;
+        if let Some(v) = f("top_p", |x| x > 0.0 && x <= 1.0, "a probability above 0")? {
+            p.top_p = v;
         }
-        if let Some(v) = f("min_p") {
-            p.min_p = v as f32;
+        if let Some(v) = f("min_p", |x| (0.0..=1.0).contains(&x), "a probability")? {
+            p.min_p = v;
         }
-        if let Some(v) = f("repetition_penalty") {
-            p.repeat_penalty = v as f32;
+        if let Some(v) = f("repetition_penalty", |x| x > 0.0, "a positive factor")? {
+            p.repeat_penalty = v;
         }
-        p
+        Ok(p)
     }
 }
 

@@ -64,12 +64,56 @@ fn usize_of(raw: &Value, key: &str) -> Option<usize> {
     get(raw, key).and_then(Value::as_u64).map(|v| v as usize)
 }
 
-fn f64_of(raw: &Value, key: &str) -> Option<f64> {
-    get(raw, key).and_then(Value::as_f64)
+/// The limits a hyperparameter must lie within: far beyond any released model, and small enough
+/// that the tables built from them (per-layer state, rope frequencies, KV rows) cannot exhaust
+/// memory before the weights are compared with them.
+mod limits {
+    pub const HIDDEN: usize = 1 << 17;
+    pub const HEADS: usize = 1 << 10;
+    pub const HEAD_DIM: usize = 1 << 12;
+    pub const LAYERS: usize = 1 << 10;
+    pub const INTERMEDIATE: usize = 1 << 20;
+    pub const VOCAB: usize = 1 << 22;
+    pub const CONTEXT: usize = 1 << 24;
+    pub const EXPERTS: usize = 1 << 10;
 }
 
-fn need(raw: &Value, key: &str) -> Result<usize> {
-    usize_of(raw, key).with_context(|| format!("config.json lacks {key}"))
+/// Reads config.json's keys (or, for a GGUF file, the metadata they came from) and says which
+/// one is wrong, by the name its file uses.
+struct Fields<'a> {
+    config: &'a ModelConfig,
+}
+
+impl Fields<'_> {
+    fn name(&self, key: &str) -> String {
+        self.config.field_name(key)
+    }
+
+    fn count(&self, key: &str, max: usize) -> Result<Option<usize>> {
+        let Some(v) = get(&self.config.raw, key) else {
+            return Ok(None);
+        };
+        match v.as_u64() {
+            Some(n) if (1..=max as u64).contains(&n) => Ok(Some(n as usize)),
+            _ => bail!("{} is {v}, not a count from 1 to {max}", self.name(key)),
+        }
+    }
+
+    fn need(&self, key: &str, max: usize) -> Result<usize> {
+        self.count(key, max)?
+            .with_context(|| format!("{} is missing", self.name(key)))
+    }
+
+    /// A positive, finite number (rope bases, epsilons, scales, caps).
+    fn positive(&self, key: &str) -> Result<Option<f64>> {
+        let Some(v) = get(&self.config.raw, key) else {
+            return Ok(None);
+        };
+        match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+            _ => bail!("{} is {v}, not a positive number", self.name(key)),
+        }
+    }
 }
 
 pub const SUPPORTED: &str = "llama, mistral, mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3";
@@ -93,25 +137,54 @@ impl Arch {
             ),
         };
         let gemma = family.starts_with("gemma");
-        let hidden = need(raw, "hidden_size")?;
-        let heads = need(raw, "num_attention_heads")?;
-        let kv_heads = usize_of(raw, "num_key_value_heads").unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            bail!("config.json: {heads} attention heads cannot share {kv_heads} key/value heads");
+        let f = Fields { config };
+        let hidden = f.need("hidden_size", limits::HIDDEN)?;
+        let heads = f.need("num_attention_heads", limits::HEADS)?;
+        let kv_heads = f
+            .count("num_key_value_heads", limits::HEADS)?
+            .unwrap_or(heads);
+        if heads % kv_heads != 0 {
+            bail!(
+                "{heads} attention heads ({}) cannot share {kv_heads} key/value heads ({})",
+                f.name("num_attention_heads"),
+                f.name("num_key_value_heads")
+            );
         }
-        let head_dim = usize_of(raw, "head_dim").unwrap_or(hidden / heads);
-        let layers = need(raw, "num_hidden_layers")?;
+        let head_dim = match f.count("head_dim", limits::HEAD_DIM)? {
+            Some(d) => d,
+            None if hidden % heads == 0 && hidden / heads <= limits::HEAD_DIM => hidden / heads,
+            None => bail!(
+                "{} {hidden} does not split into {heads} heads, and {} is not given",
+                f.name("hidden_size"),
+                f.name("head_dim")
+            ),
+        };
+        let layers = f.need("num_hidden_layers", limits::LAYERS)?;
         let context = config.context;
-        let theta = f64_of(raw, "rope_theta").unwrap_or(10_000.0);
-        let partial = f64_of(raw, "partial_rotary_factor").unwrap_or(1.0);
+        if !(1..=limits::CONTEXT).contains(&context) {
+            bail!(
+                "{} is {context}, not a context length from 1 to {}",
+                f.name("max_position_embeddings"),
+                limits::CONTEXT
+            );
+        }
+        let theta = f.positive("rope_theta")?.unwrap_or(10_000.0);
+        let partial = f.positive("partial_rotary_factor")?.unwrap_or(1.0);
+        if partial > 1.0 || ((head_dim as f64 * partial) as usize) < 2 {
+            bail!(
+                "{} is {partial}: it must keep between 2 and all {head_dim} dimensions of a head",
+                f.name("partial_rotary_factor")
+            );
+        }
         let scaling = get(raw, "rope_scaling");
-        let original = usize_of(raw, "original_max_position_embeddings");
-        let mut ropes = vec![Rope::new(
-            head_dim, partial, theta, scaling, context, original,
-        )?];
+        let original = f.count("original_max_position_embeddings", limits::CONTEXT)?;
+        let mut ropes = vec![
+            Rope::new(head_dim, partial, theta, scaling, context, original)
+                .with_context(|| format!("in {}", f.name("rope_scaling")))?,
+        ];
 
         // Which layers attend through a sliding window.
-        let window = usize_of(raw, "sliding_window");
+        let window = f.count("sliding_window", usize::MAX)?;
         let layer_types: Option<Vec<bool>> = get(raw, "layer_types")
             .and_then(Value::as_array)
             .map(|t| t.iter().map(|x| x == "sliding_attention").collect());
@@ -146,7 +219,7 @@ impl Arch {
         }
         // Gemma 3's sliding layers rotate with their own base frequency and no scaling.
         let local_rope = if family == "gemma3" {
-            let local = f64_of(raw, "rope_local_base_freq").unwrap_or(10_000.0);
+            let local = f.positive("rope_local_base_freq")?.unwrap_or(10_000.0);
             ropes.push(Rope::new(
                 head_dim, partial, local, None, context, original,
             )?);
@@ -163,26 +236,32 @@ impl Arch {
             .collect();
 
         let query_scalar = if gemma && family != "gemma" {
-            f64_of(raw, "query_pre_attn_scalar").unwrap_or(head_dim as f64)
+            f.positive("query_pre_attn_scalar")?
+                .unwrap_or(head_dim as f64)
         } else {
             head_dim as f64
         };
         let moe = (family == "mixtral")
             .then(|| -> Result<(usize, usize)> {
-                Ok((
-                    need(raw, "num_local_experts")?,
-                    need(raw, "num_experts_per_tok")?,
-                ))
+                let experts = f.need("num_local_experts", limits::EXPERTS)?;
+                Ok((experts, f.need("num_experts_per_tok", experts)?))
             })
             .transpose()?;
+        let norm_eps = f.positive("rms_norm_eps")?.unwrap_or(1e-6);
+        if norm_eps >= 1.0 {
+            bail!(
+                "{} is {norm_eps}, not a small epsilon",
+                f.name("rms_norm_eps")
+            );
+        }
         Ok(Arch {
-            vocab_size: need(raw, "vocab_size")?,
+            vocab_size: f.need("vocab_size", limits::VOCAB)?,
             hidden,
-            intermediate: need(raw, "intermediate_size")?,
+            intermediate: f.need("intermediate_size", limits::INTERMEDIATE)?,
             heads,
             kv_heads,
             head_dim,
-            norm_eps: f64_of(raw, "rms_norm_eps").unwrap_or(1e-6),
+            norm_eps,
             norm_plus_one: gemma,
             embed_scale: gemma.then(|| (hidden as f64).sqrt()),
             activation: if gemma {
@@ -192,8 +271,8 @@ impl Arch {
             },
             sandwich_norms: family == "gemma2" || family == "gemma3",
             attention_scale: 1.0 / query_scalar.sqrt(),
-            attention_softcap: f64_of(raw, "attn_logit_softcapping"),
-            final_softcap: f64_of(raw, "final_logit_softcapping"),
+            attention_softcap: f.positive("attn_logit_softcapping")?,
+            final_softcap: f.positive("final_logit_softcapping")?,
             tied_embeddings: get(raw, "tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(gemma),

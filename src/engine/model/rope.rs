@@ -64,16 +64,33 @@ impl Rope {
             .or_else(|| s.get("type"))
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let num = |k: &str| s.get(k).and_then(Value::as_f64);
+        // Every number of a scaling is a positive, finite factor, length or frequency: a 0, a
+        // negative or a NaN would turn every rotation into NaN or infinity without an error.
+        let num = |k: &str| -> Result<Option<f64>> {
+            match s.get(k).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+                    _ => bail!("rope_scaling.{k} is {v}, not a positive number"),
+                },
+            }
+        };
+        let positive_list = |k: &str| -> Result<Vec<f32>> {
+            let v = f32_list(&s[k]);
+            if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                bail!("rope_scaling.{k} holds {bad}, not a positive factor");
+            }
+            Ok(v)
+        };
         match kind {
             "default" => {}
             "linear" => {
-                let factor = num("factor").unwrap_or(1.0) as f32;
+                let factor = num("factor")?.unwrap_or(1.0) as f32;
                 rope.inv_freq.iter_mut().for_each(|f| *f /= factor);
             }
             // Per-frequency divisors, as GGUF files carry Llama 3.1's scaling (rope_freqs).
             "divisors" => {
-                let d = f32_list(&s["divisors"]);
+                let d = positive_list("divisors")?;
                 if d.len() != rope.inv_freq.len() {
                     bail!(
                         "rope_freqs has {} values, expected {}",
@@ -84,10 +101,15 @@ impl Rope {
                 rope.inv_freq.iter_mut().zip(d).for_each(|(f, d)| *f /= d);
             }
             "llama3" => {
-                let factor = num("factor").unwrap_or(8.0) as f32;
-                let low = num("low_freq_factor").unwrap_or(1.0) as f32;
-                let high = num("high_freq_factor").unwrap_or(4.0) as f32;
-                let old_ctx = num("original_max_position_embeddings").unwrap_or(8192.0) as f32;
+                let factor = num("factor")?.unwrap_or(8.0) as f32;
+                let low = num("low_freq_factor")?.unwrap_or(1.0) as f32;
+                let high = num("high_freq_factor")?.unwrap_or(4.0) as f32;
+                if high <= low {
+                    bail!(
+                        "rope_scaling.high_freq_factor {high} is not above low_freq_factor {low}"
+                    );
+                }
+                let old_ctx = num("original_max_position_embeddings")?.unwrap_or(8192.0) as f32;
                 let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
                 for f in rope.inv_freq.iter_mut() {
                     let wavelen = 2.0 * std::f32::consts::PI / *f;
@@ -101,7 +123,7 @@ impl Rope {
             }
             "longrope" | "su" => {
                 let factors = |k: &str| -> Result<Vec<f32>> {
-                    let v = f32_list(&s[k]);
+                    let v = positive_list(k)?;
                     if v.len() != rot_dim / 2 {
                         bail!(
                             "rope_scaling.{k} has {} values, expected {}",
@@ -112,12 +134,13 @@ impl Rope {
                     Ok(v)
                 };
                 let (short, long) = (factors("short_factor")?, factors("long_factor")?);
-                let original = num("original_max_position_embeddings")
+                let original = num("original_max_position_embeddings")?
                     .map(|v| v as usize)
                     .or(original_max_pos)
-                    .unwrap_or(max_pos);
-                let factor = num("factor").unwrap_or(max_pos as f64 / original as f64);
-                rope.scale = match num("attention_factor") {
+                    .unwrap_or(max_pos)
+                    .max(1);
+                let factor = num("factor")?.unwrap_or(max_pos as f64 / original as f64);
+                rope.scale = match num("attention_factor")? {
                     Some(a) => a as f32,
                     None if factor <= 1.0 => 1.0,
                     None => (1.0 + factor.ln() / (original as f64).ln()).sqrt() as f32,

@@ -108,7 +108,7 @@ impl Weights {
     /// The dtype a safetensors tensor is stored in.
     pub fn stored_dtype(&self, name: &str) -> Result<DType> {
         match &self.files {
-            Source::Safetensors(f) => f.dtype(name).with_context(|| missing(name)),
+            Source::Safetensors(f) => f.dtype(name)?.with_context(|| missing(name)),
             Source::Gguf(_) => Ok(DType::F32),
         }
     }

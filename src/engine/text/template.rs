@@ -36,6 +36,39 @@ impl Message {
     }
 }
 
+/// The work a chat template may do in one render, in minijinja's fuel (about one unit per
+/// instruction; 64 bytes of values built): real templates use under 10^5 for a long conversation
+/// with tools; a template that loops without end stops here within a second or two.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+
+/// Bytes a chat template may write beyond four times the text it is given: a prompt is the
+/// messages plus some markup, never gigabytes.
+const TEMPLATE_OUTPUT: usize = 16 << 20;
+
+/// The rendered text, refusing to grow past its limit (a template that prints without end fails
+/// here rather than exhausting memory).
+struct CappedOutput {
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the chat template wrote more than {} bytes",
+                self.limit
+            )));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct ChatTemplate {
     source: String,
     bos_token: String,
@@ -113,6 +146,7 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
                 .trim_blocks(true)
@@ -130,14 +164,30 @@ impl ChatTemplate {
         env.add_template("chat", &self.source)
             .context("the model's chat template does not parse")?;
         let tmpl = env.get_template("chat")?;
-        let out = tmpl.render(minijinja::context! {
-            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-            tools => tools.map_or(minijinja::Value::UNDEFINED, |t| minijinja::Value::from(minijinja::value::Serde(t))),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
+        let given: usize = messages.iter().map(|m| m.content.len()).sum::<usize>()
+            + tools.map_or(0, |t| t.to_string().len());
+        let mut out = CappedOutput {
+            text: Vec::new(),
+            limit: TEMPLATE_OUTPUT + 4 * given,
+        };
+        tmpl.render_captured_to(
+            minijinja::context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                tools => tools.map_or(minijinja::Value::UNDEFINED, |t| minijinja::Value::from(minijinja::value::Serde(t))),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            &mut out,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => anyhow::anyhow!(
+                "the chat template ran past its budget of {TEMPLATE_FUEL} steps: it loops \
+                 without end (fix or replace the template)"
+            ),
+            _ => e.into(),
         })?;
-        Ok(out)
+        String::from_utf8(out.text).context("the chat template wrote text that is not UTF-8")
     }
 
     /// Render, folding a system message into the first user turn when the template rejects the
