@@ -13,12 +13,24 @@ cargo build --release -q
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for i in 1 2 3 4; do cat assets/kld_text.txt; done >"$OUT/text.txt"
+failed=0
 for fam in llama qwen2 qwen3 gemma2 gemma3 mixtral; do
   OWRUN_HOME=$OUT/home ./target/release/owrun quantize "tests/fixtures/models/$fam" --quant q8_0 -o "$OUT/$fam.gguf" >/dev/null 2>&1
   "$BIN/llama-perplexity" -m "tests/fixtures/gguf/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
     --kl-divergence-base "$OUT/$fam.base" >"$OUT/$fam.base.log" 2>&1
-  "$BIN/llama-perplexity" -m "$OUT/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
-    --kl-divergence-base "$OUT/$fam.base" --kl-divergence >"$OUT/$fam.log" 2>&1 || true
-  printf '%-8s %s | %s\n' "$fam" "$(grep -m1 'Mean    KLD' "$OUT/$fam.log" || echo 'KLD: failed (see llama.cpp log)')" \
-    "$(grep -m1 '^Same top p' "$OUT/$fam.log" || true)"
+  # A file llama.cpp cannot read, or reads differently, fails the check (exit 1 at the end).
+  if ! "$BIN/llama-perplexity" -m "$OUT/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
+    --kl-divergence-base "$OUT/$fam.base" --kl-divergence >"$OUT/$fam.log" 2>&1; then
+    printf '%-8s FAILED: llama.cpp could not read owrun'"'"'s file:\n' "$fam"
+    tail -5 "$OUT/$fam.log"
+    failed=1
+    continue
+  fi
+  kld=$(awk '/Mean    KLD/ {print $3; exit}' "$OUT/$fam.log")
+  printf '%-8s %s | %s\n' "$fam" "$(grep -m1 'Mean    KLD' "$OUT/$fam.log")" "$(grep -m1 '^Same top p' "$OUT/$fam.log" || true)"
+  if ! awk -v k="${kld:-nan}" 'BEGIN { exit !(k + 0 == k && k < 1e-4) }'; then
+    echo "$fam FAILED: mean KL divergence ${kld:-missing}, expected < 1e-4" >&2
+    failed=1
+  fi
 done
+exit $failed

@@ -641,3 +641,33 @@ fn a_checkpoint_missing_a_tensor_is_an_error_not_a_crash() {
     r.fails_with(1, "but config.json implies");
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
+
+#[test]
+fn a_fine_tune_written_over_the_old_files_is_quantized_again() {
+    let sb = sandbox();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    let dir = sb.dir.path().join("my-tune");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    let model = dir.to_str().unwrap();
+    let args = ["--quant", "q8_0", "--seed", "1"];
+    let first = ids(&greedy(&sb, model, "hello", "12", &args)["tokens"]);
+    // The "fine-tune": the top mantissa bits of every f32 weight scrambled (values change by up
+    // to 2x, every float stays finite, the file keeps its size), written over the old file.
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let noise = support::noise(bytes.len(), 7);
+    for (b, n) in bytes[header..].iter_mut().zip(&noise).skip(2).step_by(4) {
+        *b ^= n & 0x7f;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let again = ids(&greedy(&sb, model, "hello", "12", &args)["tokens"]);
+    // What the new weights give with no cache at all.
+    let fresh = ids(&greedy(&sandbox(), model, "hello", "12", &args)["tokens"]);
+    assert_eq!(again, fresh, "the stale quantized weights were reused");
+    assert_ne!(first, fresh, "the edit did not change the model");
+}

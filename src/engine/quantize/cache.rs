@@ -108,16 +108,47 @@ impl QuantCache {
 }
 
 /// What a cache file must match: the scheme, owrun's quantizer version, and the source files'
-/// names and sizes.
+/// names, sizes and modification times (a fine-tune written over the old files keeps their
+/// names and often their sizes; its new times tell it apart).
 fn stamp(scheme: Scheme, files: &[PathBuf]) -> String {
     let mut stamp = format!("owrun-quant-1 {}", scheme.name());
     for f in files {
-        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let meta = std::fs::metadata(f).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        let modified = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        stamp.push_str(&format!(" {name}:{len}"));
+        stamp.push_str(&format!(" {name}:{len}:{modified}"));
     }
     stamp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_changes_when_a_file_is_rewritten_at_the_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        std::fs::write(&file, [1u8; 64]).unwrap();
+        let files = [file.clone()];
+        let before = stamp(Scheme::Q8_0, &files);
+        assert_eq!(before, stamp(Scheme::Q8_0, &files));
+        std::fs::write(&file, [2u8; 64]).unwrap();
+        // The write's time, made certain to differ from the first (file clocks are coarse).
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_ne!(before, stamp(Scheme::Q8_0, &files));
+    }
 }
