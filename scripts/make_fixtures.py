@@ -117,6 +117,34 @@ def sentencepiece_tokenizer(specials):
     return tok
 
 
+def sentencepiece_model(specials, bos, eos):
+    """A real SentencePiece model (tokenizer.model) as Gemma ships one: BPE with byte fallback, no
+    dummy prefix, digits split, the turn markers as user-defined pieces. llama.cpp's converter reads
+    only this file for Gemma 2, so a fixture it converts needs one. Returns the file's bytes and the
+    transformers tokenizer converted from it (tokenizer.json)."""
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([CORPUS] * 4), model_writer=buf, model_type="bpe",
+        vocab_size=420, byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", split_digits=True, character_coverage=1.0,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece=specials[0], eos_piece=specials[1],
+        bos_piece=specials[2], unk_piece=specials[3], user_defined_symbols=specials[4:], minloglevel=2)
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "tokenizer.model"), "wb") as f:
+            f.write(buf.getvalue())
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "GemmaTokenizer", "bos_token": bos, "eos_token": eos[0],
+                       "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}, f)
+        fast = AutoTokenizer.from_pretrained(d)
+    return buf.getvalue(), fast
+
+
 def with_bos(tok, bos):
     bos_id = tok.token_to_id(bos)
     tok.post_processor = processors.TemplateProcessing(
@@ -158,6 +186,17 @@ FAMILIES = {
                                             "full_attention": dict(rope_type="linear", factor=8.0, rope_theta=1000000.0),
                                             "sliding_attention": dict(rope_type="default", rope_theta=10000.0)}),
                "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
+    # Gemma 2 27B's attention scale: query_pre_attn_scalar = hidden / heads (here 8), not head_dim
+    # (16). llama.cpp's converter does not write it; llama.cpp (and owrun) infer it from the 46
+    # layers of the 27B model, so this fixture has 46 tiny layers. Converted to GGUF by llama.cpp's
+    # own convert_hf_to_gguf.py (scripts/convert_fixtures_with_llamacpp.sh), hence a real
+    # tokenizer.model.
+    "gemma2_27b": ("Gemma2Config", dict(hidden_size=16, intermediate_size=16, num_attention_heads=2,
+                                        num_key_value_heads=1, head_dim=16, num_hidden_layers=46,
+                                        query_pre_attn_scalar=8, sliding_window=16,
+                                        final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+                   "spm_model", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>",
+                   ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
     "qwen2": ("Qwen2Config", dict(rope_theta=1000000.0, tie_word_embeddings=True),
               "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
     "qwen3": ("Qwen3Config", dict(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=True),
@@ -171,16 +210,20 @@ NEW_TOKENS = 12
 
 def build(family):
     cls_name, extra, style, specials, bos, eos, template = FAMILIES[family]
-    tok = byte_level_tokenizer(specials) if style == "byte" else sentencepiece_tokenizer(specials)
-    if bos is not None:
-        tok = with_bos(tok, bos)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos[0],
-                                   unk_token="<unk>" if style == "sp" else None)
+    spm_model = None
+    if style == "spm_model":
+        spm_model, fast = sentencepiece_model(specials, bos, eos)
+    else:
+        tok = byte_level_tokenizer(specials) if style == "byte" else sentencepiece_tokenizer(specials)
+        if bos is not None:
+            tok = with_bos(tok, bos)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos[0],
+                                       unk_token="<unk>" if style == "sp" else None)
     fast.chat_template = template
-    vocab = tok.get_vocab_size()
+    vocab = len(fast)
     cfg = getattr(transformers, cls_name)(vocab_size=vocab, **{**GENERAL, **extra},
-                                           bos_token_id=tok.token_to_id(bos) if bos else None,
-                                           eos_token_id=[tok.token_to_id(e) for e in eos])
+                                           bos_token_id=fast.convert_tokens_to_ids(bos) if bos else None,
+                                           eos_token_id=[fast.convert_tokens_to_ids(e) for e in eos])
     cfg._attn_implementation = "eager"
     model_cls = transformers.AutoModelForCausalLM
     for seed in range(100):
@@ -188,7 +231,7 @@ def build(family):
         model = model_cls.from_config(cfg, torch_dtype=torch.float32, attn_implementation="eager").eval()
         record = run(model, fast, eos)
         if record["min_margin"] > 0.05:
-            return model, fast, record, seed
+            return model, fast, record, seed, spm_model
     sys.exit(f"{family}: no seed without near-ties")
 
 
@@ -241,11 +284,28 @@ def run(model, fast, eos):
 def main():
     families = sys.argv[1:] or list(FAMILIES)
     for family in families:
-        model, fast, record, seed = build(family)
+        model, fast, record, seed, spm_model = build(family)
         d = os.path.join(OUT, family)
         shutil.rmtree(d, ignore_errors=True)
         model.save_pretrained(d, safe_serialization=True)
         fast.save_pretrained(d)
+        if spm_model is not None:
+            with open(os.path.join(d, "tokenizer.model"), "wb") as f:
+                f.write(spm_model)
+            # As Gemma's own tokenizer_config.json lists them (transformers 5 no longer writes
+            # it): llama.cpp's converter marks the special pieces from this list alone.
+            specials = FAMILIES[family][3]
+            tc_path = os.path.join(d, "tokenizer_config.json")
+            with open(tc_path) as f:
+                tc = json.load(f)
+            for k in ("vocab_file", "is_local", "local_files_only"):  # where it was built
+                tc.pop(k, None)
+            tc["added_tokens_decoder"] = {
+                str(fast.convert_tokens_to_ids(t)): {"content": t, "lstrip": False, "normalized": False,
+                                                     "rstrip": False, "single_word": False, "special": True}
+                for t in specials}
+            with open(tc_path, "w") as f:
+                json.dump(tc, f, indent=2, ensure_ascii=False)
         with open(os.path.join(d, "README.md"), "w") as f:
             f.write("---\nlicense: mit\n---\n# tiny random " + family + " (owrun test fixture)\n")
         record.update({"family": family, "seed": seed, "transformers": transformers.__version__,

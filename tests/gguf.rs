@@ -1,6 +1,8 @@
 //! GGUF files as llama.cpp's converter writes them (tests/fixtures/gguf, made from the
-//! transformers fixtures by scripts/make_gguf_fixtures.py with the `gguf` package): owrun reads
-//! their hyperparameters, tensors and tokenizer, and computes what transformers computes.
+//! transformers fixtures: gemma2_27b.f32.gguf by llama.cpp's own convert_hf_to_gguf.py through
+//! scripts/convert_fixtures_with_llamacpp.sh, the older ones by scripts/make_gguf_fixtures.py with
+//! the `gguf` package): owrun reads their hyperparameters, tensors and tokenizer, and computes what
+//! transformers computes.
 
 mod support;
 
@@ -71,6 +73,98 @@ fn f32_gguf_files_match_transformers() {
             );
         }
     }
+}
+
+/// Gemma 2 27B's attention scale: query_pre_attn_scalar is hidden / heads, not head_dim, and
+/// llama.cpp's converter does not write it (llama.cpp infers it from the 27B model's 46 layers).
+/// The fixture has 46 tiny layers and was converted by llama.cpp's own convert_hf_to_gguf.py
+/// (scripts/convert_fixtures_with_llamacpp.sh), with none of the keys a re-implementation adds.
+#[test]
+fn gemma2_27b_from_llama_cpp_s_converter_scales_attention_as_transformers_does() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let family = "gemma2_27b";
+    let exp = expected(family);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models").join(family).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(config["query_pre_attn_scalar"], config["head_dim"]);
+    let file = root().join("gguf").join(format!("{family}.f32.gguf"));
+    let dir = root().join("models").join(family);
+    for model in [&file, &dir] {
+        let got = greedy_cases(&sb, model, family, &[]);
+        for ((ids, tokens), case) in got.iter().zip(["plain", "chat"]) {
+            assert_eq!(
+                ids, &exp[case]["prompt_ids"],
+                "{model:?} {case}: prompt ids"
+            );
+            assert_eq!(
+                tokens, &exp[case]["new_token_ids"],
+                "{model:?} {case}: tokens"
+            );
+        }
+    }
+}
+
+/// Gemma 3 27B (62 layers) likewise: the gemma3 fixture grown to 62 layers (its two layers, then
+/// 60 that add nothing) and stripped of `attention.scale`, as llama.cpp's converter writes it, must compute
+/// what the same file computes with the scale stated as 1/sqrt(hidden / heads), and not what it
+/// computes with 1/sqrt(head_dim).
+#[test]
+fn gemma3_27b_without_an_attention_scale_scales_by_hidden_over_heads() {
+    use support::gguf::{Gguf, Val};
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let mut g = Gguf::fixture("gemma3.gguf");
+    fn layer(t: &str) -> Option<(&str, &str)> {
+        t.strip_prefix("blk.")?.split_once('.')
+    }
+    let mut grown: Vec<_> = g
+        .tensors
+        .iter()
+        .filter(|t| layer(&t.name).is_none())
+        .cloned()
+        .collect();
+    for l in 0..62 {
+        for t in g.tensors.iter().filter(|t| layer(&t.name).is_some()) {
+            let (src, rest) = layer(&t.name).unwrap();
+            if src == (l % 2).to_string() {
+                let mut t = t.clone();
+                t.name = format!("blk.{l}.{rest}");
+                // Layers past the first two add nothing to the residual stream (their output
+                // norms' gains are 0): 62 random layers would drown every difference.
+                if l >= 2 && rest.starts_with("post_") {
+                    t.data.fill(0);
+                }
+                grown.push(t);
+            }
+        }
+    }
+    g.tensors = grown;
+    g.set("gemma3.block_count", Val::U32(62));
+    g.set(
+        "gemma3.attention.sliding_window_pattern",
+        Val::Arr(7, (0..62).map(|l| Val::Bool(l % 2 == 0)).collect()),
+    );
+    // The model's perplexity over kld's built-in text: any change of scale changes it.
+    let perplexity = |g: &Gguf, name: &str| {
+        let p = sb.dir.path().join(name);
+        std::fs::write(&p, g.to_bytes()).unwrap();
+        let r = sb.run(&["kld", p.to_str().unwrap(), "--json"]);
+        r.ok();
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        doc["comparison"]["reference_perplexity"].as_f64().unwrap()
+    };
+    // hidden 64 / 4 heads = 16; head_dim 32.
+    g.set("gemma3.attention.scale", Val::F32(1.0 / 16f32.sqrt()));
+    let per_head = perplexity(&g, "stated.gguf");
+    g.set("gemma3.attention.scale", Val::F32(1.0 / 32f32.sqrt()));
+    let head_dim = perplexity(&g, "head-dim.gguf");
+    assert!(
+        (per_head - head_dim).abs() > 1e-3 * per_head,
+        "the scale does not change the perplexity: {per_head} {head_dim}"
+    );
+    g.remove("gemma3.attention.scale");
+    assert_eq!(perplexity(&g, "converted.gguf"), per_head);
 }
 
 #[test]

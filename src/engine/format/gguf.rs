@@ -252,8 +252,22 @@ impl GgufFile {
             }
             None => {}
         }
-        if let Some(scale) = self.num("attention.scale").filter(|&s| s > 0.0) {
-            c.insert("query_pre_attn_scalar".into(), json!(1.0 / (scale * scale)));
+        match self.num("attention.scale").filter(|&s| s > 0.0) {
+            Some(scale) => {
+                c.insert("query_pre_attn_scalar".into(), json!(1.0 / (scale * scale)));
+            }
+            // llama.cpp's converter does not write Gemma 2/3's query_pre_attn_scalar. The 27B
+            // models (46 and 62 layers) scale by hidden / heads (144, 168), every other size by
+            // head_dim: llama.cpp tells them apart by their layer count, and so does owrun.
+            None if matches!(
+                (self.arch.as_str(), need("block_count")? as u64),
+                ("gemma2", 46) | ("gemma3", 62)
+            ) =>
+            {
+                let per_head = (need("embedding_length")? / heads).floor();
+                c.insert("query_pre_attn_scalar".into(), json!(per_head));
+            }
+            None => {}
         }
         let hd = self.num("attention.key_length").map(|v| v as usize);
         let dims = self.num("rope.dimension_count").map(|v| v as usize);
