@@ -21,6 +21,8 @@
 mod device;
 pub mod export;
 pub mod format;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod generate;
 mod load;
 pub mod model;
