@@ -4,15 +4,17 @@
 # keys it leaves out included (Gemma 2/3 27B's attention scale is one: the converter does not
 # write it, llama.cpp infers it from the layer count).
 #
-#   scripts/convert_fixtures_with_llamacpp.sh [FAMILY...]    (default: every family listed below)
+#   scripts/convert_fixtures_with_llamacpp.sh [FAMILY...]    (default: every family in ALL below)
 #
 # Needs torch, transformers, sentencepiece and protobuf (the converter imports them): set PYTHON
 # to an environment that has them (default: python3). The sdist is fetched into $OWRUN_BENCH_DIR
 # (default ~/.cache/owrun-bench), as the benchmark scripts do.
 #
-# Families: each needs tokenizer files the converter accepts as they are (a tokenizer.model for
-# the SentencePiece families), so only fixtures made for it are converted here; the older
-# fixtures are written by scripts/make_gguf_fixtures.py.
+# Which fixtures: those whose tokenizer files the converter takes as they are. Byte-level BPE
+# vocabularies (llama, qwen2, qwen3) need their pre-tokenizer named (scripts/llamacpp_convert.py);
+# SentencePiece ones need a tokenizer.model, which only gemma2_27b has. gemma2, gemma3, phi3 and
+# mixtral, made before, have none: scripts/make_gguf_fixtures.py writes theirs (with keys the
+# converter leaves out, see its header).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -25,14 +27,16 @@ if [ ! -f "$LLAMA/convert_hf_to_gguf.py" ]; then
       && tar xzf sdist/llama_cpp_python-0.3.36.tar.gz \
       && rm -rf "$LLAMA" && mv llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA" && rm -f "$LLAMA/.git" )
 fi
-families=("$@")
-[ ${#families[@]} -gt 0 ] || families=(gemma2_27b)
-for fam in "${families[@]}"; do
-  out=tests/fixtures/gguf/$fam.f32.gguf
-  # The converter's own gguf-py (it puts it on the path itself), f32 so that owrun must agree
-  # with transformers exactly.
-  "$PYTHON" "$LLAMA/convert_hf_to_gguf.py" "tests/fixtures/models/$fam" --outtype f32 \
-    --outfile "$out" >"$DIR/convert-$fam.log" 2>&1 \
+# family  converter's outtype  pre-tokenizer ("-": the converter's own recognition)
+ALL="gemma2_27b:f32:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2"
+for spec in $ALL; do
+  IFS=: read -r fam outtype pre <<<"$spec"
+  if [ $# -gt 0 ] && [[ " $* " != *" $fam "* ]]; then continue; fi
+  # Q8_0 files are named after the family alone, as the tests expect.
+  out=tests/fixtures/gguf/$fam.gguf
+  [ "$outtype" = q8_0 ] || out=tests/fixtures/gguf/$fam.$outtype.gguf
+  "$PYTHON" scripts/llamacpp_convert.py "$LLAMA" "$pre" "tests/fixtures/models/$fam" \
+    --outtype "$outtype" --outfile "$out" >"$DIR/convert-$fam.log" 2>&1 \
     || { tail -20 "$DIR/convert-$fam.log" >&2; exit 1; }
-  echo "$fam: $out ($(stat -c %s "$out") bytes)"
+  echo "$fam ($outtype): $out ($(stat -c %s "$out") bytes)"
 done
