@@ -118,29 +118,40 @@ def sentencepiece_tokenizer(specials):
 
 
 def sentencepiece_model(specials, bos, eos):
-    """A real SentencePiece model (tokenizer.model) as Gemma ships one: BPE with byte fallback, no
-    dummy prefix, digits split, the turn markers as user-defined pieces. llama.cpp's converter reads
-    only this file for Gemma 2, so a fixture it converts needs one. Returns the file's bytes and the
-    transformers tokenizer converted from it (tokenizer.json)."""
+    """A real SentencePiece model (tokenizer.model), as the SentencePiece families ship one: BPE
+    with byte fallback, the chat markers as user-defined pieces. Gemma's (specials start with
+    <pad>): no dummy prefix, digits split; Llama 2 / Mistral / Phi-3's (specials start with <unk>):
+    a dummy prefix. llama.cpp's converter reads only this file for these families, so a fixture it
+    converts needs one. Returns the file's bytes and the transformers tokenizer converted from it
+    (tokenizer.json)."""
     import io
     import tempfile
 
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
+    gemma = specials[0] == "<pad>"
+    if gemma:
+        ids = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece=specials[0], eos_piece=specials[1],
+                   bos_piece=specials[2], unk_piece=specials[3])
+        user, cls, extra = specials[4:], "GemmaTokenizer", {"pad_token": "<pad>"}
+    else:
+        ids = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece=specials[0], bos_piece=specials[1],
+                   eos_piece=specials[2])
+        # legacy: a "▁" after every special token, as llama.cpp tokenizes SentencePiece text.
+        user, cls, extra = specials[3:], "LlamaTokenizer", {"legacy": True}
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter([CORPUS] * 4), model_writer=buf, model_type="bpe",
-        vocab_size=420, byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", split_digits=True, character_coverage=1.0,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece=specials[0], eos_piece=specials[1],
-        bos_piece=specials[2], unk_piece=specials[3], user_defined_symbols=specials[4:], minloglevel=2)
+        vocab_size=420, byte_fallback=True, add_dummy_prefix=not gemma, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", split_digits=gemma, character_coverage=1.0,
+        user_defined_symbols=user, minloglevel=2, **ids)
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "tokenizer.model"), "wb") as f:
             f.write(buf.getvalue())
         with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "GemmaTokenizer", "bos_token": bos, "eos_token": eos[0],
-                       "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}, f)
+            json.dump({"tokenizer_class": cls, "bos_token": bos, "eos_token": eos[0],
+                       "unk_token": "<unk>", "add_bos_token": True, **extra}, f)
         fast = AutoTokenizer.from_pretrained(d)
     return buf.getvalue(), fast
 
@@ -179,13 +190,16 @@ FAMILIES = {
               "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
     "gemma2": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
                                     final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
-               "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
-    "gemma3": ("Gemma3TextConfig", dict(head_dim=32, query_pre_attn_scalar=24, sliding_window=16,
-                                        layer_types=["sliding_attention", "full_attention"],
+               "spm_model", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
+    # Gemma 3 as its 1B-12B models are (llama.cpp's converter writes neither the layer pattern nor
+    # the attention scale: readers infer both): five sliding layers to one global (six layers),
+    # query_pre_attn_scalar = head_dim.
+    "gemma3": ("Gemma3TextConfig", dict(head_dim=32, query_pre_attn_scalar=32, sliding_window=16,
+                                        num_hidden_layers=6,
                                         rope_parameters={
                                             "full_attention": dict(rope_type="linear", factor=8.0, rope_theta=1000000.0),
                                             "sliding_attention": dict(rope_type="default", rope_theta=10000.0)}),
-               "sp", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
+               "spm_model", ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], "<bos>", ["<eos>", "<end_of_turn>"], GEMMA_TEMPLATE),
     # Gemma 2 27B's attention scale: query_pre_attn_scalar = hidden / heads (here 8), not head_dim
     # (16). llama.cpp's converter does not write it; llama.cpp (and owrun) infer it from the 46
     # layers of the 27B model, so this fixture has 46 tiny layers. Converted to GGUF by llama.cpp's

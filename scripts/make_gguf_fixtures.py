@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Write GGUF test fixtures from the tiny Hugging Face fixtures in tests/fixtures/models/.
 
-Now only for gemma2, gemma3, phi3 and mixtral, by default: llama, qwen2 and qwen3 are written by
-llama.cpp's own converter (scripts/convert_fixtures_with_llamacpp.sh; its output is byte for
-byte what this script writes for them), and new fixtures should be made for that converter.
+Now only for phi3 and mixtral, by default: every other GGUF fixture is written by llama.cpp's own
+converter (scripts/convert_fixtures_with_llamacpp.sh; for llama, qwen2 and qwen3 its output is
+byte for byte what this script writes). These two have no tokenizer.model for the converter, and
+tried with one they showed two tokenizer differences still open: llama.cpp (and owrun's GGUF
+path) put a "▁" after every special token where transformers' Llama tokenizer puts one only
+when `legacy`, and `owrun quantize` drops the dummy prefix of a Metaspace tokenizer.json.
 
 For each family in FAMILIES (llama, qwen2, qwen3, gemma2, gemma3, phi3, mixtral) this writes
 tests/fixtures/gguf/<family>.gguf the way llama.cpp's convert_hf_to_gguf.py (conversion/ package,
@@ -843,10 +846,8 @@ def main() -> None:
     ap.add_argument("--no-verify", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    # llama, qwen2 and qwen3 come from llama.cpp's own converter now
-    # (scripts/convert_fixtures_with_llamacpp.sh), which writes them byte for byte as this script
-    # does; the SentencePiece families' fixtures have no tokenizer.model for it to read.
-    families = args.only or [f for f in FAMILIES if f not in ("llama", "qwen2", "qwen3")]
+    # The others come from llama.cpp's own converter now (see the header).
+    families = args.only or ["phi3", "mixtral"]
     written: list[tuple[Path, str]] = []
     with torch.inference_mode():
         for family in families:
