@@ -358,7 +358,8 @@ pub struct ServeArgs {
     /// Time a client has to send a request's body once its headers are in (408 beyond)
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub body_timeout: String,
-    /// Time a kept-alive connection may stay silent between requests (closed beyond)
+    /// Time a kept-alive connection may stay silent between requests, and an answer may wait
+    /// for a client that does not read it (closed beyond)
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub idle_timeout: String,
     /// Most connections open at once; one more is answered 503 and closed

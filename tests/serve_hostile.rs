@@ -402,6 +402,52 @@ fn slow_and_idle_clients_are_cut_off_and_connections_capped() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// A client that asks for a long stream and never reads it: once the socket takes no more, the
+/// answer waits for it --idle-timeout, then the connection is closed (the stream never ends
+/// with [DONE]) rather than held for as long as the client likes.
+#[test]
+fn a_client_that_does_not_read_its_answer_is_cut_off() {
+    let sb = sandbox();
+    let server = Server::start(
+        &sb,
+        &["stories260k", "--parallel", "16", "--idle-timeout", "1s"],
+        &[],
+    );
+    server.wait_healthy();
+    // 16 choices of ~500 tokens with 20 alternatives each: megabytes of events, more than the
+    // sockets' buffers hold.
+    let body = json!({"model": "stories260k", "n": 16, "max_tokens": 500, "stream": true,
+                      "logprobs": true, "top_logprobs": 20,
+                      "messages": [{"role": "user", "content": "Once upon a time"}]})
+    .to_string();
+    // A small receive buffer, as the kernel would otherwise take megabytes for the client.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
+    socket.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\n{}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        host(server.port),
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{}", &answer[..100]);
+    assert!(
+        !answer.contains("data: [DONE]"),
+        "the whole stream ({} bytes) waited for its reader",
+        answer.len()
+    );
+    server.wait_until_idle(Duration::from_secs(10));
+}
+
 /// The health check answers at once while other clients ask for the model cards (each reads
 /// every registry model's files) and name models with megabytes of text (the name suggestions
 /// took time in proportion). (/health stalled 1.7 to 12 s.)

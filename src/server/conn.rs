@@ -6,7 +6,8 @@
 //!
 //! - a new connection sends its first request head within `header` (from accept), and every
 //!   later head within `header` of its first byte;
-//! - between requests a connection may stay open, silent, for `idle`;
+//! - between requests a connection may stay open, silent, for `idle`; an answer the client does
+//!   not read (the socket takes no more bytes) may wait for it as long;
 //! - a request's body arrives whole within `body` of its head ([`read_body`]: 408 otherwise, so a
 //!   body shorter than its Content-Length does not hold the connection);
 //! - at most `max_connections` are open; one more is answered 503 at once and closed.
@@ -33,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::error::ApiError;
@@ -113,6 +114,14 @@ fn refuse(tcp: TcpStream, max: usize) {
     let _ = tcp.try_write(response.as_bytes());
 }
 
+/// Sleep until `deadline`; for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn connection(
     tcp: TcpStream,
     router: Router,
@@ -134,14 +143,13 @@ async fn connection(
     tokio::pin!(conn);
     let mut shutting_down = false;
     loop {
-        // While a request is in flight no deadline applies here (its body has its own, and
-        // a stream lasts as long as the generation): look again after the shortest limit.
-        let wake = activity
-            .deadline(&limits)
-            .unwrap_or_else(|| Instant::now() + limits.header.min(limits.idle));
+        // While a request is in flight, usually no deadline applies here (its body has its
+        // own, and a stream lasts as long as the generation): sleep until told otherwise.
+        let wake = activity.deadline(&limits);
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = tokio::time::sleep_until(wake) => {
+            _ = activity.sooner.notified() => {}
+            _ = sleep_until(wake) => {
                 if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
                     // Dropping the connection closes the socket.
                     return;
@@ -158,6 +166,8 @@ async fn connection(
 /// What a connection is doing, for its deadlines.
 struct Activity {
     state: Mutex<Progress>,
+    /// Told when a deadline may have come earlier (the watchdog sleeps until the last one).
+    sooner: Notify,
 }
 
 struct Progress {
@@ -169,6 +179,8 @@ struct Progress {
     idle_since: Instant,
     /// The first byte of the next request head arrived then.
     head_since: Option<Instant>,
+    /// The socket has taken no bytes of the answer since then (the client does not read).
+    write_stalled: Option<Instant>,
 }
 
 impl Activity {
@@ -179,7 +191,9 @@ impl Activity {
                 served: false,
                 idle_since: Instant::now(),
                 head_since: None,
+                write_stalled: None,
             }),
+            sooner: Notify::new(),
         }
     }
 
@@ -192,6 +206,20 @@ impl Activity {
         let mut s = self.state();
         if s.in_flight == 0 && s.head_since.is_none() {
             s.head_since = Some(Instant::now());
+            self.sooner.notify_one();
+        }
+    }
+
+    /// A write to the socket took bytes (`true`) or had to wait (`false`).
+    fn wrote(&self, took: bool) {
+        let mut s = self.state();
+        match (took, s.write_stalled) {
+            (true, _) => s.write_stalled = None,
+            (false, None) => {
+                s.write_stalled = Some(Instant::now());
+                self.sooner.notify_one();
+            }
+            (false, Some(_)) => {}
         }
     }
 
@@ -202,14 +230,16 @@ impl Activity {
         s.in_flight += 1;
         s.served = true;
         s.head_since = None;
+        s.write_stalled = None;
         InFlight(self.clone())
     }
 
-    /// When the connection is closed if nothing changes; None while a request is in flight.
+    /// When the connection is closed if nothing changes. While a request is in flight, none
+    /// unless its answer waits on a client that does not read it.
     fn deadline(&self, limits: &Limits) -> Option<Instant> {
         let s = self.state();
         if s.in_flight > 0 {
-            None
+            s.write_stalled.map(|t| t + limits.idle)
         } else if !s.served {
             Some(s.idle_since + limits.header)
         } else if let Some(t) = s.head_since {
@@ -227,6 +257,7 @@ impl Drop for InFlight {
         let mut s = self.0.state();
         s.in_flight -= 1;
         s.idle_since = Instant::now();
+        self.0.sooner.notify_one();
     }
 }
 
@@ -258,7 +289,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.activity.wrote(written.is_ready());
+        written
     }
 
     fn poll_write_vectored(
@@ -266,7 +300,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.activity.wrote(written.is_ready());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -411,6 +448,13 @@ mod tests {
         a.bytes_arrived();
         assert_eq!(a.deadline(&limits), None);
         assert_eq!(a.state().head_since, None);
+        // An answer the client does not read waits for it as long as an idle connection.
+        a.wrote(false);
+        let stalled = a.state().write_stalled.expect("a stalled write");
+        a.wrote(false);
+        assert_eq!(a.deadline(&limits), Some(stalled + limits.idle));
+        a.wrote(true);
+        assert_eq!(a.deadline(&limits), None);
         drop(in_flight);
         // Kept alive: silent for the idle timeout, then a head within the header timeout.
         let idle = a.state().idle_since;

@@ -407,7 +407,7 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
         Endpoint::Completion => "prompt",
     };
     if prompt.is_empty() {
-        return Err(ApiError::invalid(what, format!("the {what} are empty")));
+        return Err(ApiError::invalid(what, "the prompt is empty"));
     }
     // Every id must have a row in the model's embedding, not only a tokenizer entry (a
     // tokenizer may know more tokens than the model has rows): one that has none would fail
