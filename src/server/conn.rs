@@ -46,7 +46,7 @@ pub struct Limits {
     pub header: Duration,
     /// To send a request body, from its head.
     pub body: Duration,
-    /// Silent between requests.
+    /// Silent between requests, or not reading an answer.
     pub idle: Duration,
     pub max_connections: usize,
 }
