@@ -158,9 +158,10 @@ fn clients_cannot_load_paths_nor_tell_which_exist() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// A model that fails to load (an error, or a panic in the loader) fails that request alone,
-/// says so without naming its files, and costs no idle model its place under --max-models
-/// (the idle one was unloaded before the new one was known to load).
+/// A model that fails to load (weights cut short, a config the loader refuses) fails that
+/// request alone, says so without naming its files (the message named the store's paths), and
+/// costs no idle model its place under --max-models (the idle one was unloaded before the new
+/// one was known to load).
 #[test]
 fn a_model_that_fails_to_load_fails_its_request_only() {
     let sb = sandbox();
