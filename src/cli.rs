@@ -299,7 +299,15 @@ EXAMPLES:
 
 Models load on their first request from what is pulled (the server never downloads), and go
 after --keep-alive without requests. A model whose license needs acceptance is refused (403)
-until `owrun license accept NAME`; with OWRUN_USE=commercial, non-commercial models are refused.")]
+until `owrun license accept NAME`; with OWRUN_USE=commercial, non-commercial models are refused.
+
+SAFE BY DEFAULT:
+  Clients may name registry models, hf: repos already pulled, and the models named here (paths
+  included), never another path. Web pages are kept out: a request with an Origin header is
+  refused unless --cors-origin allows it, a POST must be Content-Type: application/json, and
+  the Host header must be one name (on a loopback address, a loopback name). Slow and idle
+  clients are cut off (--header-timeout, --body-timeout, --idle-timeout), and at most
+  --max-connections are open at once.")]
 pub struct ServeArgs {
     /// Models to load at start and keep loaded (others load on their first request)
     #[arg(value_name = "MODEL")]
@@ -319,8 +327,8 @@ pub struct ServeArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<String>,
-    /// Let web pages from this origin call the server (repeatable; `*` for any). Without it
-    /// no CORS headers are sent and browsers refuse cross-origin calls
+    /// Let web pages from this origin call the server (repeatable; `*` for any). Requests from
+    /// other pages (with another Origin header) are refused (403), and no CORS headers are sent
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
     /// Sequences decoded together per model (default: what memory allows, 4 to 16)
@@ -343,6 +351,20 @@ pub struct ServeArgs {
     /// Largest request body accepted (413 beyond)
     #[arg(long, default_value = "8M", value_name = "SIZE")]
     pub max_body: String,
+    /// Time a client has to send a request's headers: from connecting for its first request,
+    /// from the first byte for the next ones (the connection is closed beyond)
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub header_timeout: String,
+    /// Time a client has to send a request's body once its headers are in (408 beyond)
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub body_timeout: String,
+    /// Time a kept-alive connection may stay silent between requests, and an answer may wait
+    /// for a client that does not read it (closed beyond)
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub idle_timeout: String,
+    /// Most connections open at once; one more is answered 503 and closed
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_connections: usize,
     #[command(flatten)]
     pub load: LoadArgs,
 }

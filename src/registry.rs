@@ -262,50 +262,8 @@ impl ModelRef {
 
 /// Resolve a name from the command line: `hf:owner/name[@rev]`, a directory, or a registry name.
 pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
-    if let Some(rest) = name.strip_prefix("hf:") {
-        // hf:owner/name[@revision][:QUANT]
-        let (rest, gguf) = match rest.rsplit_once(':') {
-            Some((r, q)) if !q.is_empty() && !q.contains('/') => (r, Some(q.to_ascii_uppercase())),
-            _ => (rest, None),
-        };
-        let (repo, revision) = match rest.split_once('@') {
-            Some((r, rev)) if !rev.is_empty() => (r, rev),
-            Some(_) => return Err(usage(format!("{name:?}: empty revision after '@'"))),
-            None => (rest, "main"),
-        };
-        if !is_repo_id(repo) {
-            return Err(usage(format!(
-                "{name:?}: expected hf:owner/name or hf:owner/name@revision"
-            )));
-        }
-        return Ok(ModelRef::Hub {
-            repo: repo.to_string(),
-            revision: revision.to_string(),
-            gguf,
-        });
-    }
-    if let Some(entry) = registry.get(name) {
-        return Ok(ModelRef::Registry {
-            name: name.to_string(),
-            entry: entry.clone(),
-            gguf: None,
-        });
-    }
-    // NAME:QUANT, like ollama's tags: the entry's GGUF repo.
-    if let Some((base, quant)) = name.rsplit_once(':') {
-        if let Some(entry) = registry.get(base) {
-            if entry.gguf_repo.is_none() {
-                return Err(usage(format!(
-                    "{base} has no GGUF repo in the registry, so no {quant:?} file; run it as it \
-                     is, or quantize it at load with --quant {quant}"
-                )));
-            }
-            return Ok(ModelRef::Registry {
-                name: base.to_string(),
-                entry: entry.clone(),
-                gguf: Some(quant.to_ascii_uppercase()),
-            });
-        }
+    if let Some(known) = resolve_known(registry, name) {
+        return known;
     }
     let path = Path::new(name);
     let looks_like_path = name.contains('/')
@@ -332,13 +290,91 @@ pub fn resolve(registry: &Registry, name: &str) -> Result<ModelRef> {
              `owrun list`), hf:owner/name, a local directory in Hugging Face layout, or a GGUF file"
         )));
     }
+    Err(unknown(registry, name))
+}
+
+/// Resolve a name without looking at the filesystem: `hf:owner/name[@rev][:QUANT]`, a registry
+/// name or `NAME:QUANT`. None when it is none of these (it may be a path). The server resolves
+/// its clients' names so: a client must not open, or learn of, files by naming them.
+pub fn resolve_known(registry: &Registry, name: &str) -> Option<Result<ModelRef>> {
+    if let Some(rest) = name.strip_prefix("hf:") {
+        return Some(resolve_hub(name, rest));
+    }
+    if let Some(entry) = registry.get(name) {
+        return Some(Ok(ModelRef::Registry {
+            name: name.to_string(),
+            entry: entry.clone(),
+            gguf: None,
+        }));
+    }
+    // NAME:QUANT, like ollama's tags: the entry's GGUF repo.
+    let (base, quant) = name.rsplit_once(':')?;
+    let entry = registry.get(base)?;
+    if entry.gguf_repo.is_none() {
+        return Some(Err(usage(format!(
+            "{base} has no GGUF repo in the registry, so no {quant:?} file; run it as it \
+             is, or quantize it at load with --quant {quant}"
+        ))));
+    }
+    Some(Ok(ModelRef::Registry {
+        name: base.to_string(),
+        entry: entry.clone(),
+        gguf: Some(quant.to_ascii_uppercase()),
+    }))
+}
+
+/// The error for a name that is no model: with the registry names closest to it.
+pub fn unknown(registry: &Registry, name: &str) -> anyhow::Error {
     let suggestions = registry.suggestions(name);
     let mut msg = format!("unknown model {name:?}");
     if !suggestions.is_empty() {
         msg.push_str(&format!("; did you mean {}?", suggestions.join(", ")));
     }
     msg.push_str("\nSee `owrun list` for known models, or use hf:owner/name for any Hub repo.");
-    Err(usage(msg))
+    usage(msg)
+}
+
+/// `hf:owner/name[@revision][:QUANT]`, `rest` being what follows `hf:`.
+fn resolve_hub(name: &str, rest: &str) -> Result<ModelRef> {
+    // hf:owner/name[@revision][:QUANT]
+    let (rest, gguf) = match rest.rsplit_once(':') {
+        Some((r, q)) if !q.is_empty() && !q.contains('/') => (r, Some(q.to_ascii_uppercase())),
+        _ => (rest, None),
+    };
+    let (repo, revision) = match rest.split_once('@') {
+        Some((r, rev)) if !rev.is_empty() => (r, rev),
+        Some(_) => return Err(usage(format!("{name:?}: empty revision after '@'"))),
+        None => (rest, "main"),
+    };
+    if !is_repo_id(repo) {
+        return Err(usage(format!(
+            "{name:?}: expected hf:owner/name or hf:owner/name@revision"
+        )));
+    }
+    if !is_revision(revision) {
+        return Err(usage(format!(
+            "{name:?}: the revision must be a branch, tag or commit name (letters, digits, \
+             '.', '-', '_' and '/' between names)"
+        )));
+    }
+    Ok(ModelRef::Hub {
+        repo: repo.to_string(),
+        revision: revision.to_string(),
+        gguf,
+    })
+}
+
+/// A git branch, tag or commit as the store files it (`refs/<revision>`): names of letters,
+/// digits, `.`, `-`, `_`, joined by `/`; never `..` or an absolute path.
+fn is_revision(s: &str) -> bool {
+    s.split('/').all(|part| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    })
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -450,6 +486,27 @@ mod tests {
         assert!(err.contains("hf:owner/name"), "{err}");
         let err = resolve(&reg, "Qwen/Qwen2.5-0.5B").unwrap_err().to_string();
         assert!(err.contains("hf:Qwen/Qwen2.5-0.5B"), "{err}");
+    }
+
+    #[test]
+    fn revisions_cannot_leave_the_store_and_known_names_never_touch_files() {
+        let reg = Registry::default();
+        for ok in ["hf:a/b@main", "hf:a/b@refs/pr/1", "hf:a/b@v1.0"] {
+            assert!(resolve(&reg, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "hf:a/b@../../../etc",
+            "hf:a/b@/etc",
+            "hf:a/b@x//y",
+            "hf:a/b@a\\b",
+        ] {
+            let err = resolve(&reg, bad).unwrap_err().to_string();
+            assert!(err.contains("revision"), "{bad}: {err}");
+        }
+        // A folder that exists is no known name: only `resolve` (the command line) opens paths.
+        let here = env!("CARGO_MANIFEST_DIR");
+        assert!(resolve_known(&reg, here).is_none());
+        assert!(matches!(resolve(&reg, here), Ok(ModelRef::Local { .. })));
     }
 
     #[test]

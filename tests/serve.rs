@@ -33,34 +33,6 @@ fn completion_body(prompt: &str, extra: Value) -> Value {
     body
 }
 
-/// Slots busy and jobs queued over every loaded model.
-fn in_use(server: &Server) -> (u64, u64) {
-    let h = server.get("/health").json();
-    h["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .fold((0, 0), |acc, m| {
-            (
-                acc.0 + m["slots_busy"].as_u64().unwrap(),
-                acc.1 + m["queued"].as_u64().unwrap(),
-            )
-        })
-}
-
-#[track_caller]
-fn wait_until_idle(server: &Server, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while in_use(server) != (0, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "slots still busy: {}",
-            server.get("/health").body
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn greedy_answers_match_owrun_run_and_transformers() {
     let sb = sandbox();
@@ -280,7 +252,7 @@ fn bad_requests_get_openai_shaped_errors() {
     error(&r, 403);
     let r = request(port, "GET", "/v1/models", &[("Host", "localhost:1")], "");
     assert_eq!(r.status, 200);
-    // No CORS headers unless asked for.
+    // No CORS headers unless asked for, and a page's request is refused.
     let r = request(
         port,
         "GET",
@@ -289,6 +261,7 @@ fn bad_requests_get_openai_shaped_errors() {
         "",
     );
     assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(error(&r, 403)["code"], "origin_not_allowed");
     // An invalid (or unsupported) JSON schema is a 400 saying why.
     let e = error(
         &server.post(
@@ -379,6 +352,7 @@ fn the_api_key_is_required_except_for_health_and_cors_is_opt_in() {
         ],
         "",
     );
+    assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.header("access-control-allow-origin").is_none());
     assert_eq!(server.get("/health").status, 200);
 }
@@ -409,7 +383,7 @@ fn a_full_queue_is_a_503_with_retry_after_and_a_hang_up_frees_the_slot() {
         std::thread::spawn(move || request(port, "POST", "/v1/completions", &[], &long))
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while in_use(&server) != (1, 1) {
+    while server.in_use() != (1, 1) {
         assert!(Instant::now() < deadline, "{}", server.get("/health").body);
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -420,11 +394,11 @@ fn a_full_queue_is_a_503_with_retry_after_and_a_hang_up_frees_the_slot() {
     drop((a, b));
 
     // A client that hangs up mid-stream frees its slot within a token or two.
-    wait_until_idle(&server, Duration::from_secs(30));
+    server.wait_until_idle(Duration::from_secs(30));
     hang_up_after(port, "/v1/completions", &long, 400);
     std::thread::sleep(Duration::from_millis(150));
     let started = Instant::now();
-    wait_until_idle(&server, Duration::from_secs(2));
+    server.wait_until_idle(Duration::from_secs(2));
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
@@ -589,7 +563,7 @@ fn thirty_two_clients_with_hang_ups_and_bad_requests_leave_it_healthy() {
         };
         assert_eq!(*s, want, "client {i}");
     }
-    wait_until_idle(&server, Duration::from_secs(10));
+    server.wait_until_idle(Duration::from_secs(10));
     let v = server
         .post(
             "/v1/completions",
@@ -654,7 +628,7 @@ fn health_says_loading_then_models_go_after_keep_alive_and_sigterm_ends_streams(
         )
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while in_use(&server).0 == 0 {
+    while server.in_use().0 == 0 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -676,20 +650,10 @@ fn health_says_loading_then_models_go_after_keep_alive_and_sigterm_ends_streams(
 #[test]
 fn the_license_gate_applies_without_asking() {
     let sb = sandbox();
-    // A local copy of stories260k whose model card claims a license that needs acceptance, in
-    // a registry entry (the gate judges registry models by their entry).
-    let dir = sb.dir.path().join("gated");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(stories260k_dir()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
+    // A pulled copy of stories260k under a registry entry whose license needs acceptance (the
+    // gate judges registry models by their entry).
     let repo = "acme/gated-stories";
-    let snapshot = sb.repo_dir(repo).join("snapshots").join("0123abcd");
-    std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
-    std::fs::rename(&dir, &snapshot).unwrap();
-    std::fs::create_dir_all(sb.repo_dir(repo).join("refs")).unwrap();
-    std::fs::write(sb.repo_dir(repo).join("refs/main"), "0123abcd").unwrap();
+    sb.install_pulled(repo, &stories260k_dir());
     let reg = sb.registry_file(
         "gated.toml",
         &format!(
@@ -991,12 +955,26 @@ fn a_reasoning_model_s_thinking_goes_to_reasoning_content() {
 #[test]
 fn max_models_makes_room_and_a_public_address_is_warned_about() {
     let sb = sandbox();
-    let llama =
+    let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
-    let llama = llama.to_str().unwrap();
+    sb.install_pulled("acme/tiny-llama", &fixture);
+    let reg = sb.registry_file(
+        "llama.toml",
+        r#"[models.tiny-llama]
+repo = "acme/tiny-llama"
+family = "llama"
+params = 70000
+context = 256
+license = "mit"
+description = "the tiny llama fixture"
+"#,
+    );
+    let llama = "tiny-llama";
     let server = Server::start(
         &sb,
         &[
+            "--registry",
+            reg.to_str().unwrap(),
             "--max-models",
             "1",
             "--host",

@@ -10,7 +10,7 @@ use crate::error::usage;
 use crate::open::Opener;
 use crate::server::catalog::Catalog;
 use crate::server::models::{Models, Options};
-use crate::server::ServeOptions;
+use crate::server::{Limits, ServeOptions};
 
 pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     if args.parallel == Some(0) || args.parallel.is_some_and(|p| p > 256) {
@@ -30,6 +30,15 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
         )));
     }
     let keep_alive = parse_keep_alive(&args.keep_alive)?;
+    if args.max_connections == 0 {
+        return Err(usage("--max-connections must be at least 1"));
+    }
+    let limits = Limits {
+        header: parse_limit("--header-timeout", &args.header_timeout)?,
+        body: parse_limit("--body-timeout", &args.body_timeout)?,
+        idle: parse_limit("--idle-timeout", &args.idle_timeout)?,
+        max_connections: args.max_connections,
+    };
     let body_limit = crate::memory::parse_size(&args.max_body)
         .filter(|&b| b >= 1024)
         .ok_or_else(|| {
@@ -56,8 +65,7 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
             keep_alive,
             max_models: args.max_models,
             memory_limit: opener.settings.memory_limit,
-            load_delay: hooks.load_delay,
-            step_delay: hooks.step_delay,
+            hooks,
         },
     );
     crate::server::serve(
@@ -68,6 +76,7 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             cors_origins: args.cors_origins.clone(),
             body_limit: body_limit as usize,
+            limits,
             preload: args.models.clone(),
         },
     )
@@ -79,22 +88,39 @@ fn parse_keep_alive(s: &str) -> Result<Option<Duration>> {
     if s == "-1" || s.eq_ignore_ascii_case("forever") {
         return Ok(None);
     }
+    parse_duration(s).map(Some).ok_or_else(|| {
+        usage(format!(
+            "--keep-alive {s:?}: give a duration such as 30s, 5m or 1h, 0, or -1 for never"
+        ))
+    })
+}
+
+/// A time limit of the server's (`--header-timeout 10s`): a duration above zero.
+fn parse_limit(flag: &str, s: &str) -> Result<Duration> {
+    parse_duration(s.trim())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            usage(format!(
+                "{flag} {s:?}: give a duration such as 500ms, 10s or 2m"
+            ))
+        })
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
+fn parse_duration(s: &str) -> Option<Duration> {
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
     let scale = match unit {
+        "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => 0.0,
+        _ => return None,
     };
-    match number.parse::<f64>() {
-        Ok(n) if scale > 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n * scale))),
-        _ => Err(usage(format!(
-            "--keep-alive {s:?}: give a duration such as 30s, 5m or 1h, 0, or -1 for never"
-        ))),
-    }
+    let n = number.parse::<f64>().ok().filter(|n| n.is_finite())?;
+    Duration::try_from_secs_f64(n * scale).ok()
 }
 
 #[cfg(test)]
@@ -114,5 +140,15 @@ mod tests {
         assert_eq!(parse_keep_alive("0").unwrap(), Some(Duration::ZERO));
         assert_eq!(parse_keep_alive("-1").unwrap(), None);
         assert!(parse_keep_alive("5 parsecs").is_err());
+        assert_eq!(
+            parse_limit("--idle-timeout", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_limit("--idle-timeout", "2m").unwrap(),
+            Duration::from_secs(120)
+        );
+        assert!(parse_limit("--idle-timeout", "0").is_err());
+        assert!(parse_limit("--idle-timeout", "1e400").is_err());
     }
 }

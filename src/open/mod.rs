@@ -325,10 +325,12 @@ fn gguf_or_folder(model: &ModelRef, dir: PathBuf) -> Result<PathBuf> {
     let Some(tag) = model.gguf() else {
         return Ok(dir);
     };
+    // Named by the model, not by its folder: the server says this to its clients, who must not
+    // learn the server's paths.
     crate::store::gguf_files_in(&dir, tag)
         .into_iter()
         .next()
-        .with_context(|| format!("{} has no {tag} GGUF file", dir.display()))
+        .with_context(|| format!("{} has no {tag} GGUF file", model.display_name()))
 }
 
 /// On the CPU, a model that does not fit in the memory available in its own dtype runs quantized:

@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::error::Fatal;
 use crate::license;
 use crate::open::{LoadChoices, Opener};
-use crate::registry::ModelRef;
+use crate::registry::{self, ModelRef};
 
 /// A model a request named, resolved and allowed by its license, not yet loaded.
 pub struct Opened {
@@ -30,13 +30,27 @@ pub struct Card {
 
 /// The models a client may name: the registry's, `hf:` repos already pulled, and what the
 /// operator named on the command line (paths included) — never a path a client names that the
-/// operator did not. Opened through the opener as `run` opens them, but never downloading and
-/// never asking (a server has no one to ask).
+/// operator did not: a client's name is resolved without looking at the filesystem, so it can
+/// neither load a file nor learn whether one exists. Opened through the opener as `run` opens
+/// them, but never downloading and never asking (a server has no one to ask).
 pub struct Catalog {
     opener: Opener,
     choices: LoadChoices,
     /// Named on the command line (listed by /v1/models even when they are local paths).
     named: Vec<String>,
+}
+
+/// Longest model name a client may send: a longer one is unknown, without suggestions (which
+/// take time in proportion to its length).
+const MAX_NAME: usize = 256;
+
+/// A name as error messages show it: a long one cut short.
+pub fn shown(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}… ({} bytes)", &name[..end], name.len()),
+        None => name.to_string(),
+    }
 }
 
 impl Catalog {
@@ -48,17 +62,42 @@ impl Catalog {
         }
     }
 
-    /// Resolve, find on disk and pass the license gate (never asking: a server has no one to
-    /// ask).
+    /// Resolve a name from the command line, find it on disk and pass the license gate (never
+    /// asking: a server has no one to ask).
     pub fn check(&self, name: &str) -> Result<(ModelRef, std::path::PathBuf)> {
         let model = self.opener.resolve(name)?;
         let path = self.opener.pulled(&model)?;
         Ok((model, path))
     }
 
-    /// Resolve `name`, check it is on disk and that its license lets it be served.
+    /// The operator named `name` on the command line.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.named.iter().any(|n| n == name)
+    }
+
+    /// A client's name as a model: one the operator named, else a registry name or `hf:` repo.
+    fn resolve(&self, name: &str) -> Result<ModelRef> {
+        if self.is_named(name) {
+            return self.opener.resolve(name);
+        }
+        if name.len() > MAX_NAME {
+            return Err(crate::error::usage(format!(
+                "unknown model {:?}",
+                shown(name)
+            )));
+        }
+        let registry = &self.opener.registry;
+        registry::resolve_known(registry, name)
+            .unwrap_or_else(|| Err(registry::unknown(registry, name)))
+    }
+
+    /// Resolve a client's `name`, check it is on disk and that its license lets it be served.
+    /// Slow (it reads the model's files for its licenses): run off the async threads.
     pub fn open(&self, name: &str) -> Result<Opened, ApiError> {
-        let (model, path) = self.check(name).map_err(|e| {
+        let model = self
+            .resolve(name)
+            .map_err(|e| ApiError::model_not_found(format!("{e:#}")))?;
+        let path = self.opener.pulled(&model).map_err(|e| {
             let message = format!("{e:#}");
             match e.downcast_ref::<Fatal>() {
                 Some(Fatal::LicenseNotAccepted(_)) => {
@@ -78,7 +117,8 @@ impl Catalog {
         })
     }
 
-    /// Every model a client may name.
+    /// Every model a client may name. Slow (it reads each model's license files): run off the
+    /// async threads.
     pub fn cards(&self) -> Vec<Card> {
         let mut models: Vec<ModelRef> = self
             .opener

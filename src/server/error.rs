@@ -1,6 +1,9 @@
 //! Errors as OpenAI shapes them: `{"error": {"message", "type", "param", "code"}}` with the
-//! status a client acts on (400 fix the request, 401 the key, 403 the license, 404 the model,
-//! 503 retry later).
+//! status a client acts on (400 fix the request, 401 the key, 403 the license or the origin, 404
+//! the model, 408/413/415/501 the body's timing, size, type or coding, 503 retry later).
+//!
+//! No message names a file or folder of the server's (the one exception: a model's path the
+//! operator named on the command line): a client must not learn what is on the server's disk.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +18,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Seconds, for 503: when to try again.
     pub retry_after: Option<u64>,
+    /// Close the connection after answering (the rest of the request cannot be trusted or
+    /// waited for).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -26,6 +32,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -117,6 +124,63 @@ impl ApiError {
         )
     }
 
+    /// 400 for a request whose headers are malformed or ambiguous (closed after the answer:
+    /// where the request ends is not certain).
+    pub fn bad_header(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            .with_code("invalid_header")
+            .closing()
+    }
+
+    /// 403: a web page from `origin` may not call the server.
+    pub fn forbidden_origin(origin: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            format!(
+                "requests from web pages of origin {origin:?} are refused: start the server with \
+                 --cors-origin {origin} to allow them"
+            ),
+        )
+        .with_code("origin_not_allowed")
+    }
+
+    /// 415: the body is not sent as plain JSON.
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            message,
+        )
+        .closing()
+    }
+
+    /// 501: a transfer coding owrun does not decode.
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            message,
+        )
+        .closing()
+    }
+
+    /// 408: the request did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            message,
+        )
+        .closing()
+    }
+
+    /// Close the connection after this answer.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
     /// The `{"error": …}` document (also sent as an SSE event when a stream fails midway).
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
@@ -135,6 +199,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

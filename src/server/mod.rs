@@ -1,21 +1,27 @@
 //! `owrun serve`: an OpenAI-compatible HTTP server (axum on tokio) over the engine.
 //!
+//! - `conn`: the accept loop, the connection cap and the clients' time limits;
+//! - `guard`: which requests get in (Host, Origin, content type, API key);
 //! - `openai`: the request fields and the response/stream shapes;
 //! - `scheduler`: continuous batching of many sequences on one model;
 //! - `catalog`: which models a client may name, opened through the model opener;
 //! - `models`: loading on first use, keep-alive, `--max-models`;
 //! - `error`: OpenAI-shaped errors.
 //!
-//! Requests pass a Host check (on loopback, against DNS rebinding), then the API key, then the
-//! handlers. The model thread does the computing; the async threads only parse, tokenize and
-//! stream.
+//! A request passes the guard on its headers, then its body is read whole (within the body
+//! timeout), then the handlers parse it off the async threads. The model thread does the
+//! computing; the two async threads only route and stream, so that no request can stall the
+//! others (the health check included).
 
 pub mod catalog;
+mod conn;
 mod error;
+mod guard;
 pub mod models;
 mod openai;
 mod scheduler;
 mod tools;
+mod work;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +33,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,27 +42,33 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::engine::generate::constrain::JsonConstraint;
+use conn::BodyLimits;
+pub use conn::Limits;
 pub use error::ApiError;
+use guard::{Guard, Origins};
 use models::{Models, Served};
 use openai::{Common, Endpoint, PromptInput, Reply};
 use scheduler::{Event, Job, Refused};
+use work::Work;
 
 pub struct ServeOptions {
     pub host: IpAddr,
     pub port: u16,
     pub api_key: Option<String>,
-    /// Origins allowed to call from a browser ("*" for any); none: no CORS headers.
+    /// Origins allowed to call from a browser ("*" for any); none: no CORS headers, and
+    /// requests that carry an Origin are refused.
     pub cors_origins: Vec<String>,
     pub body_limit: usize,
+    /// Time limits and the connection cap.
+    pub limits: Limits,
     /// Models to load at start and keep loaded.
     pub preload: Vec<String>,
 }
 
 struct App {
     models: Models,
-    api_key: Option<String>,
-    /// The Host check applies (the server listens on a loopback address).
-    loopback: bool,
+    /// Where requests are parsed, rendered and tokenized.
+    work: Work,
     body_limit: usize,
     /// Models named on the command line not loaded yet (the health check says "loading").
     warming: AtomicUsize,
@@ -91,8 +102,7 @@ async fn run(models: Models, opts: ServeOptions) -> Result<()> {
     }
     let app = Arc::new(App {
         models,
-        api_key: opts.api_key.clone(),
-        loopback: opts.host.is_loopback(),
+        work: Work::new()?,
         body_limit: opts.body_limit,
         warming: AtomicUsize::new(opts.preload.len()),
     });
@@ -121,7 +131,7 @@ async fn run(models: Models, opts: ServeOptions) -> Result<()> {
         eprintln!("owrun: shutting down: ending the streams in flight");
         stop.store(true, Ordering::SeqCst);
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    let server = conn::serve(listener, router, opts.limits, shutdown);
     // Streams end within a step of the stop; connections that linger are not waited for long.
     let stopped = app.models.stop.clone();
     tokio::select! {
@@ -159,6 +169,16 @@ async fn shutdown_signal() {
 }
 
 fn router(app: Arc<App>, opts: &ServeOptions) -> Result<Router> {
+    let guard = Arc::new(Guard::new(
+        opts.api_key.as_deref(),
+        opts.host.is_loopback(),
+        Origins::from_flags(&opts.cors_origins),
+    ));
+    let body = BodyLimits {
+        bytes: opts.body_limit,
+        time: opts.limits.body,
+    };
+    // Layers run from the last added: the guard on the headers, then the body is read.
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -167,8 +187,9 @@ fn router(app: Arc<App>, opts: &ServeOptions) -> Result<Router> {
         .route("/health", get(health))
         .fallback(|req: Request| async move { ApiError::not_found_path(req.uri().path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(DefaultBodyLimit::max(opts.body_limit))
+        .layer(axum::middleware::from_fn_with_state(body, conn::read_body))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(app);
     if !opts.cors_origins.is_empty() {
         use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -192,53 +213,6 @@ fn router(app: Arc<App>, opts: &ServeOptions) -> Result<Router> {
         );
     }
     Ok(router)
-}
-
-/// The Host check (DNS rebinding: a web page on another name must not reach a loopback
-/// server), then the API key (not for /health).
-async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if app.loopback {
-        if let Some(host) = req.headers().get(header::HOST) {
-            let host = host.to_str().unwrap_or("");
-            if !is_loopback_host(host) {
-                return ApiError::forbidden_host(host).into_response();
-            }
-        }
-    }
-    if let Some(key) = &app.api_key {
-        if req.uri().path() != "/health" {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !same_secret(given.trim(), key) {
-                return ApiError::unauthorized().into_response();
-            }
-        }
-    }
-    next.run(req).await
-}
-
-/// `localhost`, `127.0.0.1` (any 127.x), `[::1]`, each with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Compares without stopping at the first difference (no timing hint about the key).
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
@@ -269,11 +243,13 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     Json(json!({"status": "ok", "models": loaded})).into_response()
 }
 
-async fn model_cards(app: &App) -> Vec<Value> {
+async fn model_cards(app: &App) -> Result<Vec<Value>, ApiError> {
     let loaded = app.models.loaded_ids().await;
-    app.models
+    Ok(app
+        .models
         .cards()
-        .into_iter()
+        .await?
+        .iter()
         .map(|c| {
             json!({
                 "id": c.id,
@@ -287,34 +263,48 @@ async fn model_cards(app: &App) -> Vec<Value> {
                 "loaded": loaded.contains(&c.id),
             })
         })
-        .collect()
+        .collect())
 }
 
 async fn list_models(State(app): State<Arc<App>>) -> Response {
-    Json(json!({"object": "list", "data": model_cards(&app).await})).into_response()
-}
-
-async fn one_model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    match model_cards(&app).await.into_iter().find(|c| c["id"] == id) {
-        Some(card) => Json(card).into_response(),
-        None => ApiError::model_not_found(format!("no model {id:?}")).into_response(),
+    match model_cards(&app).await {
+        Ok(cards) => Json(json!({"object": "list", "data": cards})).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
-fn body_json(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|e| {
+async fn one_model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let cards = match model_cards(&app).await {
+        Ok(cards) => cards,
+        Err(e) => return e.into_response(),
+    };
+    match cards.into_iter().find(|c| c["id"] == id) {
+        Some(card) => Json(card).into_response(),
+        None => {
+            ApiError::model_not_found(format!("no model {:?}", catalog::shown(&id))).into_response()
+        }
+    }
+}
+
+fn body_bytes(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(app.body_limit)
         } else {
             ApiError::invalid("", format!("cannot read the request body: {e}"))
         }
-    })?;
-    openai::parse_json(&bytes)
+    })
 }
 
 async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
-        let req = openai::parse_chat(&body_json(&app, body)?)?;
+        let bytes = body_bytes(&app, body)?;
+        let req = app
+            .work
+            .run("reading the request", move || {
+                openai::parse_chat(&openai::parse_json(&bytes)?)
+            })
+            .await?;
         let served = app.models.get(&req.common.model, false).await?;
         let mut messages = req.messages;
         let template = served.text.template.as_ref().map(|t| t.source());
@@ -330,12 +320,13 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
             }
         }
         let text = served.text.clone();
-        let prompt = tokio::task::spawn_blocking(move || {
-            text.prompt_with_tools(&messages, offered.as_ref(), false)
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        let prompt = app
+            .work
+            .run("rendering the prompt", move || {
+                text.prompt_with_tools(&messages, offered.as_ref(), false)
+                    .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))
+            })
+            .await?;
         let constraint = req.tools.as_ref().and_then(|t| t.constraint(syntax));
         let request = ModelRequest {
             kind: Endpoint::Chat,
@@ -353,25 +344,24 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
 
 async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
-        let req = openai::parse_completion(&body_json(&app, body)?)?;
+        let bytes = body_bytes(&app, body)?;
+        let req = app
+            .work
+            .run("reading the request", move || {
+                openai::parse_completion(&openai::parse_json(&bytes)?)
+            })
+            .await?;
         let served = app.models.get(&req.common.model, false).await?;
         let tokens = match req.prompt {
-            PromptInput::Tokens(t) => {
-                let vocab = served.text.tokenizer.get_vocab_size(true) as u32;
-                if let Some(bad) = t.iter().find(|&&t| t >= vocab) {
-                    return Err(ApiError::invalid(
-                        "prompt",
-                        format!("token {bad} is not in the vocabulary ({vocab} tokens)"),
-                    ));
-                }
-                t
-            }
+            PromptInput::Tokens(t) => t,
             PromptInput::Text(s) => {
                 let text = served.text.clone();
-                tokio::task::spawn_blocking(move || text.encode(&s, true))
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-                    .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?
+                app.work
+                    .run("tokenizing the prompt", move || {
+                        text.encode(&s, true)
+                            .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))
+                    })
+                    .await?
             }
         };
         let request = ModelRequest {
@@ -412,14 +402,26 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
         constraint,
     } = request;
     let constraint = constraint.or_else(|| common.schema.clone().map(JsonConstraint::new));
+    let what = match kind {
+        Endpoint::Chat => "messages",
+        Endpoint::Completion => "prompt",
+    };
     if prompt.is_empty() {
-        return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        return Err(ApiError::invalid(what, "the prompt is empty"));
+    }
+    // Every id must have a row in the model's embedding, not only a tokenizer entry (a
+    // tokenizer may know more tokens than the model has rows): one that has none would fail
+    // the batched forward of every sequence beside it.
+    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= served.tokens) {
+        return Err(ApiError::invalid(
+            what,
+            format!(
+                "token {bad} is not one of this model's {} tokens",
+                served.tokens
+            ),
+        ));
     }
     if prompt.len() >= served.context {
-        let what = match kind {
-            Endpoint::Chat => "messages",
-            Endpoint::Completion => "prompt",
-        };
         return Err(ApiError::invalid(
             what,
             format!(
@@ -441,7 +443,7 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
             text.token_texts();
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| ApiError::internal(format!("cannot list the vocabulary: {e}")))?;
     }
     let (events, rx) = unbounded_channel();
     for index in 0..common.n {
@@ -471,6 +473,9 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
             }
             Err(Refused::Stopped) => {
                 return Err(ApiError::busy("the server is shutting down", 5));
+            }
+            Err(Refused::Failed(why)) => {
+                return Err(ApiError::internal(format!("{}: {why}", served.id)));
             }
         }
     }
@@ -542,38 +547,4 @@ fn stream_reply(
     })
     .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
     Sse::new(events)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_hosts_pass_and_others_do_not() {
-        for ok in [
-            "localhost",
-            "localhost:11435",
-            "127.0.0.1",
-            "127.0.0.1:80",
-            "[::1]:11435",
-            "LOCALHOST",
-        ] {
-            assert!(is_loopback_host(ok), "{ok}");
-        }
-        for bad in [
-            "evil.example",
-            "evil.example:11435",
-            "10.0.0.1:11435",
-            "localhost.evil",
-        ] {
-            assert!(!is_loopback_host(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
-    }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, OnceCell};
 
@@ -15,6 +15,7 @@ use super::scheduler::{Capacity, Scheduler};
 use crate::engine::generate::sampler::SamplingParams;
 use crate::engine::text::Text;
 use crate::engine::Engine;
+use crate::test_hooks::TestHooks;
 
 pub struct Options {
     /// Slots per model (None: what memory allows, at least 4).
@@ -27,9 +28,8 @@ pub struct Options {
     /// `OWRUN_MEMORY_LIMIT`: memory the models may use instead of what the kernel reports when
     /// each loads (it decides the default number of slots).
     pub memory_limit: Option<u64>,
-    /// Test hooks: a pause before each load, and before each batched step.
-    pub load_delay: Option<Duration>,
-    pub step_delay: Option<Duration>,
+    /// Pauses before each load and each batched step, and faults, for the tests.
+    pub hooks: TestHooks,
 }
 
 /// A loaded model.
@@ -39,20 +39,27 @@ pub struct Served {
     /// The model's sampling defaults, under each request's fields.
     pub sampling: SamplingParams,
     pub context: usize,
+    /// Token ids the model takes: those the tokenizer knows that have an embedding row.
+    pub tokens: usize,
     pub scheduler: Scheduler,
-    /// Named on the command line: never unloaded.
+    /// Named on the command line: never unloaded (but reloaded if its thread fails).
     pub pinned: bool,
 }
 
 type Cell = Arc<OnceCell<Arc<Served>>>;
 
+/// How long the list of model cards is reused: making it reads every registry model's files.
+const CARDS_FRESH: Duration = Duration::from_secs(2);
+
 pub struct Models {
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     options: Options,
     loaded: Mutex<HashMap<String, (Cell, bool)>>,
     /// The names requests used for each loaded model (resolving a name reads the registry, the
     /// store and the license records: done once, not on every request).
     aliases: Mutex<HashMap<String, String>>,
+    /// The cards last made, and when; one request makes them at a time.
+    cards: Mutex<Option<(Instant, Arc<Vec<Card>>)>>,
     loading: AtomicUsize,
     pub stop: Arc<AtomicBool>,
 }
@@ -60,17 +67,32 @@ pub struct Models {
 impl Models {
     pub fn new(catalog: Catalog, options: Options) -> Self {
         Models {
-            catalog,
+            catalog: Arc::new(catalog),
             options,
             loaded: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
+            cards: Mutex::new(None),
             loading: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub fn cards(&self) -> Vec<Card> {
-        self.catalog.cards()
+    /// Every model a client may name, made off the async threads at most every
+    /// [`CARDS_FRESH`].
+    pub async fn cards(&self) -> Result<Arc<Vec<Card>>, ApiError> {
+        let mut cached = self.cards.lock().await;
+        if let Some((made, cards)) = cached.as_ref() {
+            if made.elapsed() < CARDS_FRESH {
+                return Ok(cards.clone());
+            }
+        }
+        let catalog = self.catalog.clone();
+        let cards = tokio::task::spawn_blocking(move || catalog.cards())
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot list the models: {e}")))?;
+        let cards = Arc::new(cards);
+        *cached = Some((Instant::now(), cards.clone()));
+        Ok(cards)
     }
 
     /// Models being loaded now (the health check answers 503 while there are any).
@@ -90,24 +112,40 @@ impl Models {
         ids
     }
 
-    /// The model `name`, loaded first if it is not. `pinned`: kept until the server stops.
+    /// The model `name`, loaded first if it is not (or if its thread failed). `pinned`: kept
+    /// until the server stops.
     pub async fn get(&self, name: &str, pinned: bool) -> Result<Arc<Served>, ApiError> {
         let known = self.aliases.lock().await.get(name).cloned();
         if let Some(id) = known {
             let map = self.loaded.lock().await;
             if let Some(served) = map.get(&id).and_then(|(cell, _)| cell.get()) {
-                return Ok(served.clone());
+                if served.scheduler.failure().is_none() {
+                    return Ok(served.clone());
+                }
             }
         }
-        let opened = self.catalog.open(name)?;
+        let catalog = self.catalog.clone();
+        let asked = name.to_string();
+        let opened = tokio::task::spawn_blocking(move || catalog.open(&asked))
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot open the model: {e}")))??;
         let id = opened.id.clone();
-        let cell = {
+        // A model named on the command line stays pinned when it is loaded again.
+        let pinned = pinned || self.catalog.is_named(name);
+        let (cell, pinned) = {
             let mut map = self.loaded.lock().await;
+            let failed = map
+                .get(&id)
+                .and_then(|(cell, _)| cell.get()?.scheduler.failure());
+            if let Some(why) = failed {
+                eprintln!("owrun: unloading {id} ({why}): the next request loads it again");
+                map.remove(&id);
+            }
             let entry = map
                 .entry(id.clone())
                 .or_insert_with(|| (Arc::new(OnceCell::new()), pinned));
             entry.1 |= pinned;
-            entry.0.clone()
+            (entry.0.clone(), entry.1)
         };
         let result = cell
             .get_or_try_init(|| self.load(opened, pinned))
@@ -125,26 +163,46 @@ impl Models {
     }
 
     async fn load(&self, opened: Opened, pinned: bool) -> Result<Arc<Served>, ApiError> {
-        self.make_room(&opened.id).await?;
-        self.loading.fetch_add(1, Ordering::SeqCst);
+        // Refused now if no room can be made; the room is made only once the model has loaded
+        // (a model that fails to load must not cost an idle one its place).
+        self.room(&opened.id, false).await?;
         let id = opened.id.clone();
-        let delay = self.options.load_delay;
-        let loaded = tokio::task::spawn_blocking(move || {
-            if let Some(d) = delay {
-                std::thread::sleep(d);
-            }
-            (opened.load)()
-        })
-        .await;
-        self.loading.fetch_sub(1, Ordering::SeqCst);
+        let delay = self.options.hooks.load_delay;
+        let loaded = {
+            let _loading = Counted::new(&self.loading);
+            tokio::task::spawn_blocking(move || {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                (opened.load)()
+            })
+            .await
+        };
+        // The client is told that it failed, the log says why: the error names the model's
+        // files, which a client must not learn of.
         let engine = match loaded {
             Ok(Ok(engine)) => engine,
-            Ok(Err(e)) => return Err(ApiError::internal(format!("cannot load {id}: {e:#}"))),
-            Err(e) => return Err(ApiError::internal(format!("loading {id} failed: {e}"))),
+            Ok(Err(e)) => {
+                eprintln!("owrun: cannot load {id}: {e:#}");
+                return Err(ApiError::internal(format!(
+                    "cannot load {id}: the server's log says why"
+                )));
+            }
+            Err(e) => {
+                let why = e
+                    .try_into_panic()
+                    .map(|p| super::scheduler::panic_message(&*p))
+                    .unwrap_or_else(|e| e.to_string());
+                eprintln!("owrun: loading {id} failed: {why}");
+                return Err(ApiError::internal(format!(
+                    "loading {id} failed: the server's log says why"
+                )));
+            }
         };
         for note in &engine.notes {
             eprintln!("owrun: {id}: {note}");
         }
+        self.room(&id, true).await?;
         let slots = self
             .options
             .parallel
@@ -161,9 +219,14 @@ impl Models {
             ..
         } = engine;
         let context = model.context();
+        let tokens = text
+            .tokenizer
+            .get_vocab_size(true)
+            .min(model.decoder.arch.vocab_size);
         Ok(Arc::new(Served {
             id,
             context,
+            tokens,
             scheduler: Scheduler::start(
                 model,
                 text.clone(),
@@ -172,7 +235,7 @@ impl Models {
                     queue: self.options.queue,
                 },
                 self.stop.clone(),
-                self.options.step_delay,
+                self.options.hooks,
             ),
             text,
             sampling,
@@ -180,8 +243,9 @@ impl Models {
         }))
     }
 
-    /// Under `--max-models`, unload the idle model unused longest; if every model is busy, a 503.
-    async fn make_room(&self, for_id: &str) -> Result<(), ApiError> {
+    /// Under `--max-models`, room for `for_id`: none needed, or the idle model unused longest
+    /// (unloaded when `evict`); if every model is busy, a 503.
+    async fn room(&self, for_id: &str, evict: bool) -> Result<(), ApiError> {
         let mut map = self.loaded.lock().await;
         let others: Vec<(String, Arc<Served>)> = map
             .iter()
@@ -197,8 +261,10 @@ impl Models {
             .max_by_key(|(_, s)| s.scheduler.idle_for());
         match victim {
             Some((id, _)) => {
-                eprintln!("owrun: unloading {id} to make room for {for_id} (--max-models)");
-                map.remove(id);
+                if evict {
+                    eprintln!("owrun: unloading {id} to make room for {for_id} (--max-models)");
+                    map.remove(id);
+                }
                 Ok(())
             }
             None => Err(ApiError::busy(
@@ -212,17 +278,25 @@ impl Models {
         }
     }
 
-    /// Unload models idle longer than the keep-alive (run every second or so).
+    /// Unload models idle longer than the keep-alive, and those whose thread failed (run every
+    /// second or so).
     pub async fn reap(&self) {
-        let Some(keep) = self.options.keep_alive else {
-            return;
-        };
+        let keep = self.options.keep_alive;
         let mut map = self.loaded.lock().await;
         map.retain(|id, (cell, pinned)| {
             let Some(s) = cell.get() else { return true };
-            let expired = !*pinned && s.scheduler.busy() == 0 && s.scheduler.idle_for() >= keep;
+            if let Some(why) = s.scheduler.failure() {
+                eprintln!("owrun: unloading {id} ({why}): the next request loads it again");
+                return false;
+            }
+            let expired = keep.is_some_and(|keep| {
+                !*pinned && s.scheduler.busy() == 0 && s.scheduler.idle_for() >= keep
+            });
             if expired {
-                eprintln!("owrun: unloading {id}: unused for {}s", keep.as_secs());
+                eprintln!(
+                    "owrun: unloading {id}: unused for {}s",
+                    keep.unwrap_or_default().as_secs()
+                );
             }
             !expired
         });
@@ -232,6 +306,22 @@ impl Models {
     pub async fn all(&self) -> Vec<Arc<Served>> {
         let map = self.loaded.lock().await;
         map.values().filter_map(|(c, _)| c.get().cloned()).collect()
+    }
+}
+
+/// Counts one more while it lives (a load in progress), however the load ends.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -16,6 +16,39 @@ use crate::engine::text::template::Message;
 /// Most choices one request may ask for.
 pub const MAX_N: usize = 16;
 
+/// Most bytes of JSON schema a request may hold (a `json_schema` response format, or all its
+/// tools together): compiling a schema into a constraint, and each step of it, takes time in
+/// proportion to its size.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// 400 naming `param` when `schema` is over [`MAX_SCHEMA_BYTES`] as compact JSON.
+pub fn check_schema_size(param: &str, schema: &Value) -> Result<(), ApiError> {
+    /// Counts what is written, and stops past the limit.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > MAX_SCHEMA_BYTES {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    if serde_json::to_writer(Counter(0), schema).is_err() {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "{param} holds more than {MAX_SCHEMA_BYTES} bytes of JSON schema (the limit of \
+                 one request)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A request's fields, with `null` read as absent (clients send both).
 struct Fields<'a>(&'a Map<String, Value>);
 
@@ -219,6 +252,7 @@ fn response_format(f: &Fields) -> Result<Option<Schema>, ApiError> {
                             .into(),
                     )
                 })?;
+            check_schema_size("response_format", schema)?;
             Schema::from_json(schema)
                 .map(Some)
                 .map_err(|e| bad(format!("invalid JSON schema: {e}")))
@@ -850,6 +884,39 @@ mod tests {
             {"type": "image_url", "image_url": {"url": "x"}}]}]}),
         );
         assert!(e.err().unwrap().message.contains("image_url"));
+    }
+
+    #[test]
+    fn schemas_over_the_limit_are_refused_before_they_are_compiled() {
+        // An enum of 10,000 strings: about 100 KB of schema.
+        let values: Vec<String> = (0..10_000).map(|i| format!("v{i:05}")).collect();
+        let big = json!({"type": "object", "properties": {"a": {"enum": values}}});
+        let format = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": big}});
+        let e = chat(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                            "response_format": format}),
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.status, 400);
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        assert!(e.message.contains("65536 bytes"), "{}", e.message);
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": big}}]);
+        let e = chat(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                            "tools": tools}),
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.param.as_deref(), Some("tools"));
+        // Under the limit, the same shape is fine.
+        let small = json!({"type": "object", "properties": {"a": {"enum": ["x", "y"]}}});
+        let format = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": small}});
+        assert!(chat(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                            "response_format": format})
+        )
+        .is_ok());
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub fn parse(tools: Option<&Value>, choice: Option<&Value>) -> Result<Option<Too
     let list = raw
         .as_array()
         .ok_or_else(|| ApiError::invalid("tools", "tools must be a list"))?;
+    super::openai::check_schema_size("tools", raw)?;
     let mut parsed = Vec::new();
     for (i, t) in list.iter().enumerate() {
         let param = format!("tools[{i}]");

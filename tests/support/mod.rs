@@ -102,6 +102,21 @@ impl Sandbox {
         assert!(stderr.is_empty(), "{stderr}");
     }
 
+    /// The files of `from` in the store as the Hub repo `repo` pulled: one snapshot, `refs/main`
+    /// pointing at it (a folder a registry entry can serve, not a path a client names).
+    pub fn install_pulled(&self, repo: &str, from: &Path) {
+        let snapshot = self.repo_dir(repo).join("snapshots").join("0123abcd");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        for f in std::fs::read_dir(from).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::copy(&f, snapshot.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::create_dir_all(self.repo_dir(repo).join("refs")).unwrap();
+        std::fs::write(self.repo_dir(repo).join("refs/main"), "0123abcd").unwrap();
+    }
+
     /// Write a registry overlay file and return its path.
     pub fn registry_file(&self, name: &str, toml: &str) -> PathBuf {
         let p = self.dir.path().join(name);

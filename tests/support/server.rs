@@ -70,6 +70,46 @@ impl Server {
         }
     }
 
+    /// Slots busy and jobs queued over every loaded model.
+    pub fn in_use(&self) -> (u64, u64) {
+        let h = self.get("/health").json();
+        h["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold((0, 0), |acc, m| {
+                (
+                    acc.0 + m["slots_busy"].as_u64().unwrap(),
+                    acc.1 + m["queued"].as_u64().unwrap(),
+                )
+            })
+    }
+
+    #[track_caller]
+    pub fn wait_until_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.in_use() != (0, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "slots still busy: {}",
+                self.get("/health").body
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's resident memory (Linux: /proc), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc is readable");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kb * 1024
+    }
+
     pub fn get(&self, path: &str) -> Response {
         request(self.port, "GET", path, &[], "")
     }
@@ -190,6 +230,40 @@ pub fn request(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the response");
     parse(&raw)
+}
+
+/// Write `bytes` as they are (a request as a hostile client writes it) and read the answer.
+pub fn raw(port: u16, bytes: &[u8]) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&raw)
+}
+
+/// How long until the server closes `s` (reads whatever it sends meanwhile), at most `limit`:
+/// None if it is still open then.
+pub fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed())
+            }
+            Err(_) => {
+                if started.elapsed() >= limit {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Send a request, read about `bytes` bytes of the answer, and hang up.

@@ -36,6 +36,11 @@ impl CachedSequence {
         self.tokens.len()
     }
 
+    /// What the cache holds.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
     /// How many tokens from the start `prompt` shares with the cache.
     pub fn shared_prefix(&self, prompt: &[u32]) -> usize {
         self.tokens

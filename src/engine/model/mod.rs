@@ -174,21 +174,19 @@ impl Model {
                 bail!("no sequence {seq:?}");
             }
         }
-        // Take the caches out of the map for the duration of the forward.
-        let mut caches: Vec<KvCache> = batch
-            .iter()
-            .map(|(seq, _)| self.sequences.remove(seq).expect("checked above"))
-            .collect();
-        let result = self.chunked(&mut caches, batch);
-        for ((seq, _), cache) in batch.iter().zip(caches) {
-            self.sequences.insert(*seq, cache);
-        }
-        result
+        // Take the caches out of the map for the duration of the forward; they go back however
+        // it ends, a panic included (the server catches it and goes on with these sequences).
+        let mut taken = Taken::out(&mut self.sequences, batch.iter().map(|(seq, _)| *seq));
+        Self::chunked(&self.decoder, &mut taken.caches, batch)
     }
 
     /// Feed the batch in rounds of at most [`MAX_CHUNK`] tokens per sequence (llama.cpp's
     /// micro-batches), so a forward's memory does not depend on the prompt's length.
-    fn chunked(&self, caches: &mut [KvCache], batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+    fn chunked(
+        decoder: &Decoder,
+        caches: &mut [KvCache],
+        batch: &[(SeqId, &[u32])],
+    ) -> Result<Vec<Vec<f32>>> {
         if batch.iter().any(|(_, t)| t.is_empty()) {
             bail!("a forward over no tokens");
         }
@@ -212,12 +210,39 @@ impl Model {
                     });
                 }
             }
-            let logits = on_pool(|| self.decoder.forward(&mut segments))?;
+            let logits = on_pool(|| decoder.forward(&mut segments))?;
             for (i, row) in which.into_iter().zip(logits) {
                 last[i] = row;
             }
         }
         Ok(last)
+    }
+}
+
+/// Caches taken out of a model's map, put back when dropped.
+struct Taken<'m> {
+    map: &'m mut HashMap<SeqId, KvCache>,
+    seqs: Vec<SeqId>,
+    caches: Vec<KvCache>,
+}
+
+impl<'m> Taken<'m> {
+    /// The caches of `seqs` (each in the map, once).
+    fn out(map: &'m mut HashMap<SeqId, KvCache>, seqs: impl Iterator<Item = SeqId>) -> Self {
+        let seqs: Vec<SeqId> = seqs.collect();
+        let caches = seqs
+            .iter()
+            .map(|seq| map.remove(seq).expect("checked by the caller"))
+            .collect();
+        Taken { map, seqs, caches }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        for (seq, cache) in self.seqs.drain(..).zip(self.caches.drain(..)) {
+            self.map.insert(seq, cache);
+        }
     }
 }
 
@@ -227,4 +252,27 @@ impl Model {
 /// 15% of a TinyLlama Q4_K_M token on 2 threads). From inside, the caller takes part.
 fn on_pool<R: Send>(forward: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| forward())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_taken_for_a_forward_go_back_when_it_panics() {
+        let mut map = HashMap::new();
+        let seq = SeqId(7);
+        let cpu = candle_core::Device::Cpu;
+        map.insert(
+            seq,
+            KvCache::device(1, 1, 2, 4, candle_core::DType::F32, &cpu),
+        );
+        let forward = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let taken = Taken::out(&mut map, [seq].into_iter());
+            assert!(taken.map.is_empty());
+            panic!("a kernel failed midway");
+        }));
+        assert!(forward.is_err());
+        assert!(map.contains_key(&seq), "the sequence's cache was lost");
+    }
 }
