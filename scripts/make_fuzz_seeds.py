@@ -12,6 +12,8 @@ fixtures: the fuzzers mutate these, so each is a real header, kept small (mutant
                 every other type owrun meets (F16, BF16, I32, F8_E4M3) and a __metadata__ entry
   config/       every fixture's config.json and generation_config.json
   template/     every fixture's chat template, alone and inside a tokenizer_config.json
+  request/      OpenAI request bodies as clients send them: chat with tools, tool_choice and
+                history, json_schema, logprobs, streaming options, completions with token ids
 """
 
 import json
@@ -139,6 +141,35 @@ def main():
             tc = json.loads((d / "tokenizer_config.json").read_text())
             tc["chat_template"] = source
             (OUT / "template" / f"{d.name}.tokenizer_config.json").write_text(json.dumps(tc, indent=1))
+    shutil.rmtree(OUT / "request", ignore_errors=True)
+    (OUT / "request").mkdir()
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                              "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}}
+    requests = {
+        "chat_tools": {"model": "stories260k", "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}],
+            "tools": [weather], "tool_choice": "auto", "temperature": 0.7, "max_tokens": 64},
+        "chat_required": {"model": "stories260k", "messages": [{"role": "user", "content": "Weather?"}],
+                          "tools": [weather], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        "chat_schema": {"model": "stories260k", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "A person"}]}], "response_format": {"type": "json_schema", "json_schema": {
+            "name": "person", "strict": True, "schema": {"type": "object", "properties": {
+                "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+                "required": ["name", "age"], "additionalProperties": False}}}, "seed": 7},
+        "chat_stream": {"model": "stories260k", "messages": [{"role": "user", "content": "Once"}], "stream": True,
+                        "stream_options": {"include_usage": True}, "logprobs": True, "top_logprobs": 5,
+                        "n": 2, "stop": ["\n", "The end"], "top_p": 0.9, "presence_penalty": 0.5},
+        "completion_ids": {"model": "stories260k", "prompt": [1, 403, 407, 261], "max_tokens": 16,
+                           "logprobs": 3, "echo": False, "frequency_penalty": 0.2},
+        "completion_text": {"model": "stories260k", "prompt": "Once upon a time", "stream": True,
+                            "response_format": {"type": "json_object"}, "max_completion_tokens": 8},
+    }
+    for name, body in requests.items():
+        (OUT / "request" / f"{name}.json").write_text(json.dumps(body, indent=1))
     for d in sorted(OUT.iterdir()):
         print(d.name, len(list(d.iterdir())), "seeds,", sum(f.stat().st_size for f in d.iterdir()), "bytes")
 

@@ -838,6 +838,27 @@ fn fingerprint() -> String {
 mod tests {
     use super::*;
 
+    /// Request bodies from strangers: refused with a status or parsed, never a panic; what parses
+    /// yields sampling settings for each choice.
+    #[test]
+    fn fuzz_request_bodies() {
+        let defaults = SamplingParams::default();
+        crate::fuzz::run_for("request", &crate::fuzz::seeds("request"), |bytes| {
+            let Ok(body) = parse_json(bytes) else {
+                return false;
+            };
+            let chat = parse_chat(&body).map(|c| (c.common, c.messages.len()));
+            let completion = parse_completion(&body).map(|c| c.common);
+            for common in [chat.map(|c| c.0), completion].into_iter().flatten() {
+                for index in 0..common.n {
+                    common.sampling(&defaults, index);
+                }
+                return true;
+            }
+            false
+        });
+    }
+
     fn chat(body: Value) -> Result<ChatRequest, ApiError> {
         parse_chat(&body)
     }
