@@ -849,13 +849,16 @@ mod tests {
             };
             let chat = parse_chat(&body).map(|c| (c.common, c.messages.len()));
             let completion = parse_completion(&body).map(|c| c.common);
-            for common in [chat.map(|c| c.0), completion].into_iter().flatten() {
+            let parsed: Vec<Common> = [chat.map(|c| c.0), completion]
+                .into_iter()
+                .flatten()
+                .collect();
+            for common in &parsed {
                 for index in 0..common.n {
                     common.sampling(&defaults, index);
                 }
-                return true;
             }
-            false
+            !parsed.is_empty()
         });
     }
 
