@@ -7,6 +7,8 @@ mod cli;
 mod commands;
 mod engine;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod hub;
 mod license;
 mod memory;
