@@ -922,7 +922,8 @@ fn step(g: &Grammar, frame: &mut Frame, seen: &mut Vec<u32>, c: char) -> CharSte
                         CharStep::No
                     }
                 }
-                ObjectAt::Open | ObjectAt::Comma if c == '"' => {
+                // Not when no key may come (`"properties": {}`): `{"` would be a dead end.
+                ObjectAt::Open | ObjectAt::Comma if c == '"' && more => {
                     *at = ObjectAt::Key(Typed::start(o.names.len()), false);
                     CharStep::Took
                 }
@@ -1649,5 +1650,16 @@ mod tests {
             "{\"name\": \"tool_7\", \"arguments\": {\"days\": 2}}"
         ));
         assert!(!fed(&call, "{\"name\": \"tool_5000\", \"arguments\": {}}"));
+    }
+
+    /// Found by the fuzzer: `{"` was taken though no key could follow it.
+    #[test]
+    fn an_object_without_properties_opens_no_key() {
+        let s = Schema::from_json(&json!({"type": "object", "properties": {}})).unwrap();
+        assert!(valid(&s, "{ }"));
+        assert!(!prefix_ok(&s, "{\""));
+        // Nor a comma once every key was written.
+        let s = Schema::from_json(&json!({"type": "object", "properties": {"a": {}}})).unwrap();
+        assert!(!prefix_ok(&s, "{\"a\": 1, "));
     }
 }
