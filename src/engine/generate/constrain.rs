@@ -177,10 +177,18 @@ impl Schema {
                         })
                         .transpose()
                 };
+                let (min_items, max_items) = (count("minItems")?.unwrap_or(0), count("maxItems")?);
+                // No array satisfies it: generation would write one and be stuck in it.
+                if max_items.is_some_and(|max| max < min_items) {
+                    return Err(format!(
+                        "minItems ({min_items}) is more than maxItems ({})",
+                        max_items.unwrap_or_default()
+                    ));
+                }
                 Schema::Array {
                     items: Box::new(items),
-                    min_items: count("minItems")?.unwrap_or(0),
-                    max_items: count("maxItems")?,
+                    min_items,
+                    max_items,
                 }
             }
             "string" => Schema::String,
@@ -1270,6 +1278,10 @@ mod tests {
             ),
             (json!("string"), "must be an object"),
             (json!({"enum": []}), "enum"),
+            (
+                json!({"type": "array", "minItems": 3, "maxItems": 2}),
+                "minItems (3) is more than maxItems (2)",
+            ),
         ] {
             let e = Schema::from_json(&schema).unwrap_err();
             assert!(e.contains(why), "{schema}: {e}");
@@ -1661,5 +1673,16 @@ mod tests {
         // Nor a comma once every key was written.
         let s = Schema::from_json(&json!({"type": "object", "properties": {"a": {}}})).unwrap();
         assert!(!prefix_ok(&s, "{\"a\": 1, "));
+    }
+
+    /// Found by the fuzzer: with fewer items allowed than required, generation started an
+    /// array it could never finish.
+    #[test]
+    fn an_array_that_cannot_be_is_refused() {
+        let s = json!({"type": "array", "minItems": 2, "maxItems": 1});
+        let e = Schema::from_json(&json!({"type": "object", "properties": {"a": s}})).unwrap_err();
+        assert_eq!(e, "minItems (2) is more than maxItems (1)");
+        let s = Schema::from_json(&json!({"type": "array", "minItems": 1, "maxItems": 1}));
+        assert!(valid(&s.unwrap(), "[1]"));
     }
 }
