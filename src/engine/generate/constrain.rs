@@ -256,7 +256,8 @@ struct Object {
     /// key, and `names` are the required ones (the only keys worth telling apart).
     closed: bool,
     ordered: bool,
-    /// In the schema's order, without repeats; a key is known by its index here.
+    /// In the schema's order, without repeats; a key is known by its index here. As JSON
+    /// writes them between the quotes (`a\"b` for `a"b`): keys are matched as written.
     names: Vec<String>,
     /// Each property's value (closed objects).
     values: Vec<NodeId>,
@@ -347,6 +348,10 @@ impl Grammar {
     ) -> Object {
         let mut names: Vec<String> = Vec::new();
         let mut values = Vec::new();
+        let written = |name: &str| {
+            let quoted = Value::from(name).to_string();
+            quoted[1..quoted.len() - 1].to_string()
+        };
         let mut index = std::collections::HashMap::new();
         let mut unsatisfiable = false;
         match properties {
@@ -355,7 +360,7 @@ impl Grammar {
                     // A repeated property is the first one (as a lookup by name finds it).
                     if !index.contains_key(name.as_str()) {
                         index.insert(name.as_str(), names.len());
-                        names.push(name.clone());
+                        names.push(written(name));
                         values.push(self.add(schema));
                     }
                 }
@@ -364,7 +369,7 @@ impl Grammar {
                 for name in required {
                     if !index.contains_key(name.as_str()) {
                         index.insert(name.as_str(), names.len());
-                        names.push(name.clone());
+                        names.push(written(name));
                     }
                 }
             }
@@ -937,12 +942,16 @@ fn step(g: &Grammar, frame: &mut Frame, seen: &mut Vec<u32>, c: char) -> CharSte
                 }
                 ObjectAt::Key(typed, escaped) => {
                     let name = |i: u32| o.name(i);
+                    // A closed object's key must stay the start of a name allowed.
+                    let fits =
+                        |t: Typed| !o.closed || (t.lo..t.hi).any(|i| allowed(o.sorted[i as usize]));
                     if *escaped {
-                        // Keys with escapes are taken as written (any object's keys only).
-                        if o.closed || !"\"\\/bfnrt".contains(c) {
+                        // Any object's keys take the short escapes; a closed one's, its names'.
+                        let next = typed.then(c, name);
+                        if (!o.closed && !"\"\\/bfnrt".contains(c)) || !fits(next) {
                             return CharStep::No;
                         }
-                        *typed = typed.then('\\', name).then(c, name);
+                        *typed = next;
                         *escaped = false;
                         return CharStep::Took;
                     }
@@ -956,20 +965,14 @@ fn step(g: &Grammar, frame: &mut Frame, seen: &mut Vec<u32>, c: char) -> CharSte
                                 CharStep::No
                             }
                         }
-                        '\\' if !o.closed => {
-                            *escaped = true;
-                            CharStep::Took
-                        }
-                        c if (c as u32) < 0x20 || c == '\\' => CharStep::No,
+                        c if (c as u32) < 0x20 => CharStep::No,
                         c => {
                             let next = typed.then(c, name);
-                            // A closed object's key must stay the start of a name allowed.
-                            if o.closed
-                                && !(next.lo..next.hi).any(|i| allowed(o.sorted[i as usize]))
-                            {
+                            if !fits(next) {
                                 return CharStep::No;
                             }
                             *typed = next;
+                            *escaped = c == '\\';
                             CharStep::Took
                         }
                     }
@@ -1662,6 +1665,21 @@ mod tests {
             "{\"name\": \"tool_7\", \"arguments\": {\"days\": 2}}"
         ));
         assert!(!fed(&call, "{\"name\": \"tool_5000\", \"arguments\": {}}"));
+    }
+
+    #[test]
+    fn property_names_that_need_escapes_are_written_escaped() {
+        let s = Schema::from_json(&json!({"type": "object",
+            "properties": {"a\"b": {"type": "integer"}, "c\\d\ne": {"type": "integer"}},
+            "required": ["a\"b", "c\\d\ne"]}))
+        .unwrap();
+        assert!(valid(&s, r#"{"a\"b": 1, "c\\d\ne": 2}"#));
+        assert!(!prefix_ok(&s, r#"{"a""#), "the quote is escaped");
+        assert!(!prefix_ok(&s, r#"{"a\u0022b"#), "as JSON writes it");
+        // Without properties, a required name is matched the same way.
+        let s = Schema::from_json(&json!({"type": "object", "required": ["a\"b"]})).unwrap();
+        assert!(valid(&s, r#"{"x": 1, "a\"b": 2}"#));
+        assert!(!valid(&s, r#"{"a\\\"b": 2}"#));
     }
 
     /// Found by the fuzzer: `{"` was taken though no key could follow it.
