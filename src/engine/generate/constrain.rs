@@ -1667,6 +1667,249 @@ mod tests {
         assert!(!fed(&call, "{\"name\": \"tool_5000\", \"arguments\": {}}"));
     }
 
+    /// Where a schema sits in a JSON value (keys and list indices from the root).
+    fn schema_paths(v: &Value, path: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+        match v {
+            Value::Object(o) => {
+                out.push(path.clone());
+                for (k, x) in o {
+                    path.push(json!(k));
+                    schema_paths(x, path, out);
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    path.push(json!(i));
+                    schema_paths(x, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn at<'v>(v: &'v mut Value, path: &[Value]) -> &'v mut Value {
+        path.iter().fold(v, |v, p| match p {
+            Value::String(k) => &mut v[k.as_str()],
+            _ => &mut v[p.as_u64().unwrap() as usize],
+        })
+    }
+
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// One random edit of a schema: a type, a bound, `required`, an enum or const, a key
+    /// removed, or one of its objects copied in as items or a property.
+    fn edit(root: &mut Value, rng: &mut StdRng) {
+        let mut paths = Vec::new();
+        schema_paths(root, &mut Vec::new(), &mut paths);
+        if paths.is_empty() {
+            return;
+        }
+        let donor = at(root, &paths[rng.random_range(0..paths.len())].clone()).clone();
+        let target = at(root, &paths[rng.random_range(0..paths.len())]);
+        let Value::Object(o) = target else {
+            return;
+        };
+        let values = [
+            json!(1),
+            json!(12),
+            json!(-1),
+            json!(2.5),
+            json!("a"),
+            json!("a b"),
+            json!("ab"),
+            json!("é\"\\"),
+            json!(null),
+            json!(true),
+            json!([]),
+            json!({"x": [1]}),
+        ];
+        let pick = |rng: &mut StdRng| values[rng.random_range(0..values.len())].clone();
+        let names: Vec<String> = o
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        match rng.random_range(0..9) {
+            0 => {
+                let types = [
+                    "object", "array", "string", "number", "integer", "boolean", "null",
+                ];
+                // From `rng`, as every choice here, so that an input replays.
+                let t = |rng: &mut StdRng| json!(types[rng.random_range(0..types.len())]);
+                o.insert(
+                    "type".into(),
+                    if rng.random() {
+                        t(rng)
+                    } else {
+                        json!([t(rng), t(rng)])
+                    },
+                );
+            }
+            1 if !o.is_empty() => {
+                let k = o.keys().nth(rng.random_range(0..o.len())).unwrap().clone();
+                o.remove(&k);
+            }
+            2 => {
+                let k = if rng.random() { "minItems" } else { "maxItems" };
+                o.insert(k.into(), json!(rng.random_range(0..4)));
+            }
+            3 => {
+                let required: Vec<&String> = names.iter().filter(|_| rng.random()).collect();
+                o.insert("required".into(), json!(required));
+            }
+            4 => {
+                let n = rng.random_range(1..5);
+                o.insert("enum".into(), (0..n).map(|_| pick(rng)).collect());
+            }
+            5 => {
+                o.insert("const".into(), pick(rng));
+            }
+            6 => {
+                o.insert("items".into(), donor);
+            }
+            7 => {
+                let name = ["a", "ab", "b", "名", ""][rng.random_range(0..5)];
+                let p = o.entry("properties").or_insert(json!({}));
+                if let Value::Object(p) = p {
+                    p.insert(name.into(), donor);
+                }
+            }
+            _ => {
+                o.insert("type".into(), json!("object"));
+            }
+        }
+    }
+
+    /// The fuzzer's bytes as a case: the JSON value they start with (what follows only adds
+    /// entropy), changed by up to four random edits, and the generator that drives the walk,
+    /// both drawn from a hash of all the bytes so that an input replays.
+    fn fuzz_case(bytes: &[u8]) -> Option<(Value, StdRng)> {
+        use std::hash::{Hash, Hasher};
+        let mut v = serde_json::Deserializer::from_slice(bytes)
+            .into_iter::<Value>()
+            .next()?
+            .ok()?;
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hash);
+        let mut rng = StdRng::seed_from_u64(hash.finish());
+        for _ in 0..rng.random_range(0..=4) {
+            edit(&mut v, &mut rng);
+        }
+        // Requests are parsed by serde_json, which refuses nesting deeper than 128.
+        (depth(&v) <= 128).then_some((v, rng))
+    }
+
+    /// Whether a whole document is JSON. serde_json is stricter than JSON's grammar in two
+    /// ways the recognizer is not: it refuses unpaired surrogate escapes (`\ud800`), here made
+    /// into `\u0041` first, and numbers beyond f64 (`1e999`).
+    fn is_json(doc: &str) -> bool {
+        let mut paired = String::new();
+        let mut rest = doc;
+        while let Some(i) = rest.find('\\') {
+            paired.push_str(&rest[..i]);
+            let surrogate = rest.get(i..i + 6).is_some_and(|e| {
+                e.starts_with("\\u")
+                    && u32::from_str_radix(&e[2..], 16).is_ok_and(|n| (0xd800..0xe000).contains(&n))
+            });
+            // The backslash and the character it escapes, or the whole surrogate escape.
+            let n = match surrogate {
+                true => 6,
+                false => 1 + rest[i + 1..].chars().next().map_or(0, char::len_utf8),
+            };
+            paired.push_str(if surrogate {
+                "\\u0041"
+            } else {
+                &rest[i..i + n]
+            });
+            rest = &rest[i + n..];
+        }
+        paired.push_str(rest);
+        match serde_json::from_str::<Value>(&paired) {
+            Ok(_) => true,
+            Err(e) => e.to_string().contains("number out of range"),
+        }
+    }
+
+    /// The recognizer on one fuzz case: a random walk through a document of a mutated schema
+    /// (alone or as a tool call's arguments), checking at every step that the mask is what
+    /// each token fed alone allows, that a document not whole can always go on (the
+    /// vocabulary has every character of the schema's texts), that a whole one is JSON, and
+    /// that random text never panics.
+    fn schema_target(bytes: &[u8]) -> bool {
+        let Some((v, mut rng)) = fuzz_case(bytes) else {
+            return false;
+        };
+        let Ok(schema) = Schema::from_json(&v) else {
+            return false;
+        };
+        let mut texts = vocabulary(&mut rng, &words_of(&v), 200);
+        let mut chars: Vec<char> = v.to_string().chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        texts.extend(chars.iter().map(|c| Some(c.to_string())));
+        texts.push(Some("</s>".into()));
+        let eos = [texts.len() as u32 - 1];
+        let index = TokenTexts::from_texts(texts.clone());
+        let wrapped = rng.random_ratio(1, 3);
+        let mut c = if wrapped {
+            tool_call(schema)
+        } else {
+            JsonConstraint::new(schema)
+        };
+        let mut doc = String::new();
+        for _ in 0..100 {
+            let fast = fast_mask(&c, &index, texts.len(), &eos);
+            assert_eq!(
+                fast,
+                reference_mask(&c, &texts, &eos),
+                "after {doc:?}, schema {v}"
+            );
+            let next: Vec<usize> = (0..texts.len() - 1).filter(|&i| fast[i]).collect();
+            if c.is_complete() {
+                let inner = match wrapped {
+                    true => doc
+                        .strip_prefix("<tool_call>\n")
+                        .and_then(|d| d.strip_suffix("\n</tool_call>"))
+                        .expect("the wrapper"),
+                    false => &doc,
+                };
+                assert!(is_json(inner), "whole but not JSON: {doc:?}, schema {v}");
+                if next.is_empty() || rng.random_ratio(1, 4) {
+                    break;
+                }
+            } else {
+                assert!(!next.is_empty(), "stuck after {doc:?}, schema {v}");
+            }
+            if rng.random_ratio(1, 10) {
+                let junk: String = (0..rng.random_range(1..6))
+                    .map(|_| char::from_u32(rng.random_range(0..0x3000)).unwrap_or('x'))
+                    .collect();
+                let mut copy = c.clone();
+                copy.feed(&junk);
+                copy.is_complete();
+            }
+            let t = texts[next[rng.random_range(0..next.len())]]
+                .as_deref()
+                .unwrap();
+            assert!(c.feed(t), "an allowed token is taken");
+            doc.push_str(t);
+        }
+        true
+    }
+
+    #[test]
+    fn fuzz_the_schema_recognizer() {
+        crate::fuzz::run_for("schema", &crate::fuzz::seeds("schema"), schema_target);
+    }
+
     #[test]
     fn property_names_that_need_escapes_are_written_escaped() {
         let s = Schema::from_json(&json!({"type": "object",
