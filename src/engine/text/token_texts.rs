@@ -4,6 +4,10 @@
 /// against its recognizer, and the names of tokens in log-probabilities.
 pub struct TokenTexts {
     texts: Vec<Option<String>>,
+    /// The ids that have a text, sorted by it, each with how many characters its text shares
+    /// with the one before: walked in this order, tokens that start alike come together, so a
+    /// constraint checks their common start once (see [`TokenTexts::by_text`]).
+    by_text: Vec<(u32, u32)>,
 }
 
 impl TokenTexts {
@@ -31,16 +35,43 @@ impl TokenTexts {
                 (!text.is_empty() && !text.contains('\u{FFFD}')).then_some(text)
             })
             .collect();
-        TokenTexts { texts }
+        Self::indexed(texts)
     }
 
     /// Texts given directly, by token id (None: a token with no text of its own).
     #[cfg(test)]
     pub fn from_texts(texts: Vec<Option<String>>) -> Self {
-        TokenTexts { texts }
+        Self::indexed(texts)
+    }
+
+    fn indexed(texts: Vec<Option<String>>) -> Self {
+        let mut ids: Vec<u32> = (0..texts.len() as u32)
+            .filter(|&id| texts[id as usize].is_some())
+            .collect();
+        let text = |id: u32| texts[id as usize].as_deref().unwrap_or_default();
+        // Byte order is code point order, so tokens that share leading characters are adjacent.
+        ids.sort_by(|&a, &b| text(a).cmp(text(b)));
+        let mut by_text = Vec::with_capacity(ids.len());
+        let mut before = "";
+        for id in ids {
+            let shared = before
+                .chars()
+                .zip(text(id).chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            by_text.push((id, shared as u32));
+            before = text(id);
+        }
+        TokenTexts { texts, by_text }
     }
 
     pub fn text(&self, id: u32) -> Option<&str> {
         self.texts.get(id as usize)?.as_deref()
+    }
+
+    /// Every id with a text, in the order of the texts, each with the number of leading
+    /// characters its text shares with the previous one's (0 for the first).
+    pub fn by_text(&self) -> &[(u32, u32)] {
+        &self.by_text
     }
 }
