@@ -747,17 +747,20 @@ impl JsonConstraint {
     /// Mark the tokens whose whole text may follow. The tokens come in text order, each
     /// state after a prefix kept, so a prefix that many tokens share is fed once, and every
     /// token after it that shares a prefix found wrong is passed over unfed: the work is one
-    /// character per distinct prefix tried, not per token and character. Returns the number of
-    /// characters fed.
-    fn allowed(&self, texts: &TokenTexts, allowed: &mut [bool]) -> usize {
+    /// character per distinct prefix tried, not per token and character. A character that
+    /// leaves the state as it was (text inside a string, where almost every token may follow)
+    /// is not even fed. Returns the characters fed and those passed over that way.
+    fn allowed(&self, texts: &TokenTexts, allowed: &mut [bool]) -> Work {
         let g = &*self.grammar;
-        // after[k]: the state after the first k characters of the token at hand.
-        let mut after = vec![self.state.clone()];
-        // The last token's first `good` characters may follow (their states are in `after`);
+        // states[at[k]]: the state after the first k characters of the token at hand. A state
+        // is either at its own depth (at[k] == k) or the same one as its parent's.
+        let mut states = vec![self.state.clone()];
+        let mut at = vec![0];
+        // The last token's first `good` characters may follow (their states are in `at`);
         // its first `bad` ones may not.
         let mut good = 0;
         let mut bad: Option<usize> = None;
-        let mut fed = 0;
+        let mut work = Work::default();
         for &(id, shared) in texts.by_text() {
             let shared = shared as usize;
             if bad.is_some_and(|b| shared >= b) {
@@ -765,19 +768,28 @@ impl JsonConstraint {
             }
             bad = None;
             good = good.min(shared);
+            at.truncate(good + 1);
             let text = texts.text(id).unwrap_or_default();
             for c in text.chars().skip(good) {
-                if after.len() == good + 1 {
-                    after.push(after[good].clone());
-                } else {
-                    let (done, next) = after.split_at_mut(good + 1);
-                    next[0].clone_from(&done[good]);
+                let from = at[good];
+                if states[from].passes(c) {
+                    work.passed += 1;
+                    at.push(from);
+                    good += 1;
+                    continue;
                 }
-                fed += 1;
-                if !after[good + 1].feed_char(g, c) {
+                let to = good + 1;
+                if states.len() <= to {
+                    states.resize(to + 1, self.state.clone());
+                }
+                let (done, next) = states.split_at_mut(to);
+                next[0].clone_from(&done[from]);
+                work.fed += 1;
+                if !next[0].feed_char(g, c) {
                     bad = Some(good + 1);
                     break;
                 }
+                at.push(to);
                 good += 1;
             }
             if bad.is_none() {
@@ -786,11 +798,29 @@ impl JsonConstraint {
                 }
             }
         }
-        fed
+        work
     }
 }
 
+/// What one mask took: characters fed to a copy of a state, and characters that left a
+/// state as it was (passed over without a copy).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Work {
+    fed: usize,
+    passed: usize,
+}
+
 impl State {
+    /// `c` would leave the state as it is: a plain character inside a string (the string
+    /// goes on, and a string's characters leave no whitespace behind).
+    fn passes(&self, c: char) -> bool {
+        matches!(self.stack.last(), Some(Frame::String { escape: 0 }))
+            && self.gap == Gap::None
+            && c != '"'
+            && c != '\\'
+            && c as u32 >= 0x20
+    }
+
     fn feed_char(&mut self, g: &Grammar, c: char) -> bool {
         let in_string = matches!(self.stack.last(), Some(Frame::String { .. }));
         // Whitespace inside a wrapper's exact text is that text's, and no more follows it.
@@ -1339,9 +1369,9 @@ mod tests {
         logits.iter().map(|l| l.is_finite()).collect()
     }
 
-    /// Characters the walk of `allowed` must feed: one per distinct prefix of a token's text
+    /// The prefixes the walk of `allowed` must try: the distinct prefixes of the tokens' texts
     /// whose own prefix one character shorter may follow (is empty or accepted).
-    fn live_prefixes(c: &JsonConstraint, texts: &[Option<String>]) -> usize {
+    fn live_prefixes<'t>(c: &JsonConstraint, texts: &'t [Option<String>]) -> Vec<&'t str> {
         let mut prefixes = HashSet::new();
         for t in texts.iter().flatten() {
             for (i, ch) in t.char_indices() {
@@ -1349,12 +1379,12 @@ mod tests {
             }
         }
         prefixes
-            .iter()
+            .into_iter()
             .filter(|p| {
                 let parent = &p[..p.len() - p.chars().last().unwrap().len_utf8()];
                 parent.is_empty() || c.accepts(parent)
             })
-            .count()
+            .collect()
     }
 
     /// A random vocabulary: every printable ASCII character alone (so no document is stuck
@@ -1537,16 +1567,27 @@ mod tests {
     #[test]
     fn the_mask_feeds_one_character_per_live_prefix() {
         let mut rng = StdRng::seed_from_u64(5);
+        let mut strings = 0;
         for v in corpus_schemas().iter().take(6) {
             let texts = vocabulary(&mut rng, &words_of(v), 800);
             let index = TokenTexts::from_texts(texts.clone());
             let mut c = JsonConstraint::new(Schema::from_json(v).unwrap());
             random_walk(&mut c, &texts, 20, &mut rng, |c| {
                 let mut allowed = vec![false; texts.len()];
-                let fed = c.allowed(&index, &mut allowed);
-                assert_eq!(fed, live_prefixes(c, &texts), "{v} at {:?}", c.state);
+                let work = c.allowed(&index, &mut allowed);
+                let live = live_prefixes(c, &texts);
+                assert_eq!(work.fed + work.passed, live.len(), "{v} at {:?}", c.state);
+                // Inside a string, only a prefix with a quote, a backslash or a control
+                // character can change the state: the others are passed over, not fed.
+                if c.state.stack.last() == Some(&Frame::String { escape: 0 }) {
+                    let special = |p: &str| p.contains(['"', '\\']) || p.contains(char::is_control);
+                    let changing = live.iter().filter(|p| special(p)).count();
+                    assert!(work.fed <= changing, "{work:?}, {changing}");
+                    strings += 1;
+                }
             });
         }
+        assert!(strings > 5, "only {strings} states inside a string");
     }
 
     /// Schemas of about 5 MB: an object of 20,000 properties, an enum of 200,000 values, and
@@ -1620,10 +1661,10 @@ mod tests {
                 // At each place along the prefix: the work is one character per live prefix
                 // of the vocabulary, and what is copied per character a handful of numbers.
                 let mut allowed = vec![false; texts.len()];
-                let fed = c.allowed(&index, &mut allowed);
+                let work = c.allowed(&index, &mut allowed);
                 assert_eq!(
-                    fed,
-                    live_prefixes(&c, &texts),
+                    work.fed + work.passed,
+                    live_prefixes(&c, &texts).len(),
                     "{what} after {:?}",
                     &prefix[..i]
                 );
