@@ -17,12 +17,6 @@ use support::Sandbox;
 /// Seconds a malformed file may take to be refused.
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
 struct Outcome {
     code: Option<i32>,
     stderr: String,
@@ -340,12 +334,7 @@ fn gguf_chat_templates_that_never_end_are_stopped() {
 
 /// A copy of the tiny llama model folder with `edit` applied.
 fn model_case(sb: &Sandbox, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let dir = sb.dir.path().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(fixture_dir("llama")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
-    }
+    let dir = sb.fixture_copy("llama", name);
     edit(&dir);
     dir
 }

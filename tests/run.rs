@@ -645,13 +645,7 @@ fn a_checkpoint_missing_a_tensor_is_an_error_not_a_crash() {
 #[test]
 fn a_fine_tune_written_over_the_old_files_is_quantized_again() {
     let sb = sandbox();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
-    let dir = sb.dir.path().join("my-tune");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
-    }
+    let dir = sb.fixture_copy("llama", "my-tune");
     let model = dir.to_str().unwrap();
     let args = ["--quant", "q8_0", "--seed", "1"];
     let first = ids(&greedy(&sb, model, "hello", "12", &args)["tokens"]);

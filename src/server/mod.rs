@@ -41,7 +41,7 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::engine::generate::constrain::JsonConstraint;
+use crate::engine::generate::constrain::{JsonConstraint, Schema};
 use conn::BodyLimits;
 pub use conn::Limits;
 pub use error::ApiError;
@@ -305,6 +305,7 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
                 openai::parse_chat(&openai::parse_json(&bytes)?)
             })
             .await?;
+        let mut req = req;
         let served = app.models.get(&req.common.model, false).await?;
         let mut messages = req.messages;
         let template = served.text.template.as_ref().map(|t| t.source());
@@ -320,20 +321,24 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
             }
         }
         let text = served.text.clone();
-        let prompt = app
+        let with_tools = req.tools.is_some();
+        let (tools, schema) = (req.tools, req.common.schema.take());
+        let (prompt, constraint) = app
             .work
             .run("rendering the prompt", move || {
-                text.prompt_with_tools(&messages, offered.as_ref(), false)
-                    .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))
+                let prompt = text
+                    .prompt_with_tools(&messages, offered.as_ref(), false)
+                    .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+                let tools = tools.as_ref().map(|t| (t, syntax));
+                Ok((prompt, output_constraint(tools, schema)))
             })
             .await?;
-        let constraint = req.tools.as_ref().and_then(|t| t.constraint(syntax));
         let request = ModelRequest {
             kind: Endpoint::Chat,
             common: req.common,
             prompt: prompt.tokens,
             opens_thinking: prompt.opens_thinking,
-            tools: req.tools.as_ref().map(|_| syntax),
+            tools: with_tools.then_some(syntax),
             constraint,
         };
         generate(&served, request).await
@@ -351,7 +356,18 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
                 openai::parse_completion(&openai::parse_json(&bytes)?)
             })
             .await?;
+        let mut req = req;
         let served = app.models.get(&req.common.model, false).await?;
+        let constraint = match req.common.schema.take() {
+            Some(schema) => {
+                app.work
+                    .run("compiling the schema", move || {
+                        Ok(output_constraint(None, Some(schema)))
+                    })
+                    .await?
+            }
+            None => None,
+        };
         let tokens = match req.prompt {
             PromptInput::Tokens(t) => t,
             PromptInput::Text(s) => {
@@ -370,7 +386,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
             prompt: tokens,
             opens_thinking: false,
             tools: None,
-            constraint: None,
+            constraint,
         };
         generate(&served, request).await
     }
@@ -387,8 +403,20 @@ struct ModelRequest {
     opens_thinking: bool,
     /// Tools were offered, and calls are written in this syntax.
     tools: Option<tools::Syntax>,
-    /// The output is held to this (a required tool call); else to `common.schema`, if any.
+    /// What the output is held to, compiled (see [`output_constraint`]).
     constraint: Option<JsonConstraint>,
+}
+
+/// What a request's output is held to: a required tool call (in the template's syntax), else the response
+/// format's schema. Built on the request pool: compiling a large schema takes a quarter of a
+/// second, which must not stall the async threads.
+fn output_constraint(
+    tools: Option<(&tools::Tools, tools::Syntax)>,
+    schema: Option<Schema>,
+) -> Option<JsonConstraint> {
+    tools
+        .and_then(|(t, syntax)| t.constraint(syntax))
+        .or_else(|| schema.map(JsonConstraint::new))
 }
 
 /// Queue the request's choices and answer: a stream of chunks, or the whole object.
@@ -401,7 +429,6 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
         tools,
         constraint,
     } = request;
-    let constraint = constraint.or_else(|| common.schema.clone().map(JsonConstraint::new));
     let what = match kind {
         Endpoint::Chat => "messages",
         Endpoint::Completion => "prompt",

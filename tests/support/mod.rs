@@ -117,6 +117,21 @@ impl Sandbox {
         std::fs::write(self.repo_dir(repo).join("refs/main"), "0123abcd").unwrap();
     }
 
+    /// A copy of the fixture model folder `family` (tests/fixtures/models) as `name` in the
+    /// sandbox, for tests that change its files.
+    pub fn fixture_copy(&self, family: &str, name: &str) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(family);
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+        dir
+    }
+
     /// Write a registry overlay file and return its path.
     pub fn registry_file(&self, name: &str, toml: &str) -> PathBuf {
         let p = self.dir.path().join(name);
