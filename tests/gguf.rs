@@ -299,6 +299,37 @@ fn owrun_quantize_writes_gguf_files_that_load_and_agree() {
     .fails_with(2, "GGUF file already");
 }
 
+/// Newer SentencePiece tokenizer.json files (Mistral v0.3, transformers' `legacy: false`) say
+/// "put ▁ before the text" with a Metaspace pre-tokenizer, not a Prepend normalizer; the GGUF
+/// that `owrun quantize` writes must keep that dummy prefix. (Chat prompts may still differ: GGUF
+/// tokenizers, llama.cpp's included, put ▁ after every special token, which "first" does not.)
+#[test]
+fn a_metaspace_tokenizer_keeps_its_dummy_prefix_in_gguf() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let dir = sb.fixture_copy("phi3", "phi3_metaspace");
+    let path = dir.join("tokenizer.json");
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tj["normalizer"] = serde_json::Value::Null;
+    tj["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "\u{2581}",
+        "prepend_scheme": "first", "split": false});
+    std::fs::write(&path, tj.to_string()).unwrap();
+    let out = sb.dir.path().join("phi3_metaspace.gguf");
+    sb.run(&[
+        "quantize",
+        dir.to_str().unwrap(),
+        "--quant",
+        "q8_0",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let plain = |model: &Path, extra: &[&str]| greedy_cases(&sb, model, "phi3", extra).remove(0);
+    let from_file = plain(&out, &[]);
+    assert_eq!(from_file, plain(&dir, &["--quant", "q8_0"]));
+    assert_eq!(from_file.0, expected("phi3")["plain"]["prompt_ids"]);
+}
+
 /// A GGUF file split in two shards as gguf-split does it: every shard says split.no / split.count
 /// / split.tensors.count, the first carries the metadata, the tensors are divided between them.
 fn split_in_two(src: &Path, first: &Path, second: &Path) {

@@ -462,6 +462,26 @@ fn stack_quantized(
     Ok(Arc::new(QTensor::new(storage, (parts.len(), rows, cols))?))
 }
 
+/// Whether a SentencePiece-style tokenizer.json puts "▁" before the text (Llama 2, Mistral,
+/// Phi-3; not Gemma). Older files say so with a `Prepend` normalizer, newer ones (transformers'
+/// `legacy: false` conversion, Mistral v0.3) with a `Metaspace` pre-tokenizer whose
+/// prepend_scheme is "first" or "always"; either may sit inside a `Sequence`.
+fn adds_dummy_prefix(tj: &Value) -> bool {
+    let steps = |v: &Value, list: &str| -> Vec<Value> {
+        let mut all = vec![v.clone()];
+        all.extend(v[list].as_array().cloned().unwrap_or_default());
+        all
+    };
+    let normalizers = steps(&tj["normalizer"], "normalizers");
+    let pre_tokenizers = steps(&tj["pre_tokenizer"], "pretokenizers");
+    normalizers.iter().chain(&pre_tokenizers).any(|n| {
+        n["type"] == "Prepend"
+            || (n["type"] == "Metaspace"
+                && n["prepend_scheme"] != "never"
+                && n["add_prefix_space"] != false)
+    })
+}
+
 /// The vocabulary from tokenizer.json as the converter writes it: "gpt2" for byte-level BPE,
 /// "llama" (SentencePiece) for BPE with byte fallback.
 fn vocabulary(dir: &Path, arch: &Arch, family: &str, meta: &mut Vec<(String, G)>) -> Result<()> {
@@ -544,16 +564,11 @@ fn vocabulary(dir: &Path, arch: &Arch, family: &str, meta: &mut Vec<(String, G)>
         put(meta, "tokenizer.ggml.model", G::String("llama".into()));
         put(meta, "tokenizer.ggml.pre", G::String("default".into()));
         put(meta, "tokenizer.ggml.scores", G::Array(scores));
-        let prepends = tj["normalizer"]["normalizers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(std::iter::once(&tj["normalizer"]))
-            .any(|n| {
-                n["type"] == "Prepend"
-                    || (n["type"] == "Metaspace" && n["prepend_scheme"] != "never")
-            });
-        put(meta, "tokenizer.ggml.add_space_prefix", G::Bool(prepends));
+        put(
+            meta,
+            "tokenizer.ggml.add_space_prefix",
+            G::Bool(adds_dummy_prefix(&tj)),
+        );
     } else {
         put(meta, "tokenizer.ggml.model", G::String("gpt2".into()));
         // The pre-tokenizer llama.cpp should use, recognised by its split pattern.
@@ -614,4 +629,37 @@ fn vocabulary(dir: &Path, arch: &Arch, family: &str, meta: &mut Vec<(String, G)>
         put(meta, "tokenizer.chat_template", G::String(t));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adds_dummy_prefix;
+    use serde_json::json;
+
+    #[test]
+    fn the_dummy_prefix_is_read_from_normalizer_or_metaspace() {
+        let prepend = json!({"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+            "pre_tokenizer": null});
+        assert!(adds_dummy_prefix(&prepend));
+        for scheme in ["first", "always"] {
+            let metaspace = json!({"normalizer": null, "pre_tokenizer":
+                {"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": false}});
+            assert!(adds_dummy_prefix(&metaspace), "{scheme}");
+        }
+        let nested = json!({"normalizer": null, "pre_tokenizer": {"type": "Sequence",
+            "pretokenizers": [{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"}]}});
+        assert!(adds_dummy_prefix(&nested));
+        let old_style = json!({"pre_tokenizer": {"type": "Metaspace", "add_prefix_space": true}});
+        assert!(adds_dummy_prefix(&old_style));
+        // Gemma: spaces replaced, nothing prepended.
+        let gemma = json!({"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}}});
+        assert!(!adds_dummy_prefix(&gemma));
+        let never = json!({"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "never"}});
+        assert!(!adds_dummy_prefix(&never));
+        let old_never = json!({"pre_tokenizer": {"type": "Metaspace", "add_prefix_space": false}});
+        assert!(!adds_dummy_prefix(&old_never));
+    }
 }
