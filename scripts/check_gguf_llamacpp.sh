@@ -14,7 +14,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for i in 1 2 3 4; do cat assets/kld_text.txt; done >"$OUT/text.txt"
 failed=0
-for fam in llama qwen2 qwen3 gemma2 gemma3 mixtral; do
+for fam in llama qwen2 qwen3 gemma2 gemma3 phi3 mixtral; do
   OWRUN_HOME=$OUT/home ./target/release/owrun quantize "tests/fixtures/models/$fam" --quant q8_0 -o "$OUT/$fam.gguf" >/dev/null 2>&1
   "$BIN/llama-perplexity" -m "tests/fixtures/gguf/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
     --kl-divergence-base "$OUT/$fam.base" >"$OUT/$fam.base.log" 2>&1

@@ -12,8 +12,8 @@
 #
 # Which fixtures: those whose tokenizer files the converter takes as they are. Byte-level BPE
 # vocabularies (llama, qwen2, qwen3) need their pre-tokenizer named (scripts/llamacpp_convert.py);
-# SentencePiece ones need a tokenizer.model (gemma2, gemma3, gemma2_27b have one). phi3 and
-# mixtral have none: scripts/make_gguf_fixtures.py writes theirs (its header says why).
+# SentencePiece ones need a tokenizer.model (gemma2, gemma3, gemma2_27b, phi3 and mixtral have
+# one, made by scripts/make_fixtures.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -27,7 +27,7 @@ if [ ! -f "$LLAMA/convert_hf_to_gguf.py" ]; then
       && rm -rf "$LLAMA" && mv llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA" && rm -f "$LLAMA/.git" )
 fi
 # family  converter's outtype  pre-tokenizer ("-": the converter's own recognition)
-ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2"
+ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- phi3:q8_0:- mixtral:q8_0:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2"
 for spec in $ALL; do
   IFS=: read -r fam outtype pre <<<"$spec"
   if [ $# -gt 0 ] && [[ " $* " != *" $fam "* ]]; then continue; fi

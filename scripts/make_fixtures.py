@@ -153,6 +153,14 @@ def sentencepiece_model(specials, bos, eos):
             json.dump({"tokenizer_class": cls, "bos_token": bos, "eos_token": eos[0],
                        "unk_token": "<unk>", "add_bos_token": True, **extra}, f)
         fast = AutoTokenizer.from_pretrained(d)
+    if not gemma:
+        # tokenizer.json as Mistral's and Phi-3's own repositories have it: a Prepend normalizer,
+        # "▁" before every piece of text between special tokens, as SentencePiece itself and
+        # llama.cpp tokenize. (transformers 5 writes a Metaspace pre-tokenizer instead, which
+        # skips the "▁" where the text already starts with a space.)
+        backend = fast.backend_tokenizer
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.pre_tokenizer = None
     return buf.getvalue(), fast
 
 
@@ -175,10 +183,11 @@ FAMILIES = {
                           "<｜begin▁of▁sentence｜>", ["<｜end▁of▁sentence｜>"], R1_TEMPLATE),
     "mistral": ("MistralConfig", dict(sliding_window=16),
                 "sp", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
-    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
-                "sp", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
+    # No sliding window, as Mixtral's own config: llama.cpp's converter would not write one.
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+                "spm_model", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"], "<s>", ["</s>"], MISTRAL_TEMPLATE),
     "phi3": ("Phi3Config", dict(pad_token_id=0, sliding_window=16),
-             "sp", ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", ["</s>", "<|end|>"], PHI3_TEMPLATE),
+             "spm_model", ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>", ["</s>", "<|end|>"], PHI3_TEMPLATE),
     "phi3_longrope": ("Phi3Config", dict(pad_token_id=0, partial_rotary_factor=0.75, tie_word_embeddings=True,
                                          original_max_position_embeddings=24,
                                          rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,

@@ -1,8 +1,7 @@
 //! GGUF files as llama.cpp's converter writes them (tests/fixtures/gguf, made from the
-//! transformers fixtures: gemma2_27b.f32.gguf by llama.cpp's own convert_hf_to_gguf.py through
-//! scripts/convert_fixtures_with_llamacpp.sh, the older ones by scripts/make_gguf_fixtures.py with
-//! the `gguf` package): owrun reads their hyperparameters, tensors and tokenizer, and computes what
-//! transformers computes.
+//! transformers fixtures by llama.cpp's own convert_hf_to_gguf.py through
+//! scripts/convert_fixtures_with_llamacpp.sh): owrun reads their hyperparameters, tensors and
+//! tokenizer, and computes what transformers computes.
 
 mod support;
 
