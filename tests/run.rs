@@ -428,6 +428,28 @@ fn assert_same_tokens(out: &serde_json::Value, case: &serde_json::Value, label: 
     assert_eq!(ids(&out["tokens"]), ids(&case["new_token_ids"]), "{label}");
 }
 
+/// The run's text is transformers' decode. Where a random model emitted bytes that are not
+/// UTF-8, the two may differ inside the damaged stretch: transformers turns a whole run of byte
+/// tokens into U+FFFD once one byte in it is stray, while a stream has already shown the valid
+/// bytes before it. Around that stretch they agree, and nothing after it is lost.
+#[track_caller]
+fn assert_same_text(ours: &str, theirs: &str, label: &str) {
+    match (theirs.find('\u{FFFD}'), theirs.rfind('\u{FFFD}')) {
+        (Some(first), Some(last)) => {
+            assert!(
+                ours.starts_with(&theirs[..first]),
+                "{label}: {ours:?} {theirs:?}"
+            );
+            assert!(
+                ours.ends_with(&theirs[last + 3..]),
+                "{label}: {ours:?} {theirs:?}"
+            );
+            assert!(ours.contains('\u{FFFD}'), "{label}: {ours:?} {theirs:?}");
+        }
+        _ => assert_eq!(ours, theirs, "{label}"),
+    }
+}
+
 fn fixture_dirs() -> Vec<std::path::PathBuf> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
     let mut dirs: Vec<_> = std::fs::read_dir(root)
@@ -459,7 +481,11 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
             &["run", d, prompt, "--raw", "-t", "0", "-n", "12", "--json"],
         );
         assert_same_tokens(&out, plain, family);
-        assert_eq!(out["text"], plain["text"], "{family}");
+        assert_same_text(
+            out["text"].as_str().unwrap(),
+            plain["text"].as_str().unwrap(),
+            family,
+        );
 
         let chat = &exp["chat"];
         let msgs = exp["chat_messages"].as_array().unwrap();
@@ -478,7 +504,11 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
             assert_eq!(out["reasoning"], text.trim(), "{family} chat reasoning");
             assert_eq!(out["text"], "", "{family}: no answer outside <think>");
         } else {
-            assert_eq!(out["text"], text, "{family} chat text");
+            assert_same_text(
+                out["text"].as_str().unwrap(),
+                text,
+                &format!("{family} chat"),
+            );
             assert!(out["reasoning"].is_null());
         }
         args.retain(|a| *a != "--json");
@@ -489,7 +519,7 @@ fn every_family_runs_token_for_token_like_transformers_through_the_cli() {
         } else {
             text.to_string()
         };
-        assert_eq!(r.stdout, shown, "{family} chat stream");
+        assert_same_text(&r.stdout, &shown, &format!("{family} chat stream"));
         if thinking {
             args.push("--hide-thinking");
             let r = sb.run(&args);

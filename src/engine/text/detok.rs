@@ -40,13 +40,17 @@ impl<'a> Detokenizer<'a> {
         self.tokens.push(token);
         let prefix = self.decode(&self.tokens[self.prefix_offset..self.read_offset])?;
         let full = self.decode(&self.tokens[self.prefix_offset..])?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.starts_with(&prefix) {
-            let new = full[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.tokens.len();
-            Ok(new)
-        } else {
-            Ok(String::new())
+        if full.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        match after(&prefix, &full) {
+            Some(new) if !new.is_empty() => {
+                let new = new.to_string();
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.tokens.len();
+                Ok(new)
+            }
+            _ => Ok(String::new()),
         }
     }
 
@@ -56,8 +60,25 @@ impl<'a> Detokenizer<'a> {
         let full = self.decode(&self.tokens[self.prefix_offset..])?;
         self.prefix_offset = self.tokens.len();
         self.read_offset = self.tokens.len();
-        Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+        Ok(after(&prefix, &full).unwrap_or("").to_string())
     }
+}
+
+/// What `full` (the window decoded with the newest tokens) adds to `prefix` (the window
+/// without them), or None while that is not yet certain.
+///
+/// Usually `full` starts with `prefix`. Byte-fallback decoders decode a run of byte tokens as
+/// one piece, and a run that is not UTF-8 becomes one U+FFFD per byte: a byte arriving after
+/// valid ones (`[`, then a stray continuation byte) turns the text already released into U+FFFD
+/// too. That text cannot be taken back; what is new is then what follows as many characters as
+/// were released, so the stream reads as the bytes decoded leniently ("[�k") and nothing after
+/// the stray byte is lost.
+fn after<'f>(prefix: &str, full: &'f str) -> Option<&'f str> {
+    if let Some(new) = full.strip_prefix(prefix) {
+        return Some(new);
+    }
+    let released = prefix.chars().count();
+    full.char_indices().nth(released).map(|(at, _)| &full[at..])
 }
 
 #[cfg(test)]
@@ -93,6 +114,34 @@ mod tests {
             let whole = tok.decode(&ids, true).unwrap();
             let head = tok.decode(context, true).unwrap();
             assert_eq!(format!("{head}{streamed}"), whole, "{text:?}");
+        }
+    }
+
+    /// Bytes that are not UTF-8 (a random model's output): valid ones stream as they come, a
+    /// stray byte becomes U+FFFD, and the text after it is not lost. (The run of byte tokens
+    /// `[`, `R`, 0xB7 decodes as three U+FFFD once 0xB7 arrives; "k" used to be dropped.)
+    #[test]
+    fn bytes_that_are_not_utf8_lose_no_text_after_them() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/mixtral/tokenizer.json");
+        let tok = Tokenizer::from_file(&path).unwrap();
+        let id = |t: &str| tok.token_to_id(t).unwrap();
+        let context = [id("<s>"), id("ef")];
+        let cases: [(&[&str], &str); 3] = [
+            (&["<0x5B>", "<0x52>", "<0xB7>", "k"], "[R\u{FFFD}k"),
+            // Held back until certain, a run reads as the final decode has it.
+            (&["<0xB7>", "<0x5B>", "▁as"], "\u{FFFD}\u{FFFD} as"),
+            // A character split over byte tokens still comes out whole.
+            (&["<0xC3>", "<0xA9>", "k"], "ék"),
+        ];
+        for (pieces, want) in cases {
+            let mut d = Detokenizer::new(&tok, &context);
+            let mut streamed = String::new();
+            for p in pieces {
+                streamed.push_str(&d.push(id(p)).unwrap());
+            }
+            streamed.push_str(&d.finish().unwrap());
+            assert_eq!(streamed, want, "{pieces:?}");
         }
     }
 }
