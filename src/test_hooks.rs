@@ -5,8 +5,9 @@
 //! One switch, `OWRUN_TEST_HOOKS`, read once with the other settings: a comma-separated list of
 //! `name=number` among `step_delay_ms` (the server's model thread, before each batched step),
 //! `load_delay_ms` (the server, before loading a model), `token_delay_ms` (chat, after each
-//! token) and `panic_token` (the server's model thread panics, outside any guard, once it has
-//! given a slot to a prompt holding this token id). Unset, every hook is off. The values travel
+//! token), `panic_token` (the server's model thread panics, outside any guard, once it has
+//! given a slot to a prompt holding this token id) and `panic_loads` (the server's first this
+//! many model loads panic, as a loader bug would). Unset, every hook is off. The values travel
 //! to where they apply as fields of the settings; nothing else reads the environment for them.
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub struct TestHooks {
     pub load_delay: Option<Duration>,
     pub token_delay: Option<Duration>,
     pub panic_token: Option<u32>,
+    pub panic_loads: u32,
 }
 
 impl TestHooks {
@@ -40,9 +42,10 @@ impl TestHooks {
                 "load_delay_ms" => hooks.load_delay = delay,
                 "token_delay_ms" => hooks.token_delay = delay,
                 "panic_token" => hooks.panic_token = Some(n),
+                "panic_loads" => hooks.panic_loads = n,
                 other => bail!(
                     "{VARIABLE}: unknown hook {other:?} (step_delay_ms, load_delay_ms, \
-                     token_delay_ms, panic_token)"
+                     token_delay_ms, panic_token, panic_loads)"
                 ),
             }
         }

@@ -552,6 +552,49 @@ fn token_ids_need_an_embedding_row() {
     assert_eq!(text, expected["continuation"].as_str().unwrap());
 }
 
+/// A loader that panics (a bug, or a file that finds one): the client is told the load failed
+/// without the server's paths, the log says why, the server goes on, and the next request loads
+/// the model. (A malformed file used to abort the whole server.)
+#[test]
+fn a_load_that_panics_fails_its_request_and_the_server_goes_on() {
+    let sb = sandbox();
+    let server = Server::start(&sb, &[], &[("OWRUN_TEST_HOOKS", "panic_loads=1")]);
+    server.wait_healthy();
+    let port = server.port;
+    let expected = &stories260k_expected()[0];
+    let ask = || {
+        post(
+            port,
+            &completion(
+                "stories260k",
+                expected["prompt"].as_str().unwrap(),
+                json!({"max_tokens": 40, "temperature": 0}),
+            ),
+        )
+    };
+    let r = ask();
+    assert_eq!(r.status, 500, "{}", r.body);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert_eq!(
+        message,
+        "loading stories260k failed: the server's log says why"
+    );
+    assert!(
+        server.stderr().contains("loading stories260k panicked"),
+        "{}",
+        server.stderr()
+    );
+    let health = server.wait_healthy();
+    assert_eq!(
+        health["models"].as_array().map(Vec::len),
+        Some(0),
+        "{health}"
+    );
+    let r = ask();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["text"], expected["continuation"]);
+}
+
 /// A panic in the model's thread outside the forward's guard: the request in flight is told
 /// why (500), the model is unloaded, and the next request loads it again. (The thread ended
 /// and the model answered 503 "shutting down" for ever.)

@@ -61,6 +61,8 @@ pub struct Models {
     /// The cards last made, and when; one request makes them at a time.
     cards: Mutex<Option<(Instant, Arc<Vec<Card>>)>>,
     loading: AtomicUsize,
+    /// Loads begun so far (the `panic_loads` test hook counts them).
+    loads: AtomicUsize,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -73,6 +75,7 @@ impl Models {
             aliases: Mutex::new(HashMap::new()),
             cards: Mutex::new(None),
             loading: AtomicUsize::new(0),
+            loads: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -168,11 +171,16 @@ impl Models {
         self.room(&opened.id, false).await?;
         let id = opened.id.clone();
         let delay = self.options.hooks.load_delay;
+        let fault =
+            self.loads.fetch_add(1, Ordering::SeqCst) < self.options.hooks.panic_loads as usize;
         let loaded = {
             let _loading = Counted::new(&self.loading);
             tokio::task::spawn_blocking(move || {
                 if let Some(d) = delay {
                     std::thread::sleep(d);
+                }
+                if fault {
+                    panic!("test hook panic_loads: loading {} panicked", opened.id);
                 }
                 (opened.load)()
             })
