@@ -177,6 +177,8 @@ pub struct RunArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Print one JSON document (text, token ids, finish reason, usage, timings) instead of
     /// streaming text
     #[arg(long)]
@@ -264,6 +266,27 @@ pub struct LoadArgs {
     pub kv_type: KvType,
 }
 
+/// LoRA adapters to run the model with.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AdapterArgs {
+    /// Apply a LoRA adapter at run time, beside the unchanged base weights (repeatable; several
+    /// add up): PATH is a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)
+    /// or a GGUF adapter from llama.cpp's convert_lora_to_gguf.py; SCALE multiplies the
+    /// adapter's own scale (default 1)
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
+}
+
+impl AdapterArgs {
+    /// The adapters as the loader takes them: (path, multiplier).
+    pub fn specs(&self) -> anyhow::Result<Vec<(std::path::PathBuf, f32)>> {
+        self.lora
+            .iter()
+            .map(|s| crate::engine::format::lora::parse_spec(s).map_err(|e| usage(e.to_string())))
+            .collect()
+    }
+}
+
 impl LoadArgs {
     /// The flags as the model opener takes them.
     pub fn choices(&self) -> anyhow::Result<LoadChoices> {
@@ -283,6 +306,7 @@ impl LoadArgs {
                 Some(0) => return Err(usage("--ctx must be at least 1")),
                 n => n,
             },
+            adapters: Vec::new(),
         })
     }
 }
@@ -388,6 +412,8 @@ pub struct BenchArgs {
     pub depth: usize,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Print one JSON document
     #[arg(long)]
     pub json: bool,
@@ -428,6 +454,8 @@ pub struct KldArgs {
     /// The format to measure (--dtype), against the same weights in f32
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Print one JSON document
     #[arg(long)]
     pub json: bool,
@@ -460,6 +488,8 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Print timings on stderr after each answer
     #[arg(long, short)]
     pub verbose: bool,

@@ -20,7 +20,8 @@ pub fn run(opener: &Opener, args: &BenchArgs) -> Result<()> {
     if args.repetitions == 0 || args.prompt_tokens == 0 || args.gen_tokens == 0 {
         return Err(usage("-p, -n and -r must be at least 1"));
     }
-    let choices = args.load.choices()?;
+    let mut choices = args.load.choices()?;
+    choices.adapters = args.adapters.specs()?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
     let mut engine = opener.load(&path, &choices)?;

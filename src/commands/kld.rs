@@ -28,7 +28,8 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => DEFAULT_TEXT.to_string(),
     };
-    let choices = args.load.choices()?;
+    let mut choices = args.load.choices()?;
+    choices.adapters = args.adapters.specs()?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
 
@@ -37,7 +38,7 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         dtype: DTypeChoice::F32,
         quant: None,
         kv_type: KvType::F32,
-        ..choices
+        ..choices.clone()
     };
     let mut reference = opener.load(&path, &reference_choices)?;
     show_notes(&reference);

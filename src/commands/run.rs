@@ -38,7 +38,8 @@ pub fn run(opener: &Opener, args: &RunArgs) -> Result<()> {
         ));
     }
 
-    let choices = args.load.choices()?;
+    let mut choices = args.load.choices()?;
+    choices.adapters = args.adapters.specs()?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
     let mut engine = opener.load(&path, &choices)?;

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::format::config::ModelConfig;
-use super::format::gguf::permute_rows_for_gguf;
+use super::format::gguf::{self, permute_rows_for_gguf};
 use super::format::json::read_json;
 use super::format::safetensors::SafetensorsFiles;
 use super::model::arch::Arch;
@@ -79,10 +79,8 @@ pub fn write(
         "gemma3_text" => "gemma3",
         other => other,
     };
-    let name = match family {
-        "llama" | "mistral" | "mixtral" => "llama",
-        "qwen2" | "qwen3" | "phi3" | "gemma" | "gemma2" | "gemma3" => family,
-        other => bail!("cannot write {other} models as GGUF"),
+    let Some(name) = gguf::gguf_architecture(family) else {
+        bail!("cannot write {family} models as GGUF")
     };
     let st = SafetensorsFiles::open(files)?;
     let stored = st.dtype("model.embed_tokens.weight")?.unwrap_or(DType::F32);

@@ -43,6 +43,7 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
         quant_cache: None,
         kv_type: KvType::F32,
         context: None,
+        adapters: Vec::new(),
     };
     Engine::load(dir, &[dir.join("model.safetensors")], &opts)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
@@ -327,6 +328,7 @@ fn long_prompts_match_transformers() {
                     quant_cache: None,
                     kv_type: kv,
                     context: Some(4096),
+                    adapters: Vec::new(),
                 },
             )
             .unwrap();
@@ -401,6 +403,7 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             quant_cache: None,
             kv_type: KvType::F32,
             context: None,
+            adapters: Vec::new(),
         };
         let mut ours = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
         let file = root.join("gguf").join(format!("{family}.gguf"));

@@ -36,7 +36,7 @@ use crate::settings::Settings;
 use crate::store::{format_bytes, Snapshot, Store};
 
 /// How to load a model: the user's choices, before they meet the model and the machine.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadChoices {
     /// Threads of the CPU kernels (None: one per core).
     pub threads: Option<NonZeroUsize>,
@@ -48,6 +48,8 @@ pub struct LoadChoices {
     pub kv_type: KvType,
     /// Positions a sequence may hold (None: the model's context, or what fits in memory).
     pub context: Option<usize>,
+    /// LoRA adapters (path, multiplier of its scale).
+    pub adapters: Vec<(PathBuf, f32)>,
 }
 
 /// What opening a model reads: owrun's settings and the registry.
@@ -216,6 +218,7 @@ impl Opener {
             quant_cache: quant.map(|q| self.quant_cache_path(path, q)),
             kv_type: choices.kv_type,
             context: choices.context,
+            adapters: choices.adapters.clone(),
         };
         let loaded = if is_gguf_file(path) {
             Engine::load_gguf(path, &options)

@@ -110,7 +110,7 @@ impl Catalog {
             }
         })?;
         let opener = self.opener.clone();
-        let choices = self.choices;
+        let choices = self.choices.clone();
         Ok(Opened {
             id: model.display_name(),
             load: Box::new(move || opener.load(&path, &choices)),

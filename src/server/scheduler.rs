@@ -609,6 +609,7 @@ mod tests {
             quant_cache: None,
             kv_type: KvType::F32,
             context: None,
+            adapters: Vec::new(),
         };
         Engine::load(&dir, &[dir.join("model.safetensors")], &opts).expect("stories260K loads")
     }

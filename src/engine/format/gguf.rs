@@ -454,17 +454,10 @@ impl GgufFile {
             "post_attention_layernorm" => "ffn_norm".into(),
             "pre_feedforward_layernorm" => "ffn_norm".into(),
             "post_feedforward_layernorm" => "post_ffw_norm".into(),
-            "self_attn.q_proj" => "attn_q".into(),
-            "self_attn.k_proj" => "attn_k".into(),
-            "self_attn.v_proj" => "attn_v".into(),
-            "self_attn.o_proj" => "attn_output".into(),
-            "self_attn.qkv_proj" => "attn_qkv".into(),
             "self_attn.q_norm" => "attn_q_norm".into(),
             "self_attn.k_norm" => "attn_k_norm".into(),
-            "mlp.gate_proj" => "ffn_gate".into(),
-            "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up".into(),
-            "mlp.down_proj" => "ffn_down".into(),
             "block_sparse_moe.gate" => "ffn_gate_inp".into(),
+            other if linear_gguf_name(other).is_some() => linear_gguf_name(other)?.into(),
             other => {
                 // block_sparse_moe.experts.E.w1 / w2 / w3
                 let rest = other.strip_prefix("block_sparse_moe.experts.")?;
@@ -492,24 +485,51 @@ impl GgufFile {
         if !self.has_tensor(&name) {
             return None;
         }
-        // llama.cpp's converter reorders Llama's q and k rows for its interleaved rope.
-        let permuted_heads = if self.arch == "llama" {
-            match base.as_str() {
-                "attn_q" => self.num("attention.head_count"),
-                "attn_k" => self
-                    .num("attention.head_count_kv")
-                    .or_else(|| self.num("attention.head_count")),
-                _ => None,
-            }
-            .map(|h| h as usize)
-        } else {
-            None
-        };
+        let heads = self.num("attention.head_count").unwrap_or(0.0) as usize;
+        let kv_heads = self
+            .num("attention.head_count_kv")
+            .map_or(heads, |h| h as usize);
+        let permuted_heads = permuted_heads(&base, Some(&self.arch), heads, kv_heads);
         Some(Located {
             name,
             expert: None,
             permuted_heads,
         })
+    }
+
+    /// Every tensor's name, in all parts.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.content.tensors.keys().cloned())
+            .collect()
+    }
+
+    /// A float tensor (F32, F16, BF16) as stored: its dimensions (rows first) and values.
+    pub fn tensor_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self.raw(name, None)?;
+        let values: Vec<f32> = match t.ty {
+            GgmlType::F32 => t
+                .bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            GgmlType::F16 => t
+                .bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            GgmlType::BF16 => t
+                .bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => bail!(
+                "tensor {name} is {}: only F32, F16 and BF16 are read here",
+                other.name()
+            ),
+        };
+        Ok((t.dims, values))
     }
 
     /// Whether the file holds the tensor a Hugging Face name stands for.
@@ -521,6 +541,71 @@ impl GgufFile {
     pub fn norms_include_one(&self) -> bool {
         self.arch.starts_with("gemma")
     }
+}
+
+/// The linear layers of a block: Hugging Face's name (after `model.layers.N.`), llama.cpp's
+/// (after `blk.N.`). Phi-3's fused gate_up_proj is llama.cpp's ffn_up.
+const LINEAR_NAMES: [(&str, &str); 9] = [
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.qkv_proj", "attn_qkv"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.gate_up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+fn linear_gguf_name(hf: &str) -> Option<&'static str> {
+    LINEAR_NAMES.iter().find(|(h, _)| *h == hf).map(|(_, g)| *g)
+}
+
+/// The Hugging Face name of the linear layer `blk.N.BASE.weight` names (a LoRA adapter's
+/// tensors are that name plus .lora_a / .lora_b), for an architecture: Phi-3's ffn_up is its
+/// fused gate_up_proj.
+pub fn hf_linear_name(gguf: &str, arch: Option<&str>) -> Option<String> {
+    let rest = gguf.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, base) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match (base, arch) {
+        ("ffn_up", Some("phi3")) => "mlp.gate_up_proj",
+        _ => LINEAR_NAMES.iter().find(|(_, g)| *g == base)?.0,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// llama.cpp's converter reorders the rows of Llama's q and k projections (`gguf_base` is
+/// `attn_q`, `attn_k`) for its interleaved rope: the heads to undo it with, or None where it
+/// does not.
+pub fn permuted_heads(
+    gguf_base: &str,
+    arch: Option<&str>,
+    heads: usize,
+    kv_heads: usize,
+) -> Option<usize> {
+    if arch != Some("llama") {
+        return None;
+    }
+    match gguf_base {
+        "attn_q" if heads > 0 => Some(heads),
+        "attn_k" if kv_heads > 0 => Some(kv_heads),
+        _ => None,
+    }
+}
+
+/// The GGUF architecture name llama.cpp's converter writes for a config.json model_type.
+pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
+    Some(match model_type {
+        "llama" | "mistral" | "mixtral" => "llama",
+        "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
+        "phi3" => "phi3",
+        "gemma" => "gemma",
+        "gemma2" => "gemma2",
+        "gemma3" | "gemma3_text" => "gemma3",
+        _ => return None,
+    })
 }
 
 /// Shard `k` of `count` beside `first`, which must be shard 1 of `count`.

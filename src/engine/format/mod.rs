@@ -8,4 +8,5 @@ pub mod gguf;
 pub mod gguf_container;
 pub mod gguf_vocab;
 pub mod json;
+pub mod lora;
 pub mod safetensors;

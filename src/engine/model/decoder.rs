@@ -85,7 +85,8 @@ fn linear(
     let weight = w.matrix(&format!("{name}.weight"), &[out, inp], role)?;
     *bytes += weight.bytes();
     let bias = w.optional_vector(&format!("{name}.bias"), out, false)?;
-    Ok(Linear::new(weight, bias))
+    let lora = w.lora(name, out, inp)?;
+    Ok(Linear::new(weight, bias).with_lora(lora))
 }
 
 /// One sequence's part of a batched forward.

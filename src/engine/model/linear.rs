@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::kernels;
+use super::lora::Lora;
 use crate::engine::format::ggml::GgmlType;
 
 /// A weight matrix, rows × columns (out × in for a linear layer, vocab × hidden for embeddings).
@@ -221,16 +222,29 @@ pub struct Linear {
     weight: Matrix,
     /// In the activation dtype.
     bias: Option<Tensor>,
+    /// LoRA adapters added to the weight's output.
+    lora: Vec<Lora>,
 }
 
 impl Linear {
     pub fn new(weight: Matrix, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            lora: Vec::new(),
+        }
+    }
+
+    pub fn with_lora(self, lora: Vec<Lora>) -> Self {
+        Linear { lora, ..self }
     }
 
     /// `x`: rows × in, in the activation dtype; returns rows × out.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.matmul_t(x)?;
+        let mut y = self.weight.matmul_t(x)?;
+        for l in &self.lora {
+            y = l.add_to(x, y)?;
+        }
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -18,6 +18,7 @@ mod flash;
 mod kernels;
 pub mod kv;
 pub mod linear;
+pub mod lora;
 pub mod rope;
 pub mod weights;
 

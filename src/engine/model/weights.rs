@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::kernels;
 use super::linear::{Matrix, QMatrix};
+use super::lora::{Adapters, Lora};
 use crate::engine::format::ggml::GgmlType;
 use crate::engine::format::gguf::{GgufFile, RawTensor};
 use crate::engine::format::safetensors::{describe, SafetensorsFiles};
@@ -33,6 +34,8 @@ pub struct Weights {
     small_dtype: DType,
     /// Quantize matrices under this scheme (for a model of this many layers), through the cache.
     quant: Option<(Scheme, usize, QuantCache)>,
+    /// LoRA adapters for the linear layers, applied beside the weights.
+    adapters: Option<Adapters>,
 }
 
 impl Weights {
@@ -50,6 +53,7 @@ impl Weights {
             matmul_dtype,
             small_dtype,
             quant: None,
+            adapters: None,
         })
     }
 
@@ -66,7 +70,28 @@ impl Weights {
             matmul_dtype,
             small_dtype,
             quant: None,
+            adapters: None,
         }
+    }
+
+    /// Give the linear layers these adapters (see `lora`).
+    pub fn use_adapters(&mut self, adapters: Adapters) {
+        self.adapters = Some(adapters);
+    }
+
+    /// The adapters' parts of linear layer `name` (without `.weight`), outputs × inputs.
+    pub fn lora(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Vec<Lora>> {
+        match self.adapters.as_mut() {
+            Some(a) => a.take(name, outputs, inputs),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Once every layer is built: each adapter found the layers it adapts.
+    pub fn check_adapters(&self) -> Result<()> {
+        self.adapters
+            .as_ref()
+            .map_or(Ok(()), Adapters::check_all_used)
     }
 
     /// What the quantizer (candle's) made, where this device multiplies it.

@@ -1,0 +1,109 @@
+//! LoRA adapters applied at run time, beside the base weights: a linear layer computes
+//! W·x + Σ scale · B·(A·x) over its adapters. The base matrix is neither copied nor changed, so
+//! it keeps its type (16-bit, GGML blocks) and its kernels; the adapters' matrices are small
+//! (rank × in and out × rank) and kept in f32.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::engine::format::lora::{Adapter, LoraPair};
+
+/// One adapter's part of one linear layer.
+pub struct Lora {
+    /// in × rank (Aᵀ).
+    a_t: Tensor,
+    /// rank × out (Bᵀ).
+    b_t: Tensor,
+    scale: f64,
+}
+
+impl Lora {
+    fn new(p: &LoraPair, device: &Device) -> Result<Lora> {
+        let a = Tensor::from_slice(&p.a, (p.rank, p.inputs), device)?;
+        let b = Tensor::from_slice(&p.b, (p.outputs, p.rank), device)?;
+        Ok(Lora {
+            a_t: a.t()?.contiguous()?,
+            b_t: b.t()?.contiguous()?,
+            scale: p.scale as f64,
+        })
+    }
+
+    /// `y` (rows × out, the base layer's output for `x`, rows × in) plus this adapter's term.
+    pub fn add_to(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let low = x.to_dtype(DType::F32)?.matmul(&self.a_t)?;
+        let delta = (low.matmul(&self.b_t)? * self.scale)?;
+        let delta = delta.to_dtype(y.dtype())?;
+        Ok((y + delta)?)
+    }
+}
+
+/// The adapters a model loads with, handed out layer by layer as the decoder is built.
+pub struct Adapters {
+    list: Vec<Adapter>,
+    /// (adapter, layer) pairs a layer of the model took.
+    used: BTreeSet<(usize, String)>,
+    /// The first layer whose shape differs from the adapter's.
+    misfit: Option<String>,
+    device: Device,
+}
+
+impl Adapters {
+    pub fn new(list: Vec<Adapter>, device: &Device) -> Adapters {
+        Adapters {
+            list,
+            used: BTreeSet::new(),
+            misfit: None,
+            device: device.clone(),
+        }
+    }
+
+    /// Every adapter's part of the linear layer `name` (its Hugging Face name, without
+    /// `.weight`), `outputs` × `inputs` in the model; a part of another shape is left out and
+    /// named by `check_all_used`.
+    pub fn take(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Vec<Lora>> {
+        let mut parts = Vec::new();
+        for (i, adapter) in self.list.iter().enumerate() {
+            let Some(p) = adapter.layers.get(name) else {
+                continue;
+            };
+            if (p.outputs, p.inputs) != (outputs, inputs) {
+                // Said by check_all_used, as the user's error it is, once the model is built.
+                self.misfit.get_or_insert(format!(
+                    "the LoRA adapter {} does not fit this model: its {name} maps {} inputs to \
+                     {} outputs, the model's {inputs} to {outputs} (an adapter for another base?)",
+                    adapter.source.display(),
+                    p.inputs,
+                    p.outputs
+                ));
+                continue;
+            }
+            parts.push(Lora::new(p, &self.device)?);
+            self.used.insert((i, name.to_string()));
+        }
+        Ok(parts)
+    }
+
+    /// Once the decoder is built: an adapter layer no layer of the model took is an error (an
+    /// adapter for another architecture, or of parts owrun does not adapt).
+    pub fn check_all_used(&self) -> Result<()> {
+        if let Some(misfit) = &self.misfit {
+            bail!("{misfit}");
+        }
+        for (i, adapter) in self.list.iter().enumerate() {
+            if let Some(name) = adapter
+                .layers
+                .keys()
+                .find(|n| !self.used.contains(&(i, n.to_string())))
+            {
+                bail!(
+                    "the LoRA adapter {} does not fit this model: it adapts {name}, which the \
+                     model does not have (an adapter for another architecture?)",
+                    adapter.source.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,298 @@
+//! LoRA adapters at run time (`--lora`), against transformers + PEFT: the adapters in
+//! tests/fixtures/lora were trained-shaped by scripts/make_lora_fixtures.py (rank 4, alpha 8, on
+//! q/k/v/o and the MLP; one with rsLoRA) and converted to GGUF by llama.cpp's own
+//! convert_lora_to_gguf.py (scripts/convert_lora_fixtures_with_llamacpp.sh).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use support::Sandbox;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn expected(adapter: &str) -> Value {
+    let p = fixtures().join("lora").join(adapter).join("expected.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// (prompt ids, new token ids) of a greedy run of the plain prompt and of the chat.
+fn greedy(sb: &Sandbox, model: &Path, exp: &Value, extra: &[&str]) -> Vec<(Value, Value)> {
+    let mut messages: Vec<Value> = serde_json::from_value(exp["chat_messages"].clone()).unwrap();
+    if exp["system_folded"] == true {
+        messages.remove(0);
+    }
+    let last = messages.pop().unwrap();
+    let history = sb.dir.path().join("history.json");
+    std::fs::write(&history, serde_json::to_string(&messages).unwrap()).unwrap();
+    let plain = exp["plain"]["prompt"]
+        .as_str()
+        .unwrap_or("The quick brown fox");
+    let runs: [Vec<&str>; 2] = [
+        vec!["run", path(model), plain, "--raw"],
+        vec![
+            "run",
+            path(model),
+            last["content"].as_str().unwrap(),
+            "--messages",
+            path(&history),
+        ],
+    ];
+    runs.iter()
+        .map(|args| {
+            let mut args = args.clone();
+            args.extend_from_slice(&["-t", "0", "-n", "12", "--json"]);
+            args.extend_from_slice(extra);
+            let r = sb.run(&args);
+            r.ok();
+            let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+            (doc["prompt_tokens"].clone(), doc["tokens"].clone())
+        })
+        .collect()
+}
+
+fn recorded(exp: &Value) -> Vec<(Value, Value)> {
+    ["plain", "chat"]
+        .iter()
+        .map(|c| {
+            (
+                exp[c]["prompt_ids"].clone(),
+                exp[c]["new_token_ids"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn peft_adapters_run_as_transformers_and_peft_run_them() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    for (adapter, base) in [
+        ("llama", "llama"),
+        ("qwen2", "qwen2"),
+        ("gemma2", "gemma2"),
+        ("llama_rslora", "llama"),
+    ] {
+        let exp = expected(adapter);
+        let model = fixtures().join("models").join(base);
+        let lora = fixtures().join("lora").join(adapter);
+        let want = recorded(&exp);
+        // The adapter changes what the base says.
+        let alone = greedy(&sb, &model, &exp, &[]);
+        assert_ne!(alone, want, "{adapter}: the adapter changes nothing");
+        // f32, and an f16 base (its drift is far below these margins; bf16's is not).
+        for extra in [&[][..], &["--dtype", "f16"]] {
+            let mut args = vec!["--lora", path(&lora)];
+            args.extend_from_slice(extra);
+            assert_eq!(
+                greedy(&sb, &model, &exp, &args),
+                want,
+                "{adapter} {extra:?}"
+            );
+        }
+    }
+}
+
+/// llama.cpp's converter writes alpha but not rsLoRA, and llama.cpp scales by alpha / rank: the
+/// GGUF adapters run as llama.cpp runs them, on a GGUF base and on the folder alike (Llama's q
+/// and k rows, which the converter reorders, put back).
+#[test]
+fn gguf_adapters_from_llama_cpp_s_converter_run_as_peft() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    for (adapter, base) in [("llama", "llama"), ("qwen2", "qwen2")] {
+        let exp = expected(adapter);
+        let lora = fixtures().join("lora").join(format!("{adapter}.gguf"));
+        let file = fixtures().join("gguf").join(format!("{base}.f32.gguf"));
+        let folder = fixtures().join("models").join(base);
+        for model in [&file, &folder] {
+            assert_eq!(
+                greedy(&sb, model, &exp, &["--lora", path(&lora)]),
+                recorded(&exp),
+                "{adapter} on {model:?}"
+            );
+        }
+    }
+    // rsLoRA: alpha / rank as llama.cpp, or the PEFT scale with a multiplier (alpha/sqrt(r) is
+    // 2x alpha/r at rank 4).
+    let exp = expected("llama_rslora");
+    let lora = fixtures().join("lora/llama_rslora.gguf");
+    let model = fixtures().join("gguf/llama.f32.gguf");
+    assert_eq!(
+        greedy(&sb, &model, &exp, &["--lora", path(&lora)]),
+        recorded(&exp["at_alpha_over_r"])
+            .into_iter()
+            .zip(recorded(&exp))
+            .map(|((_, tokens), (ids, _))| (ids, tokens))
+            .collect::<Vec<_>>()
+    );
+    let doubled = format!("{}:2", path(&lora));
+    assert_eq!(
+        greedy(&sb, &model, &exp, &["--lora", &doubled]),
+        recorded(&exp)
+    );
+    // A Q8_0 base: the GGUF adapter on the converter's Q8_0 file gives the tokens of owrun's own
+    // Q8_0 of the folder with the PEFT adapter (the same blocks, the same adapter).
+    let exp = expected("gemma2");
+    let on_file = greedy(
+        &sb,
+        &fixtures().join("gguf/gemma2.gguf"),
+        &exp,
+        &["--lora", path(&fixtures().join("lora/gemma2.gguf"))],
+    );
+    let on_folder = greedy(
+        &sb,
+        &fixtures().join("models/gemma2"),
+        &exp,
+        &[
+            "--quant",
+            "q8_0",
+            "--lora",
+            path(&fixtures().join("lora/gemma2")),
+        ],
+    );
+    assert_eq!(on_file, on_folder);
+}
+
+/// On a quantized base the adapter adds no drift of its own: the KL divergence of Q8_0 + adapter
+/// from f32 + adapter is of the order of Q8_0's alone from f32.
+#[test]
+fn an_adapter_on_a_quantized_base_drifts_as_the_base_does() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let lora = fixtures().join("lora/llama");
+    let kld = |extra: &[&str]| -> f64 {
+        let mut args = vec!["kld", path(&model), "--quant", "q8_0", "--json"];
+        args.extend_from_slice(extra);
+        let r = sb.run(&args);
+        r.ok();
+        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+        doc["comparison"]["mean_kld"].as_f64().unwrap()
+    };
+    let base = kld(&[]);
+    let adapted = kld(&["--lora", path(&lora)]);
+    assert!(base > 0.0 && adapted > 0.0, "{base} {adapted}");
+    assert!(
+        adapted < 3.0 * base,
+        "Q8_0 + adapter drifts {adapted}, Q8_0 alone {base}"
+    );
+}
+
+#[test]
+fn adapters_that_do_not_fit_are_clear_errors() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let llama = fixtures().join("models/llama");
+    let qwen2 = fixtures().join("models/qwen2");
+    let run =
+        |model: &Path, lora: &str| sb.run(&["run", path(model), "hi", "-n", "2", "--lora", lora]);
+    // Converted for another architecture.
+    run(&qwen2, path(&fixtures().join("lora/llama.gguf")))
+        .fails_with(2, "is an adapter for llama models; this model is qwen2");
+    // Shapes of another base (gemma2_27b: 16 wide, the adapter 64).
+    run(
+        &fixtures().join("models/gemma2_27b"),
+        path(&fixtures().join("lora/gemma2")),
+    )
+    .fails_with(2, "model.layers.0.");
+    // A model given as the adapter; a folder that is not an adapter; nothing there.
+    run(&llama, path(&fixtures().join("gguf/llama.gguf")))
+        .fails_with(2, "is a model, not an adapter");
+    run(&llama, path(&qwen2)).fails_with(2, "has no adapter_config.json");
+    run(&llama, "/nonexistent/adapter").fails_with(2, "no such file or folder");
+    // An adapter whose B does not match its A (rank 4 against 3).
+    let bad = sb.dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let src = fixtures().join("lora/llama");
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        bad.join("adapter_config.json"),
+    )
+    .unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config["use_dora"] = Value::Bool(true);
+    std::fs::write(bad.join("adapter_config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        bad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    run(&llama, path(&bad)).fails_with(2, "DoRA adapters are not supported");
+    // A different base name is said, not refused.
+    let r = run(&qwen2, path(&fixtures().join("lora/gemma2")));
+    r.ok();
+    assert!(
+        r.stderr.contains("trained on owrun-fixtures/gemma2"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// chat, bench and kld take adapters as run does.
+#[test]
+fn every_front_end_takes_adapters() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let lora = fixtures().join("lora/llama");
+    let exp = expected("llama");
+    // chat: one line in, the adapter's answer out.
+    let user = exp["chat_messages"][1]["content"].as_str().unwrap();
+    let system = exp["chat_messages"][0]["content"].as_str().unwrap();
+    let r = sb.run_with_stdin(
+        &[
+            "chat",
+            path(&model),
+            "--lora",
+            path(&lora),
+            "-t",
+            "0",
+            "-n",
+            "12",
+            "--system",
+            system,
+            "--no-history",
+        ],
+        &format!("{user}\n"),
+    );
+    r.ok();
+    assert!(
+        r.stdout.contains(exp["chat"]["text"].as_str().unwrap()),
+        "{:?} lacks {:?}",
+        r.stdout,
+        exp["chat"]["text"]
+    );
+    let r = sb.run(&[
+        "bench",
+        path(&model),
+        "--lora",
+        path(&lora),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "--json",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("LoRA adapter"), "{}", r.stderr);
+    // kld measures f32 + adapter against itself: no drift.
+    let r = sb.run(&[
+        "kld",
+        path(&model),
+        "--lora",
+        path(&lora),
+        "--dtype",
+        "f32",
+        "--kv-type",
+        "f32",
+        "--json",
+    ]);
+    r.ok();
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["comparison"]["mean_kld"].as_f64(), Some(0.0), "{doc}");
+}
