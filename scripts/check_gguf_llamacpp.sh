@@ -14,10 +14,17 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for i in 1 2 3 4; do cat assets/kld_text.txt; done >"$OUT/text.txt"
 failed=0
-for fam in llama qwen2 qwen3 gemma2 gemma3 phi3 mixtral; do
+# Not phi3: llama.cpp 0.3.36 cannot load the tiny phi3 fixture its own converter writes
+# ("error loading model vocabulary: unordered_map::at"), owrun's file or not.
+for fam in llama qwen2 qwen3 gemma2 gemma3 mixtral; do
   OWRUN_HOME=$OUT/home ./target/release/owrun quantize "tests/fixtures/models/$fam" --quant q8_0 -o "$OUT/$fam.gguf" >/dev/null 2>&1
-  "$BIN/llama-perplexity" -m "tests/fixtures/gguf/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
-    --kl-divergence-base "$OUT/$fam.base" >"$OUT/$fam.base.log" 2>&1
+  if ! "$BIN/llama-perplexity" -m "tests/fixtures/gguf/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
+    --kl-divergence-base "$OUT/$fam.base" >"$OUT/$fam.base.log" 2>&1; then
+    printf '%-8s FAILED: llama.cpp could not read the converter'"'"'s file:\n' "$fam"
+    tail -5 "$OUT/$fam.base.log"
+    failed=1
+    continue
+  fi
   # A file llama.cpp cannot read, or reads differently, fails the check (exit 1 at the end).
   if ! "$BIN/llama-perplexity" -m "$OUT/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
     --kl-divergence-base "$OUT/$fam.base" --kl-divergence >"$OUT/$fam.log" 2>&1; then
