@@ -336,6 +336,13 @@ pub struct ServeArgs {
     /// Models to load at start and keep loaded (others load on their first request)
     #[arg(value_name = "MODEL")]
     pub models: Vec<String>,
+    /// Register a LoRA adapter for the model named on the command line (repeatable): PATH is a
+    /// PEFT folder or a GGUF adapter, SCALE multiplies its scale. The model loads once with all
+    /// of them; a request applies one by naming the model `MODEL+NAME`, or any mix with its
+    /// `lora` field (`[{"id": NAME or number, "scale": 0.5}]`, as llama-server's). Requests
+    /// with different adapters are batched together
+    #[arg(long = "lora", value_name = "NAME=PATH[:SCALE]")]
+    pub lora: Vec<String>,
     /// Address to listen on. Anything but a loopback address makes the server reachable from
     /// other machines: set --api-key
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]

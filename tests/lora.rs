@@ -296,3 +296,149 @@ fn every_front_end_takes_adapters() {
     let doc: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(doc["comparison"]["mean_kld"].as_f64(), Some(0.0), "{doc}");
 }
+
+/// The server loads the model once with its adapters; a request picks one by naming
+/// `MODEL+NAME` or with `lora`, and requests with different adapters, sent together, are each
+/// answered as `owrun run` answers them alone.
+#[test]
+fn the_server_serves_each_request_its_adapters() {
+    use support::server::Server;
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let (tune, rs) = (
+        fixtures().join("lora/llama"),
+        fixtures().join("lora/llama_rslora"),
+    );
+    let exp = expected("llama");
+    let prompt = exp["plain"]["prompt"].as_str().unwrap().to_string();
+    // What `owrun run` says, alone: base, the adapter, the other adapter at half strength.
+    let run_text = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "run",
+            path(&model),
+            &prompt,
+            "--raw",
+            "-t",
+            "0",
+            "-n",
+            "12",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = sb.run(&args);
+        r.ok();
+        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+        doc["text"].as_str().unwrap().to_string()
+    };
+    let half = format!("{}:0.5", path(&rs));
+    let want = [
+        run_text(&[]),
+        run_text(&["--lora", path(&tune)]),
+        run_text(&["--lora", &half]),
+    ];
+    assert!(want[0] != want[1] && want[1] != want[2], "{want:?}");
+
+    let tune_arg = format!("tune={}", path(&tune));
+    let rs_arg = format!("rs={}", path(&rs));
+    let server = Server::start(
+        &sb,
+        &[
+            path(&model),
+            "--parallel",
+            "4",
+            "--lora",
+            &tune_arg,
+            "--lora",
+            &rs_arg,
+        ],
+        &[("OWRUN_TEST_HOOKS", "step_delay_ms=5")],
+    );
+    server.wait_healthy();
+    let id = path(&model).to_string();
+    let listed = server.get("/v1/models").json();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    for name in [id.clone(), format!("{id}+tune"), format!("{id}+rs")] {
+        assert!(ids.contains(&name.as_str()), "{name} not in {ids:?}");
+    }
+    let bodies = [
+        serde_json::json!({"model": id, "prompt": prompt}),
+        serde_json::json!({"model": format!("{id}+tune"), "prompt": prompt}),
+        serde_json::json!({"model": id, "prompt": prompt, "lora": [{"id": 1, "scale": 0.5}]}),
+        serde_json::json!({"model": id, "prompt": prompt, "lora": [{"id": "tune"}]}),
+    ];
+    let port = server.port;
+    // All four at once, three times over (they share slots and batches).
+    for _ in 0..3 {
+        let answers: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b["max_tokens"] = 12.into();
+                b["temperature"] = 0.into();
+                std::thread::spawn(move || {
+                    let r = support::server::request(
+                        port,
+                        "POST",
+                        "/v1/completions",
+                        &[],
+                        &b.to_string(),
+                    );
+                    (
+                        r.status,
+                        r.json()["choices"][0]["text"].as_str().map(str::to_string),
+                    )
+                })
+            })
+            .collect();
+        let got: Vec<_> = answers.into_iter().map(|h| h.join().unwrap()).collect();
+        for (i, w) in [0, 1, 2, 1].iter().enumerate() {
+            assert_eq!(got[i], (200, Some(want[*w].clone())), "request {i}");
+        }
+    }
+    // Adapters it does not have.
+    let r = server.post(
+        "/v1/completions",
+        &serde_json::json!({"model": id, "prompt": "x", "lora": [{"id": 7}]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("0: tune, 1: rs"), "{}", r.body);
+    let r = server.post(
+        "/v1/completions",
+        &serde_json::json!({"model": format!("{id}+nope"), "prompt": "x"}),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = server.post(
+        "/v1/completions",
+        &serde_json::json!({"model": id, "prompt": "x", "lora": {"id": 0}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[test]
+fn serve_refuses_adapters_it_cannot_place() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let lora = format!("tune={}", path(&fixtures().join("lora/llama")));
+    sb.run(&["serve", "--port", "0", "--lora", &lora])
+        .fails_with(2, "for one model named on the command line (0 named)");
+    let model = fixtures().join("models/llama");
+    sb.run(&["serve", path(&model), "--port", "0", "--lora", "no-name"])
+        .fails_with(2, "give NAME=PATH");
+    sb.run(&[
+        "serve",
+        path(&model),
+        "--port",
+        "0",
+        "--lora",
+        &lora,
+        "--lora",
+        &lora,
+    ])
+    .fails_with(2, "given twice");
+    sb.run(&["serve", path(&model), "--port", "0", "--lora", "a+b=x"])
+        .fails_with(2, "a name is 1 to 64 letters");
+}

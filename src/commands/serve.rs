@@ -50,11 +50,22 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     let choices = args.load.choices()?;
     // The kernels' threads, before the server's own threads start.
     crate::engine::use_threads(choices.threads);
-    let catalog = Catalog::new(opener.clone(), choices, args.models.clone());
+    let mut catalog = Catalog::new(opener.clone(), choices, args.models.clone());
     // Models named on the command line are checked now, so a typo or a license stops the
     // start with the usual exit code instead of a server that answers 404.
+    let mut served_as = Vec::new();
     for name in &args.models {
-        catalog.check(name)?;
+        served_as.push(catalog.check(name)?.0.display_name());
+    }
+    if !args.lora.is_empty() {
+        let [model] = &served_as[..] else {
+            return Err(usage(format!(
+                "--lora adapters are for one model named on the command line ({} named)",
+                served_as.len()
+            )));
+        };
+        let adapters = adapter_specs(&args.lora)?;
+        catalog = catalog.with_adapters(model.clone(), adapters);
     }
     let hooks = opener.settings.test_hooks;
     let models = Models::new(
@@ -83,6 +94,35 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
 }
 
 /// `30s`, `5m`, `1h`, a number of seconds, `0`; `-1` or `forever`: None (never unloaded).
+/// `--lora NAME=PATH[:SCALE]`, each: names unique, usable in `MODEL+NAME`.
+fn adapter_specs(specs: &[String]) -> Result<Vec<(String, std::path::PathBuf, f32)>> {
+    let mut out: Vec<(String, std::path::PathBuf, f32)> = Vec::new();
+    for spec in specs {
+        let Some((name, rest)) = spec.split_once('=') else {
+            return Err(usage(format!(
+                "--lora {spec:?}: give NAME=PATH[:SCALE] (the name requests use)"
+            )));
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(usage(format!(
+                "--lora {spec:?}: a name is 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        if out.iter().any(|(n, ..)| n == name) {
+            return Err(usage(format!("--lora: the name {name:?} is given twice")));
+        }
+        let (path, scale) =
+            crate::engine::format::lora::parse_spec(rest).map_err(|e| usage(e.to_string()))?;
+        out.push((name.to_string(), path, scale));
+    }
+    Ok(out)
+}
+
 fn parse_keep_alive(s: &str) -> Result<Option<Duration>> {
     let s = s.trim();
     if s == "-1" || s.eq_ignore_ascii_case("forever") {

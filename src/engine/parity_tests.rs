@@ -434,3 +434,96 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
         }
     }
 }
+
+/// LoRA adapters (tests/fixtures/lora, made with PEFT): the first-step logits with the adapter
+/// are transformers + PEFT's within 1e-3, and a batch mixing a sequence with the adapter and
+/// one without gives each what it gives alone (the server batches requests with different
+/// adapters this way).
+#[test]
+fn lora_adapters_match_peft_and_mix_in_one_batch() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (adapter, base) in [
+        ("llama", "llama"),
+        ("qwen2", "qwen2"),
+        ("gemma2", "gemma2"),
+        ("llama_rslora", "llama"),
+    ] {
+        let dir = root.join("models").join(base);
+        let opts = LoadOptions {
+            threads: None,
+            device: DeviceChoice::Cpu,
+            dtype: DTypeChoice::F32,
+            quant: None,
+            quant_cache: None,
+            kv_type: KvType::F32,
+            context: None,
+            adapters: vec![(root.join("lora").join(adapter), 1.0)],
+        };
+        let mut engine = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
+        let lora: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("lora").join(adapter).join("expected.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let plain: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let prompt = ids(&lora["plain"]["prompt_ids"]);
+        let close = |got: &[f32], want: &Value, what: &str| {
+            let want: Vec<f32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert_eq!(got.len(), want.len(), "{adapter} {what}");
+            assert!(worst < 1e-3, "{adapter} {what}: logits differ by {worst}");
+        };
+        let model = &mut engine.model;
+        let alone = |model: &mut super::model::Model, on: f32| {
+            let s = model.new_sequence();
+            model.set_adapters(s, vec![on]).unwrap();
+            model.forward(s, &prompt).unwrap()
+        };
+        let with = alone(model, 1.0);
+        let without = alone(model, 0.0);
+        close(&with, &lora["plain"]["first_logits"], "with the adapter");
+        close(&without, &plain["plain"]["first_logits"], "without it");
+        // Together, in one batch (and with a longer third sequence, so rows differ in count).
+        let (a, b, c) = (
+            model.new_sequence(),
+            model.new_sequence(),
+            model.new_sequence(),
+        );
+        model.set_adapters(a, vec![1.0]).unwrap();
+        model.set_adapters(b, vec![0.0]).unwrap();
+        model.set_adapters(c, vec![0.5]).unwrap();
+        let longer: Vec<u32> = prompt.iter().chain(&prompt).copied().collect();
+        let out = model
+            .forward_batch(&[(a, &prompt), (b, &prompt), (c, &longer)])
+            .unwrap();
+        let half_alone = {
+            let s = model.new_sequence();
+            model.set_adapters(s, vec![0.5]).unwrap();
+            model.forward(s, &longer).unwrap()
+        };
+        for (got, want, what) in [
+            (&out[0], &with, "batched with"),
+            (&out[1], &without, "batched without"),
+            (&out[2], &half_alone, "batched at 0.5"),
+        ] {
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{adapter} {what}: {worst}");
+        }
+        assert!(model.set_adapters(a, vec![1.0, 1.0]).is_err());
+    }
+}

@@ -1,6 +1,8 @@
 //! Where the server's models come from: the registry and the local store, through the model
 //! opener and the license gate.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 
 use super::error::ApiError;
@@ -14,6 +16,8 @@ use crate::registry::{self, ModelRef};
 pub struct Opened {
     /// The name it is served under (the registry name, `hf:owner/name`, or a path).
     pub id: String,
+    /// The names of the LoRA adapters it loads with (`--lora NAME=PATH`), in order.
+    pub adapters: Vec<String>,
     /// Loads it (slow: run off the async threads).
     pub load: Box<dyn FnOnce() -> anyhow::Result<Engine> + Send>,
 }
@@ -38,6 +42,10 @@ pub struct Catalog {
     choices: LoadChoices,
     /// Named on the command line (listed by /v1/models even when they are local paths).
     named: Vec<String>,
+    /// LoRA adapters (`--lora NAME=PATH[:SCALE]`) and the model they are for (its name as
+    /// served): that model loads with all of them; a request picks among them.
+    adapters: Vec<(String, PathBuf, f32)>,
+    adapted: Option<String>,
 }
 
 /// Longest model name a client may send: a longer one is unknown, without suggestions (which
@@ -59,6 +67,24 @@ impl Catalog {
             opener,
             choices,
             named,
+            adapters: Vec::new(),
+            adapted: None,
+        }
+    }
+
+    /// Load the model served as `model` with these adapters (name, file, multiplier).
+    pub fn with_adapters(mut self, model: String, adapters: Vec<(String, PathBuf, f32)>) -> Self {
+        self.adapted = Some(model);
+        self.adapters = adapters;
+        self
+    }
+
+    /// `base+adapter` as (base, adapter) when `adapter` is one of the server's adapters; any
+    /// other name as it is.
+    pub fn split_adapter<'n>(&self, name: &'n str) -> (&'n str, Option<&'n str>) {
+        match name.rsplit_once('+') {
+            Some((base, a)) if self.adapters.iter().any(|(n, ..)| n == a) => (base, Some(a)),
+            _ => (name, None),
         }
     }
 
@@ -110,9 +136,20 @@ impl Catalog {
             }
         })?;
         let opener = self.opener.clone();
-        let choices = self.choices.clone();
+        let mut choices = self.choices.clone();
+        let id = model.display_name();
+        let mut adapters = Vec::new();
+        if self.adapted.as_deref() == Some(id.as_str()) {
+            choices.adapters = self
+                .adapters
+                .iter()
+                .map(|(_, p, m)| (p.clone(), *m))
+                .collect();
+            adapters = self.adapters.iter().map(|(n, ..)| n.clone()).collect();
+        }
         Ok(Opened {
-            id: model.display_name(),
+            id,
+            adapters,
             load: Box::new(move || opener.load(&path, &choices)),
         })
     }
@@ -151,6 +188,18 @@ impl Catalog {
                     licenses: licenses.into_iter().map(|l| l.id).collect(),
                     pulled: snapshot.is_some(),
                 }
+            })
+            .flat_map(|card| {
+                // The adapted model once more per adapter, as `base+adapter`.
+                let adapted = self.adapted.as_deref() == Some(card.id.as_str());
+                let variants: Vec<Card> = if adapted { &self.adapters[..] } else { &[] }
+                    .iter()
+                    .map(|(a, ..)| Card {
+                        id: format!("{}+{a}", card.id),
+                        ..card.clone()
+                    })
+                    .collect();
+                std::iter::once(card).chain(variants)
             })
             .collect()
     }

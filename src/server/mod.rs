@@ -47,7 +47,7 @@ pub use conn::Limits;
 pub use error::ApiError;
 use guard::{Guard, Origins};
 use models::{Models, Served};
-use openai::{Common, Endpoint, PromptInput, Reply};
+use openai::{AdapterRef, Common, Endpoint, PromptInput, Reply};
 use scheduler::{Event, Job, Refused};
 use work::Work;
 
@@ -306,7 +306,7 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
             })
             .await?;
         let mut req = req;
-        let served = app.models.get(&req.common.model, false).await?;
+        let (served, lora) = model_and_adapters(&app, &req.common).await?;
         let mut messages = req.messages;
         let template = served.text.template.as_ref().map(|t| t.source());
         let syntax = tools::Syntax::of_template(template);
@@ -340,6 +340,7 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
             opens_thinking: prompt.opens_thinking,
             tools: with_tools.then_some(syntax),
             constraint,
+            lora,
         };
         generate(&served, request).await
     }
@@ -357,7 +358,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
             })
             .await?;
         let mut req = req;
-        let served = app.models.get(&req.common.model, false).await?;
+        let (served, lora) = model_and_adapters(&app, &req.common).await?;
         let constraint = match req.common.schema.take() {
             Some(schema) => {
                 app.work
@@ -387,6 +388,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
             opens_thinking: false,
             tools: None,
             constraint,
+            lora,
         };
         generate(&served, request).await
     }
@@ -405,6 +407,60 @@ struct ModelRequest {
     tools: Option<tools::Syntax>,
     /// What the output is held to, compiled (see [`output_constraint`]).
     constraint: Option<JsonConstraint>,
+    /// How strongly each of the model's LoRA adapters applies.
+    lora: Vec<f32>,
+}
+
+/// The model a request names, and how strongly each of its LoRA adapters applies: a
+/// `base+adapter` name applies that adapter at 1, the `lora` field sets any (by number or
+/// name); the others are off.
+async fn model_and_adapters(
+    app: &App,
+    common: &Common,
+) -> Result<(Arc<Served>, Vec<f32>), ApiError> {
+    let (base, adapter) = app.models.split_adapter(&common.model);
+    let served = app.models.get(base, false).await?;
+    let mut lora = vec![0.0; served.adapters.len()];
+    let position = |name: &str| served.adapters.iter().position(|a| a == name);
+    if let Some(a) = adapter {
+        match position(a) {
+            Some(i) => lora[i] = 1.0,
+            None => {
+                return Err(ApiError::model_not_found(format!(
+                    "{} has no adapter {a:?}",
+                    served.id
+                )))
+            }
+        }
+    }
+    for (which, scale) in &common.lora {
+        let i = match which {
+            AdapterRef::Id(i) => (*i < lora.len()).then_some(*i),
+            AdapterRef::Name(n) => position(n),
+        };
+        let Some(i) = i else {
+            let known = if served.adapters.is_empty() {
+                "it has none (the server registers them with --lora NAME=PATH)".to_string()
+            } else {
+                format!(
+                    "it has {}",
+                    served
+                        .adapters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| format!("{i}: {a}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Err(ApiError::invalid(
+                "lora",
+                format!("{} has no adapter {which:?}: {known}", served.id),
+            ));
+        };
+        lora[i] = *scale;
+    }
+    Ok((served, lora))
 }
 
 /// What a request's output is held to: a required tool call (in the template's syntax), else the response
@@ -428,6 +484,7 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
         opens_thinking,
         tools,
         constraint,
+        lora,
     } = request;
     let what = match kind {
         Endpoint::Chat => "messages",
@@ -482,6 +539,7 @@ async fn generate(served: &Served, request: ModelRequest) -> Result<Response, Ap
             stop: common.stop.clone(),
             logprobs: common.logprobs,
             constraint: constraint.clone(),
+            lora: lora.clone(),
             events: events.clone(),
         };
         match served.scheduler.submit(job) {

@@ -44,6 +44,8 @@ pub struct Served {
     pub scheduler: Scheduler,
     /// Named on the command line: never unloaded (but reloaded if its thread fails).
     pub pinned: bool,
+    /// Its LoRA adapters' names, in the order of a job's multipliers.
+    pub adapters: Vec<String>,
 }
 
 type Cell = Arc<OnceCell<Arc<Served>>>;
@@ -117,6 +119,11 @@ impl Models {
 
     /// The model `name`, loaded first if it is not (or if its thread failed). `pinned`: kept
     /// until the server stops.
+    /// `base+adapter` as (base, adapter) for one of the server's adapters; else (name, None).
+    pub fn split_adapter<'n>(&self, name: &'n str) -> (&'n str, Option<&'n str>) {
+        self.catalog.split_adapter(name)
+    }
+
     pub async fn get(&self, name: &str, pinned: bool) -> Result<Arc<Served>, ApiError> {
         let known = self.aliases.lock().await.get(name).cloned();
         if let Some(id) = known {
@@ -170,6 +177,7 @@ impl Models {
         // (a model that fails to load must not cost an idle one its place).
         self.room(&opened.id, false).await?;
         let id = opened.id.clone();
+        let adapters = opened.adapters.clone();
         let delay = self.options.hooks.load_delay;
         let fault =
             self.loads.fetch_add(1, Ordering::SeqCst) < self.options.hooks.panic_loads as usize;
@@ -248,6 +256,7 @@ impl Models {
             text,
             sampling,
             pinned,
+            adapters,
         }))
     }
 

@@ -124,6 +124,55 @@ pub struct Common {
     pub logprobs: Option<usize>,
     /// The output is held to this (response_format json_object / json_schema).
     pub schema: Option<Schema>,
+    /// LoRA adapters asked for (`lora`, as llama-server's): which, and how strongly.
+    pub lora: Vec<(AdapterRef, f32)>,
+}
+
+/// An adapter as a request names it: by its position among the server's `--lora` adapters (as
+/// llama-server numbers them) or by its name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterRef {
+    Id(usize),
+    Name(String),
+}
+
+/// Most adapters one request may name.
+const MAX_ADAPTERS: usize = 16;
+
+/// `lora`: `[{"id": 0, "scale": 0.5}, {"id": "my-tune"}]` (scale 1 when left out).
+fn lora_field(f: &Fields) -> Result<Vec<(AdapterRef, f32)>, ApiError> {
+    let Some(v) = f.get("lora") else {
+        return Ok(Vec::new());
+    };
+    let bad = |why: &str| ApiError::invalid("lora", format!("lora {why}"));
+    let items = v
+        .as_array()
+        .filter(|a| a.len() <= MAX_ADAPTERS)
+        .ok_or_else(|| {
+            bad(&format!(
+                "must be a list of up to {MAX_ADAPTERS} {{\"id\", \"scale\"}} objects"
+            ))
+        })?;
+    items
+        .iter()
+        .map(|item| {
+            let o = item
+                .as_object()
+                .map(Fields)
+                .ok_or_else(|| bad("items must be objects"))?;
+            let id = match o.get("id") {
+                Some(Value::String(name)) => AdapterRef::Name(name.clone()),
+                Some(v) => AdapterRef::Id(
+                    v.as_u64()
+                        .and_then(|i| usize::try_from(i).ok())
+                        .ok_or_else(|| bad("ids must be adapter numbers or names"))?,
+                ),
+                None => return Err(bad("items need an id")),
+            };
+            let scale = o.number("scale", -100.0, 100.0)?.unwrap_or(1.0) as f32;
+            Ok((id, scale))
+        })
+        .collect()
 }
 
 impl Common {
@@ -193,6 +242,7 @@ impl Common {
             n: f.integer("n", 1, MAX_N as i64)?.unwrap_or(1) as usize,
             logprobs,
             schema: response_format(f)?,
+            lora: lora_field(f)?,
         })
     }
 

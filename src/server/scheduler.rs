@@ -45,6 +45,9 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// Hold the output to this JSON document (response_format, a required tool call).
     pub constraint: Option<JsonConstraint>,
+    /// How strongly each of the model's LoRA adapters applies (one number per adapter; empty
+    /// for a model without adapters).
+    pub lora: Vec<f32>,
     pub events: UnboundedSender<(usize, Event)>,
 }
 
@@ -224,6 +227,8 @@ struct Worker {
 
 struct Slot<'t> {
     cache: CachedSequence,
+    /// The adapters its cache was computed with.
+    lora: Vec<f32>,
     busy: Option<Busy<'t>>,
 }
 
@@ -268,6 +273,7 @@ impl Worker {
         let mut slots: Vec<Slot> = (0..slots)
             .map(|_| Slot {
                 cache: CachedSequence::new(&mut self.model),
+                lora: Vec::new(),
                 busy: None,
             })
             .collect();
@@ -340,15 +346,28 @@ impl Worker {
         }
     }
 
-    /// Put `job` in the free slot whose cache shares the longest prefix with its prompt.
+    /// Put `job` in the free slot whose cache shares the longest prefix with its prompt (a
+    /// cache computed with other adapters shares nothing).
     fn admit<'t>(&mut self, slots: &mut [Slot<'t>], job: Job, text: &'t Text) {
         let Some(slot) = slots
             .iter_mut()
             .filter(|s| s.busy.is_none())
-            .max_by_key(|s| s.cache.shared_prefix(&job.prompt))
+            .max_by_key(|s| {
+                if s.lora == job.lora {
+                    s.cache.shared_prefix(&job.prompt)
+                } else {
+                    0
+                }
+            })
         else {
             return;
         };
+        if slot.lora != job.lora {
+            if slot.cache.clear(&mut self.model).is_err() {
+                slot.cache = CachedSequence::new(&mut self.model);
+            }
+            slot.lora = job.lora.clone();
+        }
         // Only a sequence the model no longer holds refuses; the slot then gets a new one.
         let reuse = match slot.cache.reuse_for(&mut self.model, &job.prompt) {
             Ok(reuse) => reuse,
@@ -357,6 +376,15 @@ impl Worker {
                 0
             }
         };
+        if !job.lora.is_empty() {
+            // Checked against the model's adapters when the request was read.
+            if let Err(e) = self.model.set_adapters(slot.cache.seq(), job.lora.clone()) {
+                job.events
+                    .send((job.index, Event::Failed(format!("{e:#}"))))
+                    .ok();
+                return;
+            }
+        }
         let room = self.model.context().saturating_sub(job.prompt.len());
         let limit = job.max_tokens.map_or(room, |m| m.min(room));
         let mut decoding = Decoding::new(
@@ -627,6 +655,7 @@ mod tests {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            lora: Vec::new(),
             events,
         };
         (job, rx)

@@ -15,6 +15,7 @@ use super::attention::{attend, Scores};
 use super::flash::{self, Queries};
 use super::kv::{KvCache, KvType};
 use super::linear::{Linear, Matrix};
+use super::lora::Selection;
 use super::weights::Weights;
 use crate::engine::quantize::Role;
 
@@ -71,6 +72,8 @@ pub struct Decoder {
     pub device: Device,
     /// Bytes of weights held.
     pub weight_bytes: usize,
+    /// The LoRA adapters its layers carry (their files), in the order of a segment's `lora`.
+    pub adapters: Vec<String>,
 }
 
 /// The linear layer `name` (`.weight`, optional `.bias`), counting its bytes.
@@ -97,6 +100,8 @@ pub struct Segment<'a> {
     pub all_logits: bool,
     /// Where the caller's whole forward ends (past this chunk when a prompt is fed in chunks).
     pub reach: usize,
+    /// How strongly each of the model's adapters applies to this sequence (empty: each at 1).
+    pub lora: &'a [f32],
 }
 
 impl Decoder {
@@ -302,6 +307,7 @@ impl Decoder {
             kv_type: KvType::default(),
             device: device.clone(),
             weight_bytes,
+            adapters: w.adapter_sources(),
         })
     }
 
@@ -346,6 +352,8 @@ impl Decoder {
         if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
             anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
+        let rows: Vec<(usize, &[f32])> = batch.iter().map(|s| (s.tokens.len(), s.lora)).collect();
+        let sel = Selection::for_batch(&rows, self.adapters.len(), &self.device)?;
         let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
         let mut x = self.embed.rows_of(&ids_t, self.act_dtype)?;
         if let Some(scale) = self.arch.embed_scale {
@@ -353,11 +361,11 @@ impl Decoder {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.input_norm)?;
-            let a = self.attention(li, layer, &h, batch, &starts)?;
+            let a = self.attention(li, layer, &h, batch, &starts, &sel)?;
             x = if self.arch.sandwich_norms {
                 let x = (x + self.rms_norm(&a, &layer.post_attention_norm)?)?;
                 let pre = layer.pre_feedforward_norm.as_ref().context("norm")?;
-                let m = self.feed_forward(&layer.feed_forward, &self.rms_norm(&x, pre)?)?;
+                let m = self.feed_forward(&layer.feed_forward, &self.rms_norm(&x, pre)?, &sel)?;
                 let post = layer.post_feedforward_norm.as_ref().context("norm")?;
                 (x + self.rms_norm(&m, post)?)?
             } else {
@@ -365,6 +373,7 @@ impl Decoder {
                 let m = self.feed_forward(
                     &layer.feed_forward,
                     &self.rms_norm(&x, &layer.post_attention_norm)?,
+                    &sel,
                 )?;
                 (x + m)?
             };
@@ -397,13 +406,18 @@ impl Decoder {
         x: &Tensor,
         batch: &mut [Segment],
         starts: &[usize],
+        sel: &Selection,
     ) -> Result<Tensor> {
         let a = &self.arch;
         let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
         let (q, k, v) = match &layer.projections {
-            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Projections::Separate { q, k, v } => (
+                q.forward_with(x, sel)?,
+                k.forward_with(x, sel)?,
+                v.forward_with(x, sel)?,
+            ),
             Projections::Fused(qkv) => {
-                let y = qkv.forward(x)?;
+                let y = qkv.forward_with(x, sel)?;
                 (
                     y.narrow(1, 0, nh * hd)?,
                     y.narrow(1, nh * hd, nkv * hd)?,
@@ -469,29 +483,29 @@ impl Decoder {
         } else {
             Tensor::cat(&outputs, 0)?
         };
-        layer.o.forward(&out)
+        layer.o.forward_with(&out, sel)
     }
 
-    fn mlp(&self, m: &Mlp, x: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, m: &Mlp, x: &Tensor, sel: &Selection) -> Result<Tensor> {
         let (gate, up) = match (&m.gate_up, &m.gate, &m.up) {
             (Some(gu), _, _) => {
-                let y = gu.forward(x)?;
+                let y = gu.forward_with(x, sel)?;
                 let n = y.dim(1)? / 2;
                 (y.narrow(1, 0, n)?, y.narrow(1, n, n)?)
             }
-            (None, Some(g), Some(u)) => (g.forward(x)?, u.forward(x)?),
+            (None, Some(g), Some(u)) => (g.forward_with(x, sel)?, u.forward_with(x, sel)?),
             _ => anyhow::bail!("an MLP without gate or up projection"),
         };
         let gate = match self.arch.activation {
             Activation::Silu => gate.silu()?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        m.down.forward(&(gate * up)?)
+        m.down.forward_with(&(gate * up)?, sel)
     }
 
-    fn feed_forward(&self, ff: &FeedForward, x: &Tensor) -> Result<Tensor> {
+    fn feed_forward(&self, ff: &FeedForward, x: &Tensor, sel: &Selection) -> Result<Tensor> {
         let (router, experts, top_k) = match ff {
-            FeedForward::Dense(m) => return self.mlp(m, x),
+            FeedForward::Dense(m) => return self.mlp(m, x, sel),
             FeedForward::Experts {
                 router,
                 experts,
@@ -525,7 +539,7 @@ impl Decoder {
             let w = Tensor::from_vec(weights[e].clone(), (n, 1), &self.device)?
                 .to_dtype(self.act_dtype)?;
             let y = self
-                .mlp(expert, &x.index_select(&idx, 0)?)?
+                .mlp(expert, &x.index_select(&idx, 0)?, &sel.subset(&idx)?)?
                 .broadcast_mul(&w)?;
             out = out.index_add(&idx, &y, 0)?;
         }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::kernels;
-use super::lora::Lora;
+use super::lora::{Lora, Selection};
 use crate::engine::format::ggml::GgmlType;
 
 /// A weight matrix, rows × columns (out × in for a linear layer, vocab × hidden for embeddings).
@@ -241,9 +241,14 @@ impl Linear {
 
     /// `x`: rows × in, in the activation dtype; returns rows × out.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &Selection::none())
+    }
+
+    /// As `forward`, with the adapters `selection` applies to each row.
+    pub fn forward_with(&self, x: &Tensor, selection: &Selection) -> Result<Tensor> {
         let mut y = self.weight.matmul_t(x)?;
         for l in &self.lora {
-            y = l.add_to(x, y)?;
+            y = l.add_to(x, y, selection)?;
         }
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -37,6 +37,8 @@ pub struct SeqId(u64);
 pub struct Model {
     pub decoder: Decoder,
     sequences: HashMap<SeqId, KvCache>,
+    /// How strongly each LoRA adapter applies to a sequence, where not every adapter at 1.
+    lora: HashMap<SeqId, Vec<f32>>,
     next_id: u64,
     /// Positions a sequence may hold (the model's context, or less: `--ctx`, or what fits).
     context: usize,
@@ -48,6 +50,7 @@ impl Model {
         Model {
             decoder,
             sequences: HashMap::new(),
+            lora: HashMap::new(),
             next_id: 0,
             context,
         }
@@ -91,11 +94,30 @@ impl Model {
         ))
     }
 
+    /// How strongly each of the model's LoRA adapters (`decoder.adapters`, in order) applies to
+    /// the sequence from its next token on; a sequence starts with each at 1. What the cache
+    /// holds was computed with the adapters of its time: a caller changing them clears it first.
+    pub fn set_adapters(&mut self, seq: SeqId, multipliers: Vec<f32>) -> Result<()> {
+        if !self.sequences.contains_key(&seq) {
+            bail!("no sequence {seq:?}");
+        }
+        let count = self.decoder.adapters.len();
+        if multipliers.len() != count {
+            bail!(
+                "{} adapter multipliers for a model of {count} adapters",
+                multipliers.len()
+            );
+        }
+        self.lora.insert(seq, multipliers);
+        Ok(())
+    }
+
     /// Drop a sequence and its cache. (The server keeps its slots' sequences for prefix reuse;
     /// run and chat hold one sequence for their lifetime.)
     #[allow(dead_code)]
     pub fn free(&mut self, seq: SeqId) {
         self.sequences.remove(&seq);
+        self.lora.remove(&seq);
     }
 
     /// Tokens the sequence holds.
@@ -149,6 +171,7 @@ impl Model {
         if tokens.is_empty() {
             bail!("a forward over no tokens");
         }
+        let lora = self.lora.get(&seq).map_or(&[][..], Vec::as_slice);
         let mut logits = Vec::with_capacity(tokens.len());
         let reach = cache.len() + tokens.len();
         for chunk in tokens.chunks(MAX_CHUNK) {
@@ -158,6 +181,7 @@ impl Model {
                     tokens: chunk,
                     all_logits: true,
                     reach,
+                    lora,
                 }])
             })?);
         }
@@ -177,8 +201,12 @@ impl Model {
         }
         // Take the caches out of the map for the duration of the forward; they go back however
         // it ends, a panic included (the server catches it and goes on with these sequences).
+        let lora: Vec<&[f32]> = batch
+            .iter()
+            .map(|(seq, _)| self.lora.get(seq).map_or(&[][..], Vec::as_slice))
+            .collect();
         let mut taken = Taken::out(&mut self.sequences, batch.iter().map(|(seq, _)| *seq));
-        Self::chunked(&self.decoder, &mut taken.caches, batch)
+        Self::chunked(&self.decoder, &mut taken.caches, batch, &lora)
     }
 
     /// Feed the batch in rounds of at most [`MAX_CHUNK`] tokens per sequence (llama.cpp's
@@ -187,6 +215,7 @@ impl Model {
         decoder: &Decoder,
         caches: &mut [KvCache],
         batch: &[(SeqId, &[u32])],
+        lora: &[&[f32]],
     ) -> Result<Vec<Vec<f32>>> {
         if batch.iter().any(|(_, t)| t.is_empty()) {
             bail!("a forward over no tokens");
@@ -208,6 +237,7 @@ impl Model {
                         tokens: &tokens[from..tokens.len().min(from + MAX_CHUNK)],
                         all_logits: false,
                         reach: reach[i],
+                        lora: lora[i],
                     });
                 }
             }

@@ -87,6 +87,11 @@ impl Weights {
         }
     }
 
+    /// The adapters' files, in the order the multipliers of `Model::set_adapters` follow.
+    pub fn adapter_sources(&self) -> Vec<String> {
+        self.adapters.as_ref().map_or(Vec::new(), Adapters::sources)
+    }
+
     /// Once every layer is built: each adapter found the layers it adapts.
     pub fn check_adapters(&self) -> Result<()> {
         self.adapters
