@@ -353,7 +353,7 @@ impl Decoder {
             anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
         let rows: Vec<(usize, &[f32])> = batch.iter().map(|s| (s.tokens.len(), s.lora)).collect();
-        let sel = Selection::for_batch(&rows, self.adapters.len(), &self.device)?;
+        let sel = Selection::for_batch(&rows, self.adapters.len());
         let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
         let mut x = self.embed.rows_of(&ids_t, self.act_dtype)?;
         if let Some(scale) = self.arch.embed_scale {

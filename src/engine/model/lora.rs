@@ -8,46 +8,120 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::kernels;
 use crate::engine::format::lora::{Adapter, LoraPair};
 
 /// One adapter's part of one linear layer.
 pub struct Lora {
     /// Which of the model's adapters this is part of.
     adapter: usize,
-    /// in × rank (Aᵀ).
-    a_t: Tensor,
+    rank: usize,
+    /// rank × in (A), times the adapter's scale.
+    a: Vec<f32>,
     /// rank × out (Bᵀ).
-    b_t: Tensor,
-    scale: f64,
+    bt: Vec<f32>,
+    /// Aᵀ (in × rank, scaled) and Bᵀ as tensors, where candle computes the term (a GPU).
+    tensors: Option<(Tensor, Tensor)>,
 }
 
 impl Lora {
     fn new(adapter: usize, p: &LoraPair, device: &Device) -> Result<Lora> {
-        let a = Tensor::from_slice(&p.a, (p.rank, p.inputs), device)?;
-        let b = Tensor::from_slice(&p.b, (p.outputs, p.rank), device)?;
+        // The scale folded into A once, rather than into every output.
+        let a: Vec<f32> = p.a.iter().map(|v| v * p.scale).collect();
+        let mut bt = vec![0f32; p.rank * p.outputs];
+        for o in 0..p.outputs {
+            for r in 0..p.rank {
+                bt[r * p.outputs + o] = p.b[o * p.rank + r];
+            }
+        }
+        let tensors = if device.is_cpu() {
+            None
+        } else {
+            let a_t = Tensor::from_slice(&a, (p.rank, p.inputs), device)?
+                .t()?
+                .contiguous()?;
+            Some((a_t, Tensor::from_slice(&bt, (p.rank, p.outputs), device)?))
+        };
         Ok(Lora {
             adapter,
-            a_t: a.t()?.contiguous()?,
-            b_t: b.t()?.contiguous()?,
-            scale: p.scale as f64,
+            rank: p.rank,
+            a,
+            bt,
+            tensors,
         })
     }
 
     /// `y` (rows × out, the base layer's output for `x`, rows × in) plus this adapter's term,
-    /// on the rows `selection` gives it.
+    /// on the rows `selection` gives it. On the CPU, added into `y` in place by owrun's kernel.
     pub fn add_to(&self, x: &Tensor, y: Tensor, selection: &Selection) -> Result<Tensor> {
-        let (rows, multiplier) = match selection.of(self.adapter) {
-            Rows::Skip => return Ok(y),
-            Rows::Uniform(m) => (None, *m),
-            Rows::PerRow(m) => (Some(m), 1.0),
-        };
-        let low = x.to_dtype(DType::F32)?.matmul(&self.a_t)?;
-        let mut delta = (low.matmul(&self.b_t)? * (self.scale * multiplier))?;
-        if let Some(m) = rows {
-            delta = delta.broadcast_mul(m)?;
+        let rows = selection.of(self.adapter);
+        if let Rows::Skip = rows {
+            return Ok(y);
         }
-        let delta = delta.to_dtype(y.dtype())?;
-        Ok((y + delta)?)
+        let Some((a_t, bt)) = &self.tensors else {
+            let (x, y) = (x.contiguous()?, y.contiguous()?);
+            if x.dtype() == DType::F32 && y.dtype() == DType::F32 {
+                y.inplace_op2(&x, &AddTerm { lora: self, rows })?;
+                return Ok(y);
+            }
+            let term = AddTerm { lora: self, rows };
+            let wide = y.to_dtype(DType::F32)?;
+            wide.inplace_op2(&x.to_dtype(DType::F32)?, &term)?;
+            return Ok(wide.to_dtype(y.dtype())?);
+        };
+        let low = x.to_dtype(DType::F32)?.matmul(a_t)?;
+        let delta = match rows {
+            Rows::Uniform(m) => (low.matmul(bt)? * *m)?,
+            Rows::PerRow(m) => {
+                let m = Tensor::from_slice(m, (m.len(), 1), x.device())?;
+                low.matmul(bt)?.broadcast_mul(&m)?
+            }
+            Rows::Skip => return Ok(y),
+        };
+        Ok((y + delta.to_dtype(x.dtype())?)?)
+    }
+}
+
+/// The in-place addition of one adapter's term, as candle runs custom operations.
+struct AddTerm<'l> {
+    lora: &'l Lora,
+    rows: &'l Rows,
+}
+
+impl candle_core::InplaceOp2 for AddTerm<'_> {
+    fn name(&self) -> &'static str {
+        "lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &mut candle_core::CpuStorage,
+        y_layout: &candle_core::Layout,
+        x: &candle_core::CpuStorage,
+        x_layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::CpuStorage::F32;
+        let (F32(y), F32(x)) = (y, x) else {
+            candle_core::bail!("the LoRA term is computed in f32");
+        };
+        let (Some((y0, y1)), Some((x0, x1))) =
+            (y_layout.contiguous_offsets(), x_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("the LoRA term needs contiguous rows");
+        };
+        let (y, x) = (&mut y[y0..y1], &x[x0..x1]);
+        let n = y_layout.dims()[0];
+        let scales = match self.rows {
+            Rows::PerRow(m) => m.clone(),
+            Rows::Uniform(m) => vec![*m as f32; n],
+            Rows::Skip => return Ok(()),
+        };
+        if scales.len() != n {
+            candle_core::bail!("{} row multipliers for {n} rows", scales.len());
+        }
+        let l = self.lora;
+        kernels::add_low_rank(y, x, &l.a, &l.bt, l.rank, &scales);
+        Ok(())
     }
 }
 
@@ -64,8 +138,8 @@ enum Rows {
     Skip,
     /// Every row, times this.
     Uniform(f64),
-    /// Each row its own multiplier: rows × 1, f32.
-    PerRow(Tensor),
+    /// Each row its own multiplier.
+    PerRow(Vec<f32>),
 }
 
 impl Selection {
@@ -76,11 +150,7 @@ impl Selection {
 
     /// The selection of a batch of `segments`, each (its rows, its multipliers by adapter; an
     /// empty list: every adapter at 1), for a model of `adapters` adapters.
-    pub fn for_batch(
-        segments: &[(usize, &[f32])],
-        adapters: usize,
-        device: &Device,
-    ) -> Result<Selection> {
+    pub fn for_batch(segments: &[(usize, &[f32])], adapters: usize) -> Selection {
         let multiplier = |lora: &[f32], i: usize| {
             if lora.is_empty() {
                 1.0
@@ -92,25 +162,26 @@ impl Selection {
             .map(|i| {
                 let first = segments.first().map_or(0.0, |(_, l)| multiplier(l, i));
                 if segments.iter().all(|(_, l)| multiplier(l, i) == first) {
-                    return Ok(if first == 0.0 {
+                    return if first == 0.0 {
                         Rows::Skip
                     } else {
                         Rows::Uniform(first as f64)
-                    });
+                    };
                 }
-                let per_row: Vec<f32> = segments
-                    .iter()
-                    .flat_map(|&(n, l)| std::iter::repeat_n(multiplier(l, i), n))
-                    .collect();
-                let n = per_row.len();
-                Ok(Rows::PerRow(Tensor::from_vec(per_row, (n, 1), device)?))
+                Rows::PerRow(
+                    segments
+                        .iter()
+                        .flat_map(|&(n, l)| std::iter::repeat_n(multiplier(l, i), n))
+                        .collect(),
+                )
             })
-            .collect::<Result<_>>()?;
-        Ok(Selection { rows })
+            .collect();
+        Selection { rows }
     }
 
     /// The selection of the rows `index` picks (a mixture-of-experts expert's tokens).
     pub fn subset(&self, index: &Tensor) -> Result<Selection> {
+        let picked = index.to_vec1::<u32>()?;
         let rows = self
             .rows
             .iter()
@@ -118,7 +189,9 @@ impl Selection {
                 Ok(match r {
                     Rows::Skip => Rows::Skip,
                     Rows::Uniform(m) => Rows::Uniform(*m),
-                    Rows::PerRow(t) => Rows::PerRow(t.index_select(index, 0)?),
+                    Rows::PerRow(m) => {
+                        Rows::PerRow(picked.iter().map(|&r| m[r as usize]).collect())
+                    }
                 })
             })
             .collect::<Result<_>>()?;

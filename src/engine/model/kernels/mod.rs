@@ -38,6 +38,7 @@ mod half;
 mod half16;
 mod half_tiles;
 mod iq_tables;
+mod low_rank;
 mod quant;
 #[cfg(target_arch = "x86_64")]
 mod quant_rows;
@@ -53,6 +54,7 @@ pub use attend::{fold_tile, Running, Tile, TILE as ATTENTION_TILE};
 pub use blocks::block_scale;
 pub use dequant::dequantize;
 pub use half::{matmul as half_matmul, widen};
+pub use low_rank::add as add_low_rank;
 /// Whether owrun's register tiles run a 16-bit prefill with rows of `k` values on this CPU.
 pub fn half_prefill_tiles(k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
