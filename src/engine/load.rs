@@ -46,6 +46,8 @@ pub struct LoadOptions {
     /// LoRA adapters applied beside the weights: each a PEFT folder or a GGUF adapter file,
     /// with a multiplier of its scale.
     pub adapters: Vec<(PathBuf, f32)>,
+    /// Merge the adapters into the weights at load instead (`--lora-merge`).
+    pub merge_adapters: bool,
 }
 
 pub struct Engine {
@@ -110,20 +112,21 @@ fn engine(
     })
 }
 
-/// Read the LoRA adapters `opts` names and hand them to `weights`. An adapter converted for
-/// another architecture is refused here; one trained on a base of another name is said in the
-/// notes (fine-tunes of one base often carry another name). Errors are the user's to fix.
-fn open_adapters(
-    opts: &LoadOptions,
+/// Read the LoRA adapters `specs` names (path, multiplier), to run beside the weights or to
+/// be merged into them (`merge`). An adapter converted for another architecture is refused
+/// here; one trained on a base of another name is said in the notes (fine-tunes of one base
+/// often carry another name). Errors are the user's to fix. None: no adapters.
+pub(crate) fn open_adapters(
+    specs: &[(PathBuf, f32)],
+    merge: bool,
     arch: &Arch,
     model_type: &str,
     model_path: &Path,
     device: &Device,
-    weights: &mut Weights,
     notes: &mut Vec<String>,
-) -> Result<()> {
-    if opts.adapters.is_empty() {
-        return Ok(());
+) -> Result<Option<Adapters>> {
+    if specs.is_empty() {
+        return Ok(None);
     }
     let heads = BaseHeads {
         heads: arch.heads,
@@ -131,7 +134,7 @@ fn open_adapters(
     };
     let ours = gguf::gguf_architecture(model_type);
     let mut list = Vec::new();
-    for (path, scale) in &opts.adapters {
+    for (path, scale) in specs {
         let adapter = Adapter::open(path, *scale, heads)
             .map_err(|e| LoadError::Unsuitable(format!("--lora: {e:#}")))?;
         if let (Some(theirs), Some(ours)) = (adapter.architecture.as_deref(), ours) {
@@ -163,7 +166,31 @@ fn open_adapters(
         notes.push(note);
         list.push(adapter);
     }
-    weights.use_adapters(Adapters::new(list, device));
+    Ok(Some(Adapters::new(list, device, merge)))
+}
+
+/// Give `weights` the adapters `opts` names.
+fn use_adapters(
+    opts: &LoadOptions,
+    config: &ModelConfig,
+    arch: &Arch,
+    model_path: &Path,
+    device: &Device,
+    weights: &mut Weights,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let adapters = open_adapters(
+        &opts.adapters,
+        opts.merge_adapters,
+        arch,
+        &config.model_type,
+        model_path,
+        device,
+        notes,
+    )?;
+    if let Some(a) = adapters {
+        weights.use_adapters(a);
+    }
     Ok(())
 }
 
@@ -266,20 +293,13 @@ impl Engine {
             }
             weights.quantize_with(scheme, arch.layers.len(), cache);
         }
-        open_adapters(
-            opts,
-            &arch,
-            &config.model_type,
-            dir,
-            &device,
-            &mut weights,
-            &mut notes,
-        )?;
+        use_adapters(opts, &config, &arch, dir, &device, &mut weights, &mut notes)?;
         let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
             .with_context(|| format!("cannot load {}", safetensors::describe(files)))?;
         weights
             .check_adapters()
             .map_err(|e| LoadError::Unsuitable(format!("{e:#}")))?;
+        notes.extend(weights.merge_note());
         if let Some(cache) = weights.take_cache() {
             match cache.save() {
                 Ok(Some(path)) => notes.push(format!(
@@ -344,10 +364,10 @@ impl Engine {
             _ => DType::F32,
         };
         let mut weights = Weights::from_gguf(file, &device, weight_dtype, act_dtype);
-        open_adapters(
+        use_adapters(
             opts,
+            &config,
             &arch,
-            &config.model_type,
             path,
             &device,
             &mut weights,
@@ -358,6 +378,7 @@ impl Engine {
         weights
             .check_adapters()
             .map_err(|e| LoadError::Unsuitable(format!("{e:#}")))?;
+        notes.extend(weights.merge_note());
         drop(weights);
         let loaded = Loaded {
             decoder,

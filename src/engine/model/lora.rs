@@ -2,6 +2,10 @@
 //! W·x + Σ scale · B·(A·x) over its adapters. The base matrix is neither copied nor changed, so
 //! it keeps its type (16-bit, GGML blocks) and its kernels; the adapters' matrices are small
 //! (rank × in and out × rank) and kept in f32.
+//!
+//! Or merged (`--lora-merge`, `owrun quantize --lora`): folded into the weights as they are
+//! loaded, W' = W + Σ scale · B·A (see [`Adapters::delta`] and [`merge`]), after which the layer
+//! runs as a plain one.
 
 use std::collections::BTreeSet;
 
@@ -47,22 +51,51 @@ pub struct Adapters {
     /// The first layer whose shape differs from the adapter's.
     misfit: Option<String>,
     device: Device,
+    /// Fold the adapters into the weights (`delta`) rather than run them beside (`take`).
+    pub merge: bool,
 }
 
 impl Adapters {
-    pub fn new(list: Vec<Adapter>, device: &Device) -> Adapters {
+    pub fn new(list: Vec<Adapter>, device: &Device, merge: bool) -> Adapters {
         Adapters {
             list,
             used: BTreeSet::new(),
             misfit: None,
             device: device.clone(),
+            merge,
         }
     }
 
     /// Every adapter's part of the linear layer `name` (its Hugging Face name, without
-    /// `.weight`), `outputs` × `inputs` in the model; a part of another shape is left out and
-    /// named by `check_all_used`.
+    /// `.weight`), `outputs` × `inputs` in the model, to run beside it.
     pub fn take(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Vec<Lora>> {
+        let device = self.device.clone();
+        self.fitting(name, outputs, inputs)
+            .into_iter()
+            .map(|p| Lora::new(p, &device))
+            .collect()
+    }
+
+    /// What the adapters add to the weight of linear layer `name` (without `.weight`),
+    /// Σ scale · B·A over them, `outputs` × `inputs` in f32 (None: no adapter adapts it).
+    pub fn delta(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Option<Tensor>> {
+        let device = self.device.clone();
+        let mut sum: Option<Tensor> = None;
+        for p in self.fitting(name, outputs, inputs) {
+            let a = Tensor::from_slice(&p.a, (p.rank, p.inputs), &device)?;
+            let b = Tensor::from_slice(&p.b, (p.outputs, p.rank), &device)?;
+            let d = (b.matmul(&a)? * p.scale as f64)?;
+            sum = Some(match sum {
+                Some(s) => (s + d)?,
+                None => d,
+            });
+        }
+        Ok(sum)
+    }
+
+    /// The adapters' parts of layer `name` that fit `outputs` × `inputs`, marked used; a part of
+    /// another shape is left out and named by `check_all_used`.
+    fn fitting(&mut self, name: &str, outputs: usize, inputs: usize) -> Vec<&LoraPair> {
         let mut parts = Vec::new();
         for (i, adapter) in self.list.iter().enumerate() {
             let Some(p) = adapter.layers.get(name) else {
@@ -79,10 +112,10 @@ impl Adapters {
                 ));
                 continue;
             }
-            parts.push(Lora::new(p, &self.device)?);
+            parts.push(p);
             self.used.insert((i, name.to_string()));
         }
-        Ok(parts)
+        parts
     }
 
     /// Once the decoder is built: an adapter layer no layer of the model took is an error (an
@@ -106,4 +139,11 @@ impl Adapters {
         }
         Ok(())
     }
+}
+
+/// The weight `w` (outputs × inputs, any float dtype) with the adapters' `delta` (see
+/// [`Adapters::delta`]) folded in: W + delta, computed in f32 and returned in f32 for the caller
+/// to hold as it holds the layer (its dtype, or quantized to its block type).
+pub fn merge(w: &Tensor, delta: &Tensor) -> Result<Tensor> {
+    Ok((w.to_dtype(DType::F32)? + delta.to_device(w.device())?)?)
 }
