@@ -444,6 +444,10 @@ pub struct QuantizeArgs {
     /// weights as stored, 16- or 32-bit)
     #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
     pub quant: Option<Scheme>,
+    /// Merge a LoRA adapter into the weights before quantizing (repeatable; several add up):
+    /// a PEFT adapter folder or a GGUF adapter, SCALE multiplying its own scale (default 1)
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
     /// The GGUF file to write
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,

@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::gguf::Gguf;
+use support::gguf::{Gguf, Val};
 use support::Sandbox;
 
 fn fixtures() -> PathBuf {
@@ -465,8 +465,65 @@ fn merged_matrices_stay_out_of_the_quantization_cache() {
     assert_eq!(greedy(&sb, &model, &exp, &merge), merged);
 }
 
+/// `owrun quantize --lora` merges the adapter before quantizing, as `--lora-merge` does at load:
+/// the written Q8_0 file runs as the folder quantized at load with the adapter merged (the same
+/// merged matrices quantized row by row to the same blocks; the file's q and k rows reordered
+/// for llama.cpp are put back on reading), and the f32 file as transformers + PEFT.
 #[test]
-fn merging_without_an_adapter_is_refused() {
+fn quantize_with_an_adapter_writes_the_merged_model() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let lora = fixtures().join("lora/llama");
+    let exp = expected("llama");
+    let q8 = sb.dir.path().join("merged.q8_0.gguf");
+    let r = sb.run(&[
+        "quantize",
+        path(&model),
+        "--lora",
+        path(&lora),
+        "--quant",
+        "q8_0",
+        "-o",
+        path(&q8),
+    ]);
+    r.ok();
+    assert!(
+        r.stderr.contains(
+            "merged the LoRA adapters into 14 matrices of the weights (before quantizing)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let at_load = greedy(
+        &sb,
+        &model,
+        &exp,
+        &["--quant", "q8_0", "--lora", path(&lora), "--lora-merge"],
+    );
+    assert_eq!(greedy(&sb, &q8, &exp, &[]), at_load);
+    // The base's license stays general.license; the adapter is named beside it.
+    let g = Gguf::parse(&std::fs::read(&q8).unwrap());
+    assert_eq!(g.get("general.license"), Some(&Val::Str("mit".into())));
+    match g.get("general.license.name") {
+        Some(Val::Str(s)) => assert!(s.contains("LoRA adapter(s) llama (mit) merged in"), "{s}"),
+        other => panic!("general.license.name is {other:?}"),
+    }
+
+    let f32 = sb.dir.path().join("merged.f32.gguf");
+    sb.run(&[
+        "quantize",
+        path(&model),
+        "--lora",
+        path(&lora),
+        "-o",
+        path(&f32),
+    ])
+    .ok();
+    assert_eq!(greedy(&sb, &f32, &exp, &[]), recorded(&exp));
+}
+
+#[test]
+fn merging_without_an_adapter_or_with_one_that_does_not_fit_is_refused() {
     let sb = Sandbox::new("http://127.0.0.1:9");
     let model = fixtures().join("models/llama");
     for command in ["run", "kld"] {
@@ -477,4 +534,47 @@ fn merging_without_an_adapter_is_refused() {
         args.push("--lora-merge");
         sb.run(&args).fails_with(2, "--lora");
     }
+    // quantize: an adapter of other shapes (gemma2's 64 wide on gemma2_27b's 16), and one for
+    // another architecture; nothing is written, and a file already there is left as it was.
+    let out = sb.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("model.gguf");
+    let quantize = |model: &str, lora: &Path, force: bool| {
+        let mut args = vec![
+            "quantize",
+            model,
+            "--lora",
+            path(lora),
+            "--quant",
+            "q8_0",
+            "-o",
+            path(&file),
+        ];
+        if force {
+            args.push("--force");
+        }
+        sb.run(&args)
+    };
+    quantize(
+        path(&fixtures().join("models/gemma2_27b")),
+        &fixtures().join("lora/gemma2"),
+        false,
+    )
+    .fails_with(2, "does not fit this model: its model.layers.0.");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    std::fs::write(&file, "old").unwrap();
+    quantize(
+        path(&fixtures().join("models/qwen2")),
+        &fixtures().join("lora/llama.gguf"),
+        true,
+    )
+    .fails_with(2, "is an adapter for llama models; this model is qwen2");
+    quantize(
+        path(&fixtures().join("models/gemma2_27b")),
+        &fixtures().join("lora/gemma2"),
+        true,
+    )
+    .fails_with(2, "does not fit this model");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "old");
 }

@@ -118,6 +118,11 @@ impl Adapters {
         parts
     }
 
+    /// The adapters, as read.
+    pub fn list(&self) -> &[Adapter] {
+        &self.list
+    }
+
     /// Once the decoder is built: an adapter layer no layer of the model took is an error (an
     /// adapter for another architecture, or of parts owrun does not adapt).
     pub fn check_all_used(&self) -> Result<()> {
