@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::cli::{lora_specs, QuantizeArgs};
 use crate::engine::export;
 use crate::engine::format::gguf::is_gguf_file;
-use crate::engine::LoadError;
+use crate::engine::model::lora::Unfit;
 use crate::error::usage;
 use crate::open::Opener;
 use crate::store::{format_bytes, weight_files};
@@ -46,10 +46,10 @@ pub fn run(opener: &Opener, args: &QuantizeArgs) -> Result<()> {
         &adapters,
         &args.output,
     )
-    .map_err(|e| match e.downcast_ref::<LoadError>() {
+    .map_err(|e| match e.downcast_ref::<Unfit>() {
         // An adapter that does not fit this model: the user's to change.
-        Some(LoadError::Unsuitable(..)) => usage(e.to_string()),
-        _ => e,
+        Some(_) => usage(e.to_string()),
+        None => e,
     })?;
     for note in &written.notes {
         eprintln!("owrun: {note}");

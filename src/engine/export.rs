@@ -17,12 +17,10 @@ use super::format::config::ModelConfig;
 use super::format::gguf::{self, permute_rows_for_gguf};
 use super::format::json::read_json;
 use super::format::safetensors::SafetensorsFiles;
-use super::load::open_adapters;
 use super::model::arch::Arch;
 use super::model::lora;
 use super::model::rope::{self, Rope};
 use super::quantize::{self, Role, Scheme};
-use super::LoadError;
 
 /// What was written, for the user.
 pub struct Written {
@@ -72,7 +70,7 @@ fn file_type(scheme: Option<Scheme>, stored: DType) -> u32 {
 /// `license` (an id like "apache-2.0") in general.license as converters do. The LoRA
 /// `adapters` (path, multiplier of its scale) are merged into the matrices they adapt before
 /// those are quantized, as `--lora-merge` merges them at load; one that does not fit the model
-/// is a `LoadError::Unsuitable`, and nothing is written.
+/// is an [`Unfit`] error, and nothing is written.
 pub fn write(
     dir: &Path,
     files: &[PathBuf],
@@ -84,7 +82,7 @@ pub fn write(
     let config = ModelConfig::load(dir)?;
     let arch = Arch::from_config(&config)?;
     let mut notes = Vec::new();
-    let mut adapters = open_adapters(
+    let mut adapters = lora::open(
         adapters,
         true,
         &arch,
@@ -312,8 +310,7 @@ pub fn write(
         bail!("the checkpoint lacks some experts of {stack}");
     }
     if let Some(a) = &adapters {
-        a.check_all_used()
-            .map_err(|e| LoadError::Unsuitable(format!("{e:#}")))?;
+        a.check_all_used()?;
         let then = if scheme.is_some() {
             "before quantizing"
         } else {

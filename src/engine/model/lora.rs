@@ -8,11 +8,19 @@
 //! runs as a plain one.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::engine::format::lora::{Adapter, LoraPair};
+use super::arch::Arch;
+use crate::engine::format::gguf;
+use crate::engine::format::lora::{Adapter, BaseHeads, LoraPair};
+
+/// An adapter that does not fit the model (or cannot be read): the user's to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unfit(pub String);
 
 /// One adapter's part of one linear layer.
 pub struct Lora {
@@ -41,6 +49,80 @@ impl Lora {
         let delta = delta.to_dtype(y.dtype())?;
         Ok((y + delta)?)
     }
+}
+
+/// Read the LoRA adapters `specs` names (path, multiplier), to run beside the weights or to
+/// be merged into them (`merge`). An adapter converted for another architecture is refused
+/// here; one trained on a base of another name is said in the notes (fine-tunes of one base
+/// often carry another name). Errors are the user's to fix ([`Unfit`]). None: no adapters.
+pub fn open(
+    specs: &[(PathBuf, f32)],
+    merge: bool,
+    arch: &Arch,
+    model_type: &str,
+    model_path: &Path,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<Option<Adapters>> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let heads = BaseHeads {
+        heads: arch.heads,
+        kv_heads: arch.kv_heads,
+    };
+    let ours = gguf::gguf_architecture(model_type);
+    let mut list = Vec::new();
+    for (path, scale) in specs {
+        let adapter =
+            Adapter::open(path, *scale, heads).map_err(|e| Unfit(format!("--lora: {e:#}")))?;
+        if let (Some(theirs), Some(ours)) = (adapter.architecture.as_deref(), ours) {
+            if theirs != ours {
+                bail!(Unfit(format!(
+                    "--lora: {} is an adapter for {theirs} models; this model is {ours}",
+                    path.display()
+                )));
+            }
+        }
+        let rank = adapter.layers.values().map(|p| p.rank).max().unwrap_or(0);
+        let mut note = format!(
+            "LoRA adapter {}: {} layers, rank {rank}, scale x{scale}",
+            path.display(),
+            adapter.layers.len()
+        );
+        if let Some(license) = &adapter.license {
+            note.push_str(&format!(", license {license} (the base's applies too)"));
+        }
+        if let Some(base) = &adapter.base_model {
+            if !names_same_model(base, model_path) {
+                note.push_str(&format!(
+                    "; it was trained on {base}, which is not this model's name (a different \
+                     base gives wrong output)"
+                ));
+            }
+        }
+        notes.push(note);
+        list.push(adapter);
+    }
+    Ok(Some(Adapters::new(list, device, merge)))
+}
+
+/// Whether an adapter's base name (`owner/name`, a path) names the model at `path`: its last
+/// part matches the model's folder or file name, or the `models--owner--name` folder of the
+/// Hugging Face cache above it (case aside).
+fn names_same_model(base: &str, path: &Path) -> bool {
+    let base = base.trim_end_matches('/');
+    let short = base.rsplit('/').next().unwrap_or(base).to_lowercase();
+    if short.is_empty() {
+        return true;
+    }
+    path.ancestors().filter_map(|p| p.file_name()).any(|n| {
+        let n = n.to_string_lossy().to_lowercase();
+        let stem = n.strip_suffix(".gguf").unwrap_or(&n);
+        stem == short
+            || stem.starts_with(&format!("{short}."))
+            || n.ends_with(&format!("--{short}"))
+    })
 }
 
 /// The adapters a model loads with, handed out layer by layer as the decoder is built.
@@ -127,7 +209,7 @@ impl Adapters {
     /// adapter for another architecture, or of parts owrun does not adapt).
     pub fn check_all_used(&self) -> Result<()> {
         if let Some(misfit) = &self.misfit {
-            bail!("{misfit}");
+            bail!(Unfit(misfit.clone()));
         }
         for (i, adapter) in self.list.iter().enumerate() {
             if let Some(name) = adapter
@@ -135,11 +217,11 @@ impl Adapters {
                 .keys()
                 .find(|n| !self.used.contains(&(i, n.to_string())))
             {
-                bail!(
+                bail!(Unfit(format!(
                     "the LoRA adapter {} does not fit this model: it adapts {name}, which the \
                      model does not have (an adapter for another architecture?)",
                     adapter.source.display()
-                );
+                )));
             }
         }
         Ok(())

@@ -14,7 +14,6 @@ use candle_core::{DType, Device, Tensor};
 use super::kernels;
 use super::linear::{candle_dtype_of, Matrix, QMatrix};
 use super::lora::{self, Adapters, Lora};
-use crate::engine::device::LoadError;
 use crate::engine::format::ggml::GgmlType;
 use crate::engine::format::gguf::{GgufFile, RawTensor};
 use crate::engine::format::safetensors::{describe, SafetensorsFiles};
@@ -263,13 +262,13 @@ impl Weights {
     ) -> Result<Matrix> {
         let blocks = match &self.files {
             Source::Gguf(g) => match g.hf_type(name) {
-                Some(ty) if ty.is_quantized() => Some(candle_dtype_of(ty).ok_or_else(|| {
-                    LoadError::Unsuitable(format!(
+                Some(ty) if ty.is_quantized() => Some(candle_dtype_of(ty).with_context(|| {
+                    format!(
                         "--lora-merge: cannot merge the LoRA adapters into {name}: owrun cannot \
                          quantize {} blocks again (run the adapters beside the weights: --lora \
                          without --lora-merge)",
                         ty.name()
-                    ))
+                    )
                 })?),
                 _ => None,
             },
