@@ -1,4 +1,5 @@
-//! LoRA adapters at run time (`--lora`), against transformers + PEFT: the adapters in
+//! LoRA adapters at run time (`--lora`), merged at load (`--lora-merge`) and merged into a
+//! written model (`owrun quantize --lora`), against transformers + PEFT: the adapters in
 //! tests/fixtures/lora were trained-shaped by scripts/make_lora_fixtures.py (rank 4, alpha 8, on
 //! q/k/v/o and the MLP; one with rsLoRA) and converted to GGUF by llama.cpp's own
 //! convert_lora_to_gguf.py (scripts/convert_lora_fixtures_with_llamacpp.sh).
@@ -8,6 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use support::gguf::{Gguf, Val};
 use support::Sandbox;
 
 fn fixtures() -> PathBuf {
@@ -441,4 +443,284 @@ fn serve_refuses_adapters_it_cannot_place() {
     .fails_with(2, "given twice");
     sb.run(&["serve", path(&model), "--port", "0", "--lora", "a+b=x"])
         .fails_with(2, "a name is 1 to 64 letters");
+}
+
+/// `--lora-merge` folds the adapters into f32 weights at load (W + scale·B·A in f32): the same
+/// tokens as transformers + PEFT, which run them beside the weights, for every adapter; and on a
+/// GGUF f32 base with llama.cpp's adapter (q and k rows put back before merging).
+#[test]
+fn merged_adapters_run_as_transformers_and_peft_run_them() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    for (adapter, base) in [
+        ("llama", "llama"),
+        ("qwen2", "qwen2"),
+        ("gemma2", "gemma2"),
+        ("llama_rslora", "llama"),
+    ] {
+        let exp = expected(adapter);
+        let model = fixtures().join("models").join(base);
+        let lora = fixtures().join("lora").join(adapter);
+        assert_eq!(
+            greedy(&sb, &model, &exp, &["--lora", path(&lora), "--lora-merge"]),
+            recorded(&exp),
+            "{adapter}"
+        );
+    }
+    for (adapter, base) in [("llama", "llama"), ("qwen2", "qwen2")] {
+        let exp = expected(adapter);
+        let lora = fixtures().join("lora").join(format!("{adapter}.gguf"));
+        let file = fixtures().join("gguf").join(format!("{base}.f32.gguf"));
+        assert_eq!(
+            greedy(&sb, &file, &exp, &["--lora", path(&lora), "--lora-merge"]),
+            recorded(&exp),
+            "{adapter} on {file:?}"
+        );
+    }
+    // Said on stderr, without a word of requantizing on a float base.
+    let r = sb.run(&[
+        "run",
+        path(&fixtures().join("models/llama")),
+        "hi",
+        "-n",
+        "2",
+        "--lora",
+        path(&fixtures().join("lora/llama")),
+        "--lora-merge",
+    ]);
+    r.ok();
+    assert!(
+        r.stderr
+            .contains("merged the LoRA adapters into 14 matrices of the weights\n"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Mean KL divergence from f32 + the adapter run beside the weights (kld's reference).
+fn mean_kld(sb: &Sandbox, model: &Path, extra: &[&str]) -> (f64, String) {
+    let mut args = vec!["kld", path(model), "--json"];
+    args.extend_from_slice(extra);
+    let r = sb.run(&args);
+    r.ok();
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    (
+        doc["comparison"]["mean_kld"].as_f64().unwrap(),
+        r.stderr.clone(),
+    )
+}
+
+/// Merged into a quantized base, the adapter is quantized with the weights it is added to: the
+/// sum is rounded to Q8_0's step (a block's largest value / 127) as the base alone is, and the
+/// adapter's change (rank 4, small beside W) hardly moves a block's largest value, so the drift
+/// from f32 + the adapter beside it is of the order of Q8_0's own drift from f32. Measured on the
+/// llama fixture: Q8_0 alone 0.0053, Q8_0 merged 0.0080, Q8_0 with the adapter beside it 0.0074;
+/// 3x Q8_0's own leaves room for other machines' rounding, and is far below Q4_0's (0.50).
+/// Merged into f32 weights, only f32's rounding of W + B·A is left (measured 1.2e-7).
+#[test]
+fn merging_into_a_quantized_base_drifts_as_the_base_does() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let lora = fixtures().join("lora/llama");
+    let (base, _) = mean_kld(&sb, &model, &["--quant", "q8_0"]);
+    let (merged, notes) = mean_kld(
+        &sb,
+        &model,
+        &["--quant", "q8_0", "--lora", path(&lora), "--lora-merge"],
+    );
+    assert!(base > 0.0 && merged > 0.0, "{base} {merged}");
+    assert!(
+        merged < 3.0 * base,
+        "Q8_0 merged with the adapter drifts {merged}, Q8_0 alone {base}"
+    );
+    assert!(
+        notes.contains("14 of them were quantized after merging"),
+        "{notes}"
+    );
+    let (exact, _) = mean_kld(
+        &sb,
+        &model,
+        &[
+            "--dtype",
+            "f32",
+            "--kv-type",
+            "f32",
+            "--lora",
+            path(&lora),
+            "--lora-merge",
+        ],
+    );
+    assert!(exact < 1e-5, "f32 merged drifts {exact}");
+    // A GGUF Q8_0 base: dequantized, merged and quantized again, which is said.
+    let r = sb.run(&[
+        "run",
+        path(&fixtures().join("gguf/gemma2.gguf")),
+        "hi",
+        "-n",
+        "2",
+        "--lora",
+        path(&fixtures().join("lora/gemma2.gguf")),
+        "--lora-merge",
+    ]);
+    r.ok();
+    assert!(
+        r.stderr.contains("merging requantized 14 of them"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Tensor names in the quantization cache of a sandbox (one model, one scheme).
+fn cached_names(sb: &Sandbox) -> Vec<String> {
+    let dir = sb.owrun_home().join("quantized");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let g = Gguf::parse(&std::fs::read(&files[0]).unwrap());
+    g.tensors.iter().map(|t| t.name.clone()).collect()
+}
+
+/// The quantization cache is keyed on the base's files alone: merged matrices are neither
+/// written to it nor read from it, so a later load without the adapter gets the base's blocks,
+/// and one with it merges again.
+#[test]
+fn merged_matrices_stay_out_of_the_quantization_cache() {
+    let model = fixtures().join("models/llama");
+    let lora = fixtures().join("lora/llama");
+    let exp = expected("llama");
+    let q8 = ["--quant", "q8_0"];
+    let merge = ["--quant", "q8_0", "--lora", path(&lora), "--lora-merge"];
+    let fresh = Sandbox::new("http://127.0.0.1:9");
+    let base = greedy(&fresh, &model, &exp, &q8);
+
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let merged = greedy(&sb, &model, &exp, &merge);
+    assert_ne!(merged, base, "merging changes nothing");
+    let names = cached_names(&sb);
+    let adapted = "model.layers.0.self_attn.q_proj.weight";
+    assert!(
+        names.iter().any(|n| n == "model.embed_tokens.weight"),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n == adapted), "{names:?}");
+    // The base from that cache, then (the cache now whole) merged again.
+    assert_eq!(greedy(&sb, &model, &exp, &q8), base);
+    assert!(cached_names(&sb).iter().any(|n| n == adapted));
+    assert_eq!(greedy(&sb, &model, &exp, &merge), merged);
+}
+
+/// `owrun quantize --lora` merges the adapter before quantizing, as `--lora-merge` does at load:
+/// the written Q8_0 file runs as the folder quantized at load with the adapter merged (the same
+/// merged matrices quantized row by row to the same blocks; the file's q and k rows reordered
+/// for llama.cpp are put back on reading), and the f32 file as transformers + PEFT.
+#[test]
+fn quantize_with_an_adapter_writes_the_merged_model() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let lora = fixtures().join("lora/llama");
+    let exp = expected("llama");
+    let q8 = sb.dir.path().join("merged.q8_0.gguf");
+    let r = sb.run(&[
+        "quantize",
+        path(&model),
+        "--lora",
+        path(&lora),
+        "--quant",
+        "q8_0",
+        "-o",
+        path(&q8),
+    ]);
+    r.ok();
+    assert!(
+        r.stderr.contains(
+            "merged the LoRA adapters into 14 matrices of the weights (before quantizing)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let at_load = greedy(
+        &sb,
+        &model,
+        &exp,
+        &["--quant", "q8_0", "--lora", path(&lora), "--lora-merge"],
+    );
+    assert_eq!(greedy(&sb, &q8, &exp, &[]), at_load);
+    // The base's license stays general.license; the adapter is named beside it.
+    let g = Gguf::parse(&std::fs::read(&q8).unwrap());
+    assert_eq!(g.get("general.license"), Some(&Val::Str("mit".into())));
+    match g.get("general.license.name") {
+        Some(Val::Str(s)) => assert!(s.contains("LoRA adapter(s) llama (mit) merged in"), "{s}"),
+        other => panic!("general.license.name is {other:?}"),
+    }
+
+    let f32 = sb.dir.path().join("merged.f32.gguf");
+    sb.run(&[
+        "quantize",
+        path(&model),
+        "--lora",
+        path(&lora),
+        "-o",
+        path(&f32),
+    ])
+    .ok();
+    assert_eq!(greedy(&sb, &f32, &exp, &[]), recorded(&exp));
+}
+
+#[test]
+fn merging_without_an_adapter_or_with_one_that_does_not_fit_is_refused() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    for command in ["run", "kld"] {
+        let mut args = vec![command, path(&model)];
+        if command == "run" {
+            args.push("hi");
+        }
+        args.push("--lora-merge");
+        sb.run(&args).fails_with(2, "--lora");
+    }
+    // quantize: an adapter of other shapes (gemma2's 64 wide on gemma2_27b's 16), and one for
+    // another architecture; nothing is written, and a file already there is left as it was.
+    let out = sb.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("model.gguf");
+    let quantize = |model: &str, lora: &Path, force: bool| {
+        let mut args = vec![
+            "quantize",
+            model,
+            "--lora",
+            path(lora),
+            "--quant",
+            "q8_0",
+            "-o",
+            path(&file),
+        ];
+        if force {
+            args.push("--force");
+        }
+        sb.run(&args)
+    };
+    quantize(
+        path(&fixtures().join("models/gemma2_27b")),
+        &fixtures().join("lora/gemma2"),
+        false,
+    )
+    .fails_with(2, "does not fit this model: its model.layers.0.");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    std::fs::write(&file, "old").unwrap();
+    quantize(
+        path(&fixtures().join("models/qwen2")),
+        &fixtures().join("lora/llama.gguf"),
+        true,
+    )
+    .fails_with(2, "is an adapter for llama models; this model is qwen2");
+    quantize(
+        path(&fixtures().join("models/gemma2_27b")),
+        &fixtures().join("lora/gemma2"),
+        true,
+    )
+    .fails_with(2, "does not fit this model");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "old");
 }

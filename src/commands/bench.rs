@@ -21,7 +21,7 @@ pub fn run(opener: &Opener, args: &BenchArgs) -> Result<()> {
         return Err(usage("-p, -n and -r must be at least 1"));
     }
     let mut choices = args.load.choices()?;
-    choices.adapters = args.adapters.specs()?;
+    args.adapters.choose(&mut choices)?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
     let mut engine = opener.load(&path, &choices)?;

@@ -58,7 +58,7 @@ struct Chat {
 
 pub fn run(opener: &Opener, args: &ChatArgs) -> Result<()> {
     let mut choices = args.load.choices()?;
-    choices.adapters = args.adapters.specs()?;
+    args.adapters.choose(&mut choices)?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
     let mut engine = opener.load(&path, &choices)?;

@@ -29,15 +29,17 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         None => DEFAULT_TEXT.to_string(),
     };
     let mut choices = args.load.choices()?;
-    choices.adapters = args.adapters.specs()?;
+    args.adapters.choose(&mut choices)?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
 
-    // The reference: the same weights in f32, on the same device, run first and dropped.
+    // The reference: the same weights in f32, on the same device, run first and dropped; its
+    // adapters run beside the weights, so what --lora-merge changes is measured too.
     let reference_choices = LoadChoices {
         dtype: DTypeChoice::F32,
         quant: None,
         kv_type: KvType::F32,
+        merge_adapters: false,
         ..choices.clone()
     };
     let mut reference = opener.load(&path, &reference_choices)?;

@@ -1,12 +1,14 @@
-//! `owrun quantize MODEL --quant Q -o FILE`: a model as a GGUF file llama.cpp loads.
+//! `owrun quantize MODEL --quant Q [--lora A] -o FILE`: a model (with LoRA adapters merged in)
+//! as a GGUF file llama.cpp loads.
 
 use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::cli::QuantizeArgs;
+use crate::cli::{lora_specs, QuantizeArgs};
 use crate::engine::export;
 use crate::engine::format::gguf::is_gguf_file;
+use crate::engine::model::lora::Unfit;
 use crate::error::usage;
 use crate::open::Opener;
 use crate::store::{format_bytes, weight_files};
@@ -35,13 +37,23 @@ pub fn run(opener: &Opener, args: &QuantizeArgs) -> Result<()> {
         .filter(|id| id != "unknown")
         .collect();
     let license = (!licenses.is_empty()).then(|| licenses.join("+"));
+    let adapters = lora_specs(&args.lora)?;
     let written = export::write(
         &dir,
         &weight_files(&dir),
         args.quant,
         license.as_deref(),
+        &adapters,
         &args.output,
-    )?;
+    )
+    .map_err(|e| match e.downcast_ref::<Unfit>() {
+        // An adapter that does not fit this model: the user's to change.
+        Some(_) => usage(e.to_string()),
+        None => e,
+    })?;
+    for note in &written.notes {
+        eprintln!("owrun: {note}");
+    }
     let types: Vec<String> = written
         .types
         .iter()

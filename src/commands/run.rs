@@ -39,7 +39,7 @@ pub fn run(opener: &Opener, args: &RunArgs) -> Result<()> {
     }
 
     let mut choices = args.load.choices()?;
-    choices.adapters = args.adapters.specs()?;
+    args.adapters.choose(&mut choices)?;
     let model = opener.resolve(&args.model)?;
     let path = opener.ready(&model, args.accept_license)?;
     let mut engine = opener.load(&path, &choices)?;

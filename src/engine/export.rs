@@ -1,7 +1,7 @@
 //! Writing a Hugging Face model as a GGUF file that llama.cpp loads: the hyperparameter keys,
 //! tensor names and transformations of llama.cpp's convert_hf_to_gguf.py (the inverse of what
 //! `format::gguf` undoes on reading), the vocabulary from tokenizer.json, and the matrices quantized
-//! under a scheme as llama-quantize would.
+//! under a scheme as llama-quantize would; LoRA adapters merged into them first when given.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use super::format::gguf::{self, permute_rows_for_gguf};
 use super::format::json::read_json;
 use super::format::safetensors::SafetensorsFiles;
 use super::model::arch::Arch;
+use super::model::lora;
 use super::model::rope::{self, Rope};
 use super::quantize::{self, Role, Scheme};
 
@@ -27,6 +28,8 @@ pub struct Written {
     pub bytes: u64,
     /// Tensor count per GGML type.
     pub types: BTreeMap<String, usize>,
+    /// What the user may want to know (the adapters merged).
+    pub notes: Vec<String>,
 }
 
 const NORMAL: i32 = 1;
@@ -64,16 +67,30 @@ fn file_type(scheme: Option<Scheme>, stored: DType) -> u32 {
 }
 
 /// Write the model in `dir` (safetensors `files`) to `out`, quantized under `scheme`, saying
-/// `license` (an id like "apache-2.0") in general.license as converters do.
+/// `license` (an id like "apache-2.0") in general.license as converters do. The LoRA
+/// `adapters` (path, multiplier of its scale) are merged into the matrices they adapt before
+/// those are quantized, as `--lora-merge` merges them at load; one that does not fit the model
+/// is an [`Unfit`] error, and nothing is written.
 pub fn write(
     dir: &Path,
     files: &[PathBuf],
     scheme: Option<Scheme>,
     license: Option<&str>,
+    adapters: &[(PathBuf, f32)],
     out: &Path,
 ) -> Result<Written> {
     let config = ModelConfig::load(dir)?;
     let arch = Arch::from_config(&config)?;
+    let mut notes = Vec::new();
+    let mut adapters = lora::open(
+        adapters,
+        true,
+        &arch,
+        &config.model_type,
+        dir,
+        &Device::Cpu,
+        &mut notes,
+    )?;
     let raw = &config.raw;
     let family = match config.model_type.as_str() {
         "gemma3_text" => "gemma3",
@@ -101,6 +118,27 @@ pub fn write(
     put("general.quantization_version", G::U32(2));
     if let Some(l) = license {
         put("general.license", G::String(l.to_string()));
+    }
+    if let Some(a) = &adapters {
+        // The base's license stays general.license; the adapters merged in, and the licenses
+        // they state, are said beside it.
+        let merged: Vec<String> = a
+            .list()
+            .iter()
+            .map(|ad| {
+                let name = ad.source.file_name().unwrap_or(ad.source.as_os_str());
+                let terms = ad.license.as_deref().unwrap_or("license not stated");
+                format!("{} ({terms})", name.to_string_lossy())
+            })
+            .collect();
+        put(
+            "general.license.name",
+            G::String(format!(
+                "{}, with the LoRA adapter(s) {} merged in",
+                license.unwrap_or("the base model's license"),
+                merged.join(", ")
+            )),
+        );
     }
     put(&a("context_length"), u32v(arch.context));
     put(&a("embedding_length"), u32v(arch.hidden));
@@ -217,6 +255,8 @@ pub fn write(
         tensors.push((n, Arc::new(QTensor::quantize(&t, GgmlDType::F32)?)));
     }
     let mut experts: HashMap<String, Vec<Option<Tensor>>> = HashMap::new();
+    // Matrices the adapters were merged into.
+    let mut merged = 0;
     for hf in &names {
         let Some((gguf_name, role, permute)) = gguf_name(hf, name, family, &arch) else {
             continue;
@@ -231,6 +271,14 @@ pub fn write(
             }
             tensors.push((gguf_name, Arc::new(QTensor::quantize(&v, GgmlDType::F32)?)));
             continue;
+        }
+        if let Some(a) = adapters.as_mut() {
+            let (rows, cols) = t.dims2()?;
+            let layer = hf.strip_suffix(".weight").unwrap_or(hf);
+            if let Some(delta) = a.delta(layer, rows, cols)? {
+                t = lora::merge(&t, &delta)?;
+                merged += 1;
+            }
         }
         if let Some(heads) = permute {
             let (rows, _) = t.dims2()?;
@@ -260,6 +308,17 @@ pub fn write(
     }
     if let Some((stack, _)) = experts.iter().find(|(_, s)| !s.is_empty()) {
         bail!("the checkpoint lacks some experts of {stack}");
+    }
+    if let Some(a) = &adapters {
+        a.check_all_used()?;
+        let then = if scheme.is_some() {
+            "before quantizing"
+        } else {
+            "as stored"
+        };
+        notes.push(format!(
+            "merged the LoRA adapters into {merged} matrices of the weights ({then})"
+        ));
     }
 
     let mut types = BTreeMap::new();
@@ -291,6 +350,7 @@ pub fn write(
         tensors: tensors.len(),
         bytes: std::fs::metadata(out)?.len(),
         types,
+        notes,
     })
 }
 

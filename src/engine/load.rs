@@ -13,15 +13,14 @@ use serde_json::Value;
 
 use super::device::{choose_dtypes, open_device, DTypeChoice, DeviceChoice, LoadError};
 use super::format::config::ModelConfig;
-use super::format::gguf::{self, GgufFile};
+use super::format::gguf::GgufFile;
 use super::format::json::read_json;
-use super::format::lora::{Adapter, BaseHeads};
 use super::format::{gguf_vocab, safetensors};
 use super::generate::sampler::SamplingParams;
 use super::model::arch::Arch;
 use super::model::decoder::Decoder;
 use super::model::kv::{cache_bytes as kv_cache_bytes, KvType};
-use super::model::lora::Adapters;
+use super::model::lora;
 use super::model::weights::Weights;
 use super::model::{use_threads, Model};
 use super::quantize::cache::QuantCache;
@@ -46,6 +45,8 @@ pub struct LoadOptions {
     /// LoRA adapters applied beside the weights: each a PEFT folder or a GGUF adapter file,
     /// with a multiplier of its scale.
     pub adapters: Vec<(PathBuf, f32)>,
+    /// Merge the adapters into the weights at load instead (`--lora-merge`).
+    pub merge_adapters: bool,
 }
 
 pub struct Engine {
@@ -110,79 +111,30 @@ fn engine(
     })
 }
 
-/// Read the LoRA adapters `opts` names and hand them to `weights`. An adapter converted for
-/// another architecture is refused here; one trained on a base of another name is said in the
-/// notes (fine-tunes of one base often carry another name). Errors are the user's to fix.
-fn open_adapters(
+/// Give `weights` the adapters `opts` names (errors are the user's to fix).
+fn use_adapters(
     opts: &LoadOptions,
+    config: &ModelConfig,
     arch: &Arch,
-    model_type: &str,
     model_path: &Path,
     device: &Device,
     weights: &mut Weights,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    if opts.adapters.is_empty() {
-        return Ok(());
+    let adapters = lora::open(
+        &opts.adapters,
+        opts.merge_adapters,
+        arch,
+        &config.model_type,
+        model_path,
+        device,
+        notes,
+    )
+    .map_err(|e| LoadError::Unsuitable(format!("{e:#}")))?;
+    if let Some(a) = adapters {
+        weights.use_adapters(a);
     }
-    let heads = BaseHeads {
-        heads: arch.heads,
-        kv_heads: arch.kv_heads,
-    };
-    let ours = gguf::gguf_architecture(model_type);
-    let mut list = Vec::new();
-    for (path, scale) in &opts.adapters {
-        let adapter = Adapter::open(path, *scale, heads)
-            .map_err(|e| LoadError::Unsuitable(format!("--lora: {e:#}")))?;
-        if let (Some(theirs), Some(ours)) = (adapter.architecture.as_deref(), ours) {
-            if theirs != ours {
-                return Err(LoadError::Unsuitable(format!(
-                    "--lora: {} is an adapter for {theirs} models; this model is {ours}",
-                    path.display()
-                ))
-                .into());
-            }
-        }
-        let rank = adapter.layers.values().map(|p| p.rank).max().unwrap_or(0);
-        let mut note = format!(
-            "LoRA adapter {}: {} layers, rank {rank}, scale x{scale}",
-            path.display(),
-            adapter.layers.len()
-        );
-        if let Some(license) = &adapter.license {
-            note.push_str(&format!(", license {license} (the base's applies too)"));
-        }
-        if let Some(base) = &adapter.base_model {
-            if !names_same_model(base, model_path) {
-                note.push_str(&format!(
-                    "; it was trained on {base}, which is not this model's name (a different \
-                     base gives wrong output)"
-                ));
-            }
-        }
-        notes.push(note);
-        list.push(adapter);
-    }
-    weights.use_adapters(Adapters::new(list, device));
     Ok(())
-}
-
-/// Whether an adapter's base name (`owner/name`, a path) names the model at `path`: its last
-/// part matches the model's folder or file name, or the `models--owner--name` folder of the
-/// Hugging Face cache above it (case aside).
-fn names_same_model(base: &str, path: &Path) -> bool {
-    let base = base.trim_end_matches('/');
-    let short = base.rsplit('/').next().unwrap_or(base).to_lowercase();
-    if short.is_empty() {
-        return true;
-    }
-    path.ancestors().filter_map(|p| p.file_name()).any(|n| {
-        let n = n.to_string_lossy().to_lowercase();
-        let stem = n.strip_suffix(".gguf").unwrap_or(&n);
-        stem == short
-            || stem.starts_with(&format!("{short}."))
-            || n.ends_with(&format!("--{short}"))
-    })
 }
 
 /// The text side and sampling defaults of a Hugging Face folder: tokenizer.json,
@@ -266,20 +218,13 @@ impl Engine {
             }
             weights.quantize_with(scheme, arch.layers.len(), cache);
         }
-        open_adapters(
-            opts,
-            &arch,
-            &config.model_type,
-            dir,
-            &device,
-            &mut weights,
-            &mut notes,
-        )?;
+        use_adapters(opts, &config, &arch, dir, &device, &mut weights, &mut notes)?;
         let decoder = Decoder::load(arch, &mut weights, act_dtype, &device)
             .with_context(|| format!("cannot load {}", safetensors::describe(files)))?;
         weights
             .check_adapters()
             .map_err(|e| LoadError::Unsuitable(format!("{e:#}")))?;
+        notes.extend(weights.merge_note());
         if let Some(cache) = weights.take_cache() {
             match cache.save() {
                 Ok(Some(path)) => notes.push(format!(
@@ -344,10 +289,10 @@ impl Engine {
             _ => DType::F32,
         };
         let mut weights = Weights::from_gguf(file, &device, weight_dtype, act_dtype);
-        open_adapters(
+        use_adapters(
             opts,
+            &config,
             &arch,
-            &config.model_type,
             path,
             &device,
             &mut weights,
@@ -358,6 +303,7 @@ impl Engine {
         weights
             .check_adapters()
             .map_err(|e| LoadError::Unsuitable(format!("{e:#}")))?;
+        notes.extend(weights.merge_note());
         drop(weights);
         let loaded = Loaded {
             decoder,

@@ -44,6 +44,7 @@ fn load(dir: &Path, dtype: DTypeChoice) -> Engine {
         kv_type: KvType::F32,
         context: None,
         adapters: Vec::new(),
+        merge_adapters: false,
     };
     Engine::load(dir, &[dir.join("model.safetensors")], &opts)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
@@ -329,6 +330,7 @@ fn long_prompts_match_transformers() {
                     kv_type: kv,
                     context: Some(4096),
                     adapters: Vec::new(),
+                    merge_adapters: false,
                 },
             )
             .unwrap();
@@ -404,6 +406,7 @@ fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
             kv_type: KvType::F32,
             context: None,
             adapters: Vec::new(),
+            merge_adapters: false,
         };
         let mut ours = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
         let file = root.join("gguf").join(format!("{family}.gguf"));
@@ -458,6 +461,7 @@ fn lora_adapters_match_peft_and_mix_in_one_batch() {
             kv_type: KvType::F32,
             context: None,
             adapters: vec![(root.join("lora").join(adapter), 1.0)],
+            merge_adapters: false,
         };
         let mut engine = Engine::load(&dir, &[dir.join("model.safetensors")], &opts).unwrap();
         let lora: Value = serde_json::from_str(

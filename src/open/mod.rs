@@ -50,6 +50,8 @@ pub struct LoadChoices {
     pub context: Option<usize>,
     /// LoRA adapters (path, multiplier of its scale).
     pub adapters: Vec<(PathBuf, f32)>,
+    /// Merge the adapters into the weights at load (`--lora-merge`).
+    pub merge_adapters: bool,
 }
 
 /// What opening a model reads: owrun's settings and the registry.
@@ -219,6 +221,7 @@ impl Opener {
             kv_type: choices.kv_type,
             context: choices.context,
             adapters: choices.adapters.clone(),
+            merge_adapters: choices.merge_adapters,
         };
         let loaded = if is_gguf_file(path) {
             Engine::load_gguf(path, &options)

@@ -638,6 +638,7 @@ mod tests {
             kv_type: KvType::F32,
             context: None,
             adapters: Vec::new(),
+            merge_adapters: false,
         };
         Engine::load(&dir, &[dir.join("model.safetensors")], &opts).expect("stories260K loads")
     }

@@ -428,6 +428,11 @@ impl GgufFile {
         Ok(Some(t))
     }
 
+    /// The type the GGUF tensor behind a Hugging Face tensor name is stored in.
+    pub fn hf_type(&self, hf: &str) -> Option<GgmlType> {
+        self.info(&self.locate(hf)?.name).map(|t| t.ty)
+    }
+
     /// Which GGUF tensor holds a Hugging Face tensor, and how.
     fn locate(&self, hf: &str) -> Option<Located> {
         let plain = |name: String| Located {

@@ -118,8 +118,8 @@ fn ggml_type_of(dtype: GgmlDType) -> Result<GgmlType> {
     })
 }
 
-/// candle's name for a block type, where candle has the type.
-fn candle_dtype_of(ty: GgmlType) -> Option<GgmlDType> {
+/// candle's name for a block type, where candle has the type (and quantizes to it).
+pub fn candle_dtype_of(ty: GgmlType) -> Option<GgmlDType> {
     [
         GgmlDType::Q4_0,
         GgmlDType::Q4_1,

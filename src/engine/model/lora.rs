@@ -2,14 +2,26 @@
 //! W·x + Σ scale · B·(A·x) over its adapters. The base matrix is neither copied nor changed, so
 //! it keeps its type (16-bit, GGML blocks) and its kernels; the adapters' matrices are small
 //! (rank × in and out × rank) and kept in f32.
+//!
+//! Or merged (`--lora-merge`, `owrun quantize --lora`): folded into the weights as they are
+//! loaded, W' = W + Σ scale · B·A (see [`Adapters::delta`] and [`merge`]), after which the layer
+//! runs as a plain one.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::arch::Arch;
 use super::kernels;
-use crate::engine::format::lora::{Adapter, LoraPair};
+use crate::engine::format::gguf;
+use crate::engine::format::lora::{Adapter, BaseHeads, LoraPair};
+
+/// An adapter that does not fit the model (or cannot be read): the user's to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unfit(pub String);
 
 /// One adapter's part of one linear layer.
 pub struct Lora {
@@ -203,6 +215,80 @@ impl Selection {
     }
 }
 
+/// Read the LoRA adapters `specs` names (path, multiplier), to run beside the weights or to
+/// be merged into them (`merge`). An adapter converted for another architecture is refused
+/// here; one trained on a base of another name is said in the notes (fine-tunes of one base
+/// often carry another name). Errors are the user's to fix ([`Unfit`]). None: no adapters.
+pub fn open(
+    specs: &[(PathBuf, f32)],
+    merge: bool,
+    arch: &Arch,
+    model_type: &str,
+    model_path: &Path,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<Option<Adapters>> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let heads = BaseHeads {
+        heads: arch.heads,
+        kv_heads: arch.kv_heads,
+    };
+    let ours = gguf::gguf_architecture(model_type);
+    let mut list = Vec::new();
+    for (path, scale) in specs {
+        let adapter =
+            Adapter::open(path, *scale, heads).map_err(|e| Unfit(format!("--lora: {e:#}")))?;
+        if let (Some(theirs), Some(ours)) = (adapter.architecture.as_deref(), ours) {
+            if theirs != ours {
+                bail!(Unfit(format!(
+                    "--lora: {} is an adapter for {theirs} models; this model is {ours}",
+                    path.display()
+                )));
+            }
+        }
+        let rank = adapter.layers.values().map(|p| p.rank).max().unwrap_or(0);
+        let mut note = format!(
+            "LoRA adapter {}: {} layers, rank {rank}, scale x{scale}",
+            path.display(),
+            adapter.layers.len()
+        );
+        if let Some(license) = &adapter.license {
+            note.push_str(&format!(", license {license} (the base's applies too)"));
+        }
+        if let Some(base) = &adapter.base_model {
+            if !names_same_model(base, model_path) {
+                note.push_str(&format!(
+                    "; it was trained on {base}, which is not this model's name (a different \
+                     base gives wrong output)"
+                ));
+            }
+        }
+        notes.push(note);
+        list.push(adapter);
+    }
+    Ok(Some(Adapters::new(list, device, merge)))
+}
+
+/// Whether an adapter's base name (`owner/name`, a path) names the model at `path`: its last
+/// part matches the model's folder or file name, or the `models--owner--name` folder of the
+/// Hugging Face cache above it (case aside).
+fn names_same_model(base: &str, path: &Path) -> bool {
+    let base = base.trim_end_matches('/');
+    let short = base.rsplit('/').next().unwrap_or(base).to_lowercase();
+    if short.is_empty() {
+        return true;
+    }
+    path.ancestors().filter_map(|p| p.file_name()).any(|n| {
+        let n = n.to_string_lossy().to_lowercase();
+        let stem = n.strip_suffix(".gguf").unwrap_or(&n);
+        stem == short
+            || stem.starts_with(&format!("{short}."))
+            || n.ends_with(&format!("--{short}"))
+    })
+}
+
 /// The adapters a model loads with, handed out layer by layer as the decoder is built.
 pub struct Adapters {
     list: Vec<Adapter>,
@@ -211,22 +297,51 @@ pub struct Adapters {
     /// The first layer whose shape differs from the adapter's.
     misfit: Option<String>,
     device: Device,
+    /// Fold the adapters into the weights (`delta`) rather than run them beside (`take`).
+    pub merge: bool,
 }
 
 impl Adapters {
-    pub fn new(list: Vec<Adapter>, device: &Device) -> Adapters {
+    pub fn new(list: Vec<Adapter>, device: &Device, merge: bool) -> Adapters {
         Adapters {
             list,
             used: BTreeSet::new(),
             misfit: None,
             device: device.clone(),
+            merge,
         }
     }
 
     /// Every adapter's part of the linear layer `name` (its Hugging Face name, without
-    /// `.weight`), `outputs` × `inputs` in the model; a part of another shape is left out and
-    /// named by `check_all_used`.
+    /// `.weight`), `outputs` × `inputs` in the model, to run beside it.
     pub fn take(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Vec<Lora>> {
+        let device = self.device.clone();
+        self.fitting(name, outputs, inputs)
+            .into_iter()
+            .map(|(i, p)| Lora::new(i, p, &device))
+            .collect()
+    }
+
+    /// What the adapters add to the weight of linear layer `name` (without `.weight`),
+    /// Σ scale · B·A over them, `outputs` × `inputs` in f32 (None: no adapter adapts it).
+    pub fn delta(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Option<Tensor>> {
+        let device = self.device.clone();
+        let mut sum: Option<Tensor> = None;
+        for (_, p) in self.fitting(name, outputs, inputs) {
+            let a = Tensor::from_slice(&p.a, (p.rank, p.inputs), &device)?;
+            let b = Tensor::from_slice(&p.b, (p.outputs, p.rank), &device)?;
+            let d = (b.matmul(&a)? * p.scale as f64)?;
+            sum = Some(match sum {
+                Some(s) => (s + d)?,
+                None => d,
+            });
+        }
+        Ok(sum)
+    }
+
+    /// The adapters' parts of layer `name` that fit `outputs` × `inputs`, marked used; a part of
+    /// another shape is left out and named by `check_all_used`.
+    fn fitting(&mut self, name: &str, outputs: usize, inputs: usize) -> Vec<(usize, &LoraPair)> {
         let mut parts = Vec::new();
         for (i, adapter) in self.list.iter().enumerate() {
             let Some(p) = adapter.layers.get(name) else {
@@ -243,10 +358,15 @@ impl Adapters {
                 ));
                 continue;
             }
-            parts.push(Lora::new(i, p, &self.device)?);
+            parts.push((i, p));
             self.used.insert((i, name.to_string()));
         }
-        Ok(parts)
+        parts
+    }
+
+    /// The adapters, as read.
+    pub fn list(&self) -> &[Adapter] {
+        &self.list
     }
 
     /// The adapters, in order (their positions are the multipliers' indices), by their files.
@@ -261,7 +381,7 @@ impl Adapters {
     /// adapter for another architecture, or of parts owrun does not adapt).
     pub fn check_all_used(&self) -> Result<()> {
         if let Some(misfit) = &self.misfit {
-            bail!("{misfit}");
+            bail!(Unfit(misfit.clone()));
         }
         for (i, adapter) in self.list.iter().enumerate() {
             if let Some(name) = adapter
@@ -269,13 +389,20 @@ impl Adapters {
                 .keys()
                 .find(|n| !self.used.contains(&(i, n.to_string())))
             {
-                bail!(
+                bail!(Unfit(format!(
                     "the LoRA adapter {} does not fit this model: it adapts {name}, which the \
                      model does not have (an adapter for another architecture?)",
                     adapter.source.display()
-                );
+                )));
             }
         }
         Ok(())
     }
+}
+
+/// The weight `w` (outputs × inputs, any float dtype) with the adapters' `delta` (see
+/// [`Adapters::delta`]) folded in: W + delta, computed in f32 and returned in f32 for the caller
+/// to hold as it holds the layer (its dtype, or quantized to its block type).
+pub fn merge(w: &Tensor, delta: &Tensor) -> Result<Tensor> {
+    Ok((w.to_dtype(DType::F32)? + delta.to_device(w.device())?)?)
 }

@@ -12,8 +12,8 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use super::kernels;
-use super::linear::{Matrix, QMatrix};
-use super::lora::{Adapters, Lora};
+use super::linear::{candle_dtype_of, Matrix, QMatrix};
+use super::lora::{self, Adapters, Lora};
 use crate::engine::format::ggml::GgmlType;
 use crate::engine::format::gguf::{GgufFile, RawTensor};
 use crate::engine::format::safetensors::{describe, SafetensorsFiles};
@@ -34,8 +34,10 @@ pub struct Weights {
     small_dtype: DType,
     /// Quantize matrices under this scheme (for a model of this many layers), through the cache.
     quant: Option<(Scheme, usize, QuantCache)>,
-    /// LoRA adapters for the linear layers, applied beside the weights.
+    /// LoRA adapters for the linear layers, applied beside the weights or merged into them.
     adapters: Option<Adapters>,
+    /// Matrices the adapters were merged into, and how many of them were requantized.
+    merged: (usize, usize),
 }
 
 impl Weights {
@@ -54,6 +56,7 @@ impl Weights {
             small_dtype,
             quant: None,
             adapters: None,
+            merged: (0, 0),
         })
     }
 
@@ -71,6 +74,7 @@ impl Weights {
             small_dtype,
             quant: None,
             adapters: None,
+            merged: (0, 0),
         }
     }
 
@@ -79,17 +83,46 @@ impl Weights {
         self.adapters = Some(adapters);
     }
 
-    /// The adapters' parts of linear layer `name` (without `.weight`), outputs × inputs.
+    /// The adapters' parts of linear layer `name` (without `.weight`), outputs × inputs, to run
+    /// beside it (none when they are merged: `matrix` folded them in).
     pub fn lora(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Vec<Lora>> {
         match self.adapters.as_mut() {
-            Some(a) => a.take(name, outputs, inputs),
-            None => Ok(Vec::new()),
+            Some(a) if !a.merge => a.take(name, outputs, inputs),
+            _ => Ok(Vec::new()),
         }
     }
 
-    /// The adapters' files, in the order the multipliers of `Model::set_adapters` follow.
+    /// The adapters run beside the weights (not merged), by their files, in the order the
+    /// multipliers of `Model::set_adapters` follow.
     pub fn adapter_sources(&self) -> Vec<String> {
-        self.adapters.as_ref().map_or(Vec::new(), Adapters::sources)
+        self.adapters
+            .as_ref()
+            .filter(|a| !a.merge)
+            .map_or(Vec::new(), Adapters::sources)
+    }
+
+    /// What was merged, for the user: None when no adapter was.
+    pub fn merge_note(&self) -> Option<String> {
+        let (n, requantized) = self.merged;
+        if !self.adapters.as_ref().is_some_and(|a| a.merge) {
+            return None;
+        }
+        let mut note = format!("merged the LoRA adapters into {n} matrices of the weights");
+        if requantized > 0 {
+            note.push_str(&match self.files {
+                Source::Gguf(_) => format!(
+                    "; merging requantized {requantized} of them (dequantized, merged, quantized \
+                     again to their block types: a little less exact than the adapters beside \
+                     the weights)"
+                ),
+                Source::Safetensors(_) => format!(
+                    "; {requantized} of them were quantized after merging (a little less exact \
+                     than the adapters beside the quantized weights; not cached, so at every \
+                     load)"
+                ),
+            });
+        }
+        Some(note)
     }
 
     /// Once every layer is built: each adapter found the layers it adapts.
@@ -171,6 +204,14 @@ impl Weights {
     /// A matmul weight (or the embedding table): quantized when a scheme is set and its rows
     /// fit a block type, else dense.
     pub fn matrix(&mut self, name: &str, shape: &[usize], role: Role) -> Result<Matrix> {
+        let layer = name.strip_suffix(".weight").unwrap_or(name);
+        let delta = match self.adapters.as_mut().filter(|a| a.merge) {
+            Some(a) => a.delta(layer, shape[0], shape[1])?,
+            None => None,
+        };
+        if let Some(delta) = delta {
+            return self.merged(name, shape, role, &delta);
+        }
         if let Source::Gguf(g) = &mut self.files {
             // As the file holds it: a block type stays quantized.
             let raw = g.load_hf(name)?.with_context(|| missing(name))?;
@@ -214,6 +255,52 @@ impl Weights {
             Some(d) if d != t.dtype() => t.to_dtype(d)?,
             _ => t,
         }))
+    }
+
+    /// Matrix `name` with the adapters' `delta` merged in (`--lora-merge`), then held as the
+    /// matrix is held without them: a GGUF's float type or (quantized again) its block type,
+    /// the scheme's block type, or the weights' dtype. Never through the quantization cache: it
+    /// is keyed on the base's files alone, and merged blocks are not the base's (nor would the
+    /// base's blocks be these).
+    fn merged(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        role: Role,
+        delta: &Tensor,
+    ) -> Result<Matrix> {
+        let blocks = match &self.files {
+            Source::Gguf(g) => match g.hf_type(name) {
+                Some(ty) if ty.is_quantized() => Some(candle_dtype_of(ty).with_context(|| {
+                    format!(
+                        "--lora-merge: cannot merge the LoRA adapters into {name}: owrun cannot \
+                         quantize {} blocks again (run the adapters beside the weights: --lora \
+                         without --lora-merge)",
+                        ty.name()
+                    )
+                })?),
+                _ => None,
+            },
+            Source::Safetensors(_) => match &self.quant {
+                Some((scheme, layers, _)) if role != Role::Router => {
+                    quantize::fitting_type(scheme.type_for(role, *layers), shape[1])
+                }
+                _ => None,
+            },
+        };
+        let w = self.load(name, shape)?;
+        let dtype = self.matmul_dtype.unwrap_or(w.dtype());
+        let w = lora::merge(&w, delta)?;
+        self.merged.0 += 1;
+        match blocks {
+            Some(ty) => {
+                self.merged.1 += 1;
+                let q = quantize::quantize(&w, ty, &self.device)
+                    .with_context(|| format!("cannot quantize {name} to {ty:?}"))?;
+                self.quantized(&q)
+            }
+            None => Ok(Matrix::Dense(w.to_dtype(dtype)?)),
+        }
     }
 
     /// A norm gain or bias, in the activation dtype; `plus_one` for Gemma's (1 + w) gains.
