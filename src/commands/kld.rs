@@ -29,9 +29,10 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         None => DEFAULT_TEXT.to_string(),
     };
     let mut choices = args.load.choices()?;
-    choices.adapters = args.adapters.specs()?;
+    let adapters = args.adapters.specs()?;
     let model = opener.resolve(&args.model)?;
-    let path = opener.ready(&model, args.accept_license)?;
+    let (path, adapters) = opener.ready_with_adapters(&model, &adapters, args.accept_license)?;
+    choices.adapters = adapters;
 
     // The reference: the same weights in f32, on the same device, run first and dropped.
     let reference_choices = LoadChoices {

@@ -73,6 +73,18 @@ impl Adapter {
     }
 }
 
+/// Whether `path` is a LoRA adapter as `--lora` takes one: a folder with adapter_config.json, or
+/// a GGUF file whose general.type is "adapter". Reads only a GGUF's header.
+pub fn is_adapter(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join("adapter_config.json").is_file();
+    }
+    gguf::is_gguf_file(path)
+        && GgufFile::open(path).is_ok_and(
+            |g| matches!(g.meta("general.type"), Some(GValue::String(t)) if t == "adapter"),
+        )
+}
+
 fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
     let config = read_json(&dir.join("adapter_config.json"))?.context("no adapter_config.json")?;
     let kind = config["peft_type"].as_str().unwrap_or("LORA");
