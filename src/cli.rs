@@ -10,12 +10,15 @@ use crate::engine::quantize::Scheme;
 use crate::engine::{DTypeChoice, DeviceChoice, KvType};
 use crate::error::usage;
 use crate::open::LoadChoices;
+use crate::registry::{resolve_adapter, AdapterRef};
 
 const AFTER_HELP: &str = "\
 MODELS:
   A model is a registry name (`owrun list`), hf:owner/name[@revision] for any Hugging Face
   repo, a path to a local directory in Hugging Face layout, or a .gguf file. NAME:QUANT
   (llama3-8b:q4_k_m) and hf:owner/repo:QUANT run that quantization's GGUF file from a repo.
+  --lora takes a LoRA adapter's folder, GGUF file or hf:owner/name; the adapter's license
+  applies beside the model's.
 
 ENVIRONMENT:
   OWRUN_HOME        owrun's settings and state (config.toml, models.toml, accepted licenses)
@@ -102,7 +105,8 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// Registry name, hf:owner/name[@revision], or a local directory
+    /// Registry name, hf:owner/name[@revision], a local directory or .gguf file; a LoRA
+    /// adapter (folder, .gguf file, pulled hf: repo, adapter entry) is described as one
     pub model: String,
     /// Show only the license terms
     #[arg(long)]
@@ -270,10 +274,11 @@ pub struct LoadArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct AdapterArgs {
     /// Apply a LoRA adapter at run time, beside the unchanged base weights (repeatable; several
-    /// add up): PATH is a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)
-    /// or a GGUF adapter from llama.cpp's convert_lora_to_gguf.py; SCALE multiplies the
+    /// add up): a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), a GGUF
+    /// adapter from llama.cpp's convert_lora_to_gguf.py, or hf:owner/name[@revision] for a Hub
+    /// repo of either (pulled first if needed, through its license); SCALE multiplies the
     /// adapter's own scale (default 1)
-    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    #[arg(long = "lora", value_name = "PATH|hf:REPO[:SCALE]")]
     pub lora: Vec<String>,
     /// Merge the --lora adapters into the weights at load (W + scale·B·A, then held in the
     /// weights' dtype, or quantized again to their block type) instead of running them beside:
@@ -283,12 +288,15 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
-    /// Set the adapters in `choices` as the loader takes them: (path, multiplier), and whether
-    /// to merge them.
-    pub fn choose(&self, choices: &mut LoadChoices) -> anyhow::Result<()> {
-        choices.adapters = lora_specs(&self.lora)?;
+    /// Whether the adapters are merged into the weights (the adapters themselves are resolved
+    /// by the opener: `specs`).
+    pub fn choose(&self, choices: &mut LoadChoices) {
         choices.merge_adapters = self.lora_merge;
-        Ok(())
+    }
+
+    /// The adapters named, each with its multiplier.
+    pub fn specs(&self) -> anyhow::Result<Vec<(AdapterRef, f32)>> {
+        self.lora.iter().map(|s| resolve_adapter(s)).collect()
     }
 }
 

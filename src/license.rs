@@ -378,12 +378,29 @@ pub struct GateRequest<'a> {
     pub accept_flag: bool,
     /// Ask on the terminal when there is one (the server never asks: it answers 403).
     pub may_ask: bool,
+    /// It is a LoRA adapter (messages say so), whose terms apply beside its base's.
+    pub adapter: bool,
+}
+
+impl GateRequest<'_> {
+    /// What the messages call it: the name, or "the LoRA adapter NAME".
+    fn subject(&self) -> String {
+        subject(self.display_name, self.adapter)
+    }
+}
+
+fn subject(display_name: &str, adapter: bool) -> String {
+    if adapter {
+        format!("the LoRA adapter {display_name}")
+    } else {
+        display_name.to_string()
+    }
 }
 
 /// Refuse a model whose license does not allow the declared use, then make sure every license
 /// that needs acceptance has been accepted (asking on a terminal, refusing without one).
 pub fn gate(settings: &Settings, req: &GateRequest) -> Result<()> {
-    check_declared_use(settings, req.display_name, &req.licenses)?;
+    check_declared_use(settings, req.display_name, &req.licenses, req.adapter)?;
     let mut acceptances = Acceptances::load(settings)?;
     for lic in &req.licenses {
         let must = lic.needs_acceptance || req.force_acceptance.contains(&lic.id);
@@ -406,7 +423,7 @@ pub fn gate(settings: &Settings, req: &GateRequest) -> Result<()> {
             return Err(Fatal::LicenseNotAccepted(format!(
                 "{} is under the {} ({}), which must be accepted before first use.\n{}\n\
                  Read it{}, then accept with `owrun license accept {}` or pass --accept-license.",
-                req.display_name,
+                req.subject(),
                 lic.name,
                 lic.id,
                 wrap(&lic.summary, 78, "  "),
@@ -419,12 +436,13 @@ pub fn gate(settings: &Settings, req: &GateRequest) -> Result<()> {
             ))
             .into());
         }
-        if ask_on_terminal(req.display_name, lic)? {
+        if ask_on_terminal(&req.subject(), lic)? {
             acceptances.record(&lic.id, req.model_key)?;
         } else {
             return Err(Fatal::LicenseNotAccepted(format!(
                 "license {} not accepted: {} was not downloaded or run",
-                lic.id, req.display_name
+                lic.id,
+                req.subject()
             ))
             .into());
         }
@@ -432,12 +450,13 @@ pub fn gate(settings: &Settings, req: &GateRequest) -> Result<()> {
     Ok(())
 }
 
-/// With a declared commercial use, refuse any model whose terms do not allow it, and say which
-/// conditions apply to the ones that allow it with conditions.
+/// With a declared commercial use, refuse any model (or LoRA adapter) whose terms do not allow
+/// it, and say which conditions apply to the ones that allow it with conditions.
 pub fn check_declared_use(
     settings: &Settings,
     display_name: &str,
     licenses: &[License],
+    adapter: bool,
 ) -> Result<()> {
     if settings.declared_use != Some(DeclaredUse::Commercial) {
         return Ok(());
@@ -452,15 +471,21 @@ pub fn check_declared_use(
             ),
             Commercial::NotAllowed | Commercial::Unknown => {
                 return Err(Fatal::LicenseForbidsUse(format!(
-                    "{display_name} is under the {} ({}), which {} commercial use, and you \
-                     declared commercial use (OWRUN_USE or `use` in config.toml).\n\
-                     Nothing was downloaded. Pick a model from `owrun list --license commercial`.",
+                    "{} is under the {} ({}), which {} commercial use, and you declared \
+                     commercial use (OWRUN_USE or `use` in config.toml).\n{}",
+                    subject(display_name, adapter),
                     lic.name,
                     lic.id,
                     if lic.commercial == Commercial::Unknown {
                         "owrun cannot confirm allows"
                     } else {
                         "does not allow"
+                    },
+                    if adapter {
+                        "The model was not run with it: run it without the adapter, or with one \
+                         whose license allows commercial use."
+                    } else {
+                        "Nothing was downloaded. Pick a model from `owrun list --license commercial`."
                     }
                 ))
                 .into())
@@ -470,11 +495,11 @@ pub fn check_declared_use(
     Ok(())
 }
 
-fn ask_on_terminal(display_name: &str, lic: &License) -> Result<bool> {
+fn ask_on_terminal(subject: &str, lic: &License) -> Result<bool> {
     let mut err = std::io::stderr().lock();
     writeln!(
         err,
-        "\n{display_name} is under the {} ({}).\n{}",
+        "\n{subject} is under the {} ({}).\n{}",
         lic.name,
         lic.id,
         wrap(&lic.summary, 78, "  ")

@@ -4,6 +4,9 @@
 //! extend or override it with `$OWRUN_HOME/models.toml`, the file named by `OWRUN_MODELS`, and
 //! `--registry FILE` (in that order; a later file's entry replaces an earlier one of the same
 //! name as a whole).
+//!
+//! An entry may also be a LoRA adapter on a base (`adapter = "owner/name"`, `base = NAME`): it
+//! runs the base with the adapter, and both licenses apply.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,16 +21,21 @@ pub const BUILTIN_REGISTRY: &str = include_str!("../models.toml");
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
-    /// Hugging Face repo id, `owner/name`.
+    /// Hugging Face repo id, `owner/name` (empty for an adapter entry, which names `adapter`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub repo: String,
     /// Branch, tag or commit (default `main`).
     #[serde(default = "default_revision")]
     pub revision: String,
     /// Architecture family (llama, mistral, mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3).
+    /// An adapter entry takes its base's family, parameters and context when it does not say.
+    #[serde(default)]
     pub family: String,
     /// Parameter count.
+    #[serde(default)]
     pub params: u64,
     /// Context length in tokens.
+    #[serde(default)]
     pub context: u64,
     /// License id from the catalogue (`owrun license list`).
     pub license: String,
@@ -47,6 +55,14 @@ pub struct ModelEntry {
     /// runs from there and is never downloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<String>,
+    /// A LoRA adapter's Hub repo (`owner/name`, at `revision`): the entry runs `base` with it.
+    /// `license` is then the adapter's own; the base's applies too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// The model an adapter entry runs on: a registry name (`NAME:QUANT` too) or
+    /// `hf:owner/name[@revision][:QUANT]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 fn default_revision() -> String {
@@ -73,19 +89,63 @@ impl ModelEntry {
         crate::license::strictest(&licenses)
     }
 
+    /// The adapter's Hub repo, for an adapter entry.
+    pub fn adapter_repo(&self) -> Option<&str> {
+        self.adapter.as_deref()
+    }
+
     fn validate(&self, name: &str, path: &str) -> Result<()> {
         let bad = |what: &str| usage(format!("{path}: model {name:?}: {what}"));
-        if !is_repo_id(&self.repo) {
-            return Err(bad(&format!(
-                "repo {:?} is not of the form owner/name",
-                self.repo
-            )));
+        match (&self.adapter, &self.base) {
+            (Some(adapter), Some(base)) => {
+                if !is_repo_id(adapter) {
+                    return Err(bad(&format!(
+                        "adapter {adapter:?} is not of the form owner/name"
+                    )));
+                }
+                for (key, given) in [
+                    ("repo", !self.repo.is_empty()),
+                    ("gguf_repo", self.gguf_repo.is_some()),
+                    ("builtin", self.builtin.is_some()),
+                ] {
+                    if given {
+                        return Err(bad(&format!(
+                            "an adapter entry names its adapter and its base, not a {key}"
+                        )));
+                    }
+                }
+                if base.trim().is_empty() {
+                    return Err(bad("base is empty"));
+                }
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "adapter needs a base: the registry name or hf:owner/name it runs on",
+                ))
+            }
+            (None, Some(_)) => return Err(bad(
+                "base is for adapter entries: name the adapter's repo as adapter = \"owner/name\"",
+            )),
+            (None, None) => {
+                if self.repo.is_empty() {
+                    return Err(bad("missing field `repo` (or `adapter` and `base`)"));
+                }
+                if !is_repo_id(&self.repo) {
+                    return Err(bad(&format!(
+                        "repo {:?} is not of the form owner/name",
+                        self.repo
+                    )));
+                }
+                if self.family.trim().is_empty() {
+                    return Err(bad("family is missing or empty"));
+                }
+                if self.params == 0 || self.context == 0 {
+                    return Err(bad("params and context must be given, above 0"));
+                }
+            }
         }
         if self.revision.trim().is_empty() {
             return Err(bad("revision is empty"));
-        }
-        if self.family.trim().is_empty() {
-            return Err(bad("family is empty"));
         }
         if let Some(folder) = &self.builtin {
             if crate::builtin::find(folder).is_none() {
@@ -135,7 +195,52 @@ impl Registry {
             }
             reg.merge_file(path)?;
         }
+        reg.link_adapters()?;
         Ok(reg)
+    }
+
+    /// Check that every adapter entry's base is a model (not a path, not another adapter),
+    /// once every file is in (a base may come from another file), and give the entry its base's
+    /// family, parameters and context where it does not say them.
+    fn link_adapters(&mut self) -> Result<()> {
+        let mut inherited = Vec::new();
+        for (name, entry) in &self.entries {
+            let Some(base) = entry.base.as_deref() else {
+                continue;
+            };
+            let bad =
+                |what: String| usage(format!("registry: model {name:?}: base {base:?} {what}"));
+            let base_ref = match resolve_known(self, base) {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return Err(bad(format!("does not resolve: {e:#}"))),
+                None => {
+                    return Err(bad(
+                        "is not a registry name or hf:owner/name (see `owrun list`)".into(),
+                    ))
+                }
+            };
+            if let ModelRef::Registry { entry: b, .. } = &base_ref {
+                if b.adapter.is_some() {
+                    return Err(bad(
+                        "is an adapter entry itself: a base must be a model".into()
+                    ));
+                }
+                inherited.push((name.clone(), b.family.clone(), b.params, b.context));
+            }
+        }
+        for (name, family, params, context) in inherited {
+            let e = self.entries.get_mut(&name).expect("an entry just read");
+            if e.family.is_empty() {
+                e.family = family;
+            }
+            if e.params == 0 {
+                e.params = params;
+            }
+            if e.context == 0 {
+                e.context = context;
+            }
+        }
+        Ok(())
     }
 
     fn merge_file(&mut self, path: &Path) -> Result<()> {
@@ -245,7 +350,16 @@ impl ModelRef {
         }
     }
 
-    /// Hub repo and revision, when the model comes from the Hub.
+    /// The registry entry, when it is an adapter entry (a base run with a LoRA adapter).
+    pub fn adapter_entry(&self) -> Option<&ModelEntry> {
+        match self {
+            ModelRef::Registry { entry, .. } if entry.adapter.is_some() => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// Hub repo and revision, when the model comes from the Hub (an adapter entry's: the
+    /// adapter's).
     pub fn hub_repo(&self) -> Option<(&str, &str)> {
         match self {
             ModelRef::Registry {
@@ -253,7 +367,10 @@ impl ModelRef {
                 gguf: Some(_),
                 ..
             } => entry.gguf_repo.as_deref().map(|r| (r, "main")),
-            ModelRef::Registry { entry, .. } => Some((&entry.repo, &entry.revision)),
+            ModelRef::Registry { entry, .. } => match entry.adapter_repo() {
+                Some(adapter) => Some((adapter, &entry.revision)),
+                None => Some((&entry.repo, &entry.revision)),
+            },
             ModelRef::Hub { repo, revision, .. } => Some((repo, revision)),
             ModelRef::Local { .. } => None,
         }
@@ -341,6 +458,16 @@ fn resolve_hub(name: &str, rest: &str) -> Result<ModelRef> {
         Some((r, q)) if !q.is_empty() && !q.contains('/') => (r, Some(q.to_ascii_uppercase())),
         _ => (rest, None),
     };
+    let (repo, revision) = repo_and_revision(name, rest)?;
+    Ok(ModelRef::Hub {
+        repo,
+        revision,
+        gguf,
+    })
+}
+
+/// `owner/name[@revision]` of an `hf:` name (`name`, for messages).
+fn repo_and_revision(name: &str, rest: &str) -> Result<(String, String)> {
     let (repo, revision) = match rest.split_once('@') {
         Some((r, rev)) if !rev.is_empty() => (r, rev),
         Some(_) => return Err(usage(format!("{name:?}: empty revision after '@'"))),
@@ -357,11 +484,77 @@ fn resolve_hub(name: &str, rest: &str) -> Result<ModelRef> {
              '.', '-', '_' and '/' between names)"
         )));
     }
-    Ok(ModelRef::Hub {
-        repo: repo.to_string(),
-        revision: revision.to_string(),
-        gguf,
-    })
+    Ok((repo.to_string(), revision.to_string()))
+}
+
+/// A LoRA adapter to run a model with: given to `--lora`, or named by a registry entry.
+#[derive(Debug, Clone)]
+pub enum AdapterRef {
+    /// An adapter entry of the registry: its `adapter` repo at its `revision`, with the
+    /// entry's license.
+    Registry {
+        name: String,
+        entry: Box<ModelEntry>,
+    },
+    /// `hf:owner/name[@revision]`: a Hub repo of a PEFT adapter or of one GGUF adapter file.
+    Hub { repo: String, revision: String },
+    /// A PEFT adapter folder or a GGUF adapter file.
+    Local { path: PathBuf },
+}
+
+impl AdapterRef {
+    /// The name to show the user (and to give `owrun license accept`).
+    pub fn display_name(&self) -> String {
+        match self {
+            AdapterRef::Registry { name, .. } => name.clone(),
+            AdapterRef::Hub { repo, revision } if revision == "main" => format!("hf:{repo}"),
+            AdapterRef::Hub { repo, revision } => format!("hf:{repo}@{revision}"),
+            AdapterRef::Local { path } => path.display().to_string(),
+        }
+    }
+
+    /// Hub repo and revision, when the adapter comes from the Hub.
+    pub fn hub_repo(&self) -> Option<(&str, &str)> {
+        match self {
+            AdapterRef::Registry { entry, .. } => {
+                Some((entry.adapter_repo()?, entry.revision.as_str()))
+            }
+            AdapterRef::Hub { repo, revision } => Some((repo, revision)),
+            AdapterRef::Local { .. } => None,
+        }
+    }
+
+    /// The license ids the registry gives it (none outside the registry).
+    pub fn registry_license_ids(&self) -> Vec<String> {
+        match self {
+            AdapterRef::Registry { entry, .. } => entry.license_ids(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `--lora SPEC`: `hf:owner/name[@revision][:SCALE]`, or `PATH[:SCALE]` (a PEFT folder or a GGUF
+/// adapter file), with the multiplier of the adapter's scale (1 when not given).
+pub fn resolve_adapter(spec: &str) -> Result<(AdapterRef, f32)> {
+    let Some(rest) = spec.strip_prefix("hf:") else {
+        let (path, scale) =
+            crate::engine::format::lora::parse_spec(spec).map_err(|e| usage(e.to_string()))?;
+        return Ok((AdapterRef::Local { path }, scale));
+    };
+    let (rest, scale) = match rest.rsplit_once(':') {
+        Some((r, s)) => match s.trim().parse::<f32>() {
+            Ok(v) if v.is_finite() => (r, v),
+            _ => {
+                return Err(usage(format!(
+                    "--lora {spec}: after the last ':' comes the adapter's scale, a finite number \
+                     (hf:owner/name[@revision][:SCALE])"
+                )))
+            }
+        },
+        None => (rest, 1.0),
+    };
+    let (repo, revision) = repo_and_revision(spec, rest)?;
+    Ok((AdapterRef::Hub { repo, revision }, scale))
 }
 
 /// A git branch, tag or commit as the store files it (`refs/<revision>`): names of letters,
@@ -507,6 +700,34 @@ mod tests {
         let here = env!("CARGO_MANIFEST_DIR");
         assert!(resolve_known(&reg, here).is_none());
         assert!(matches!(resolve(&reg, here), Ok(ModelRef::Local { .. })));
+    }
+
+    #[test]
+    fn adapter_specs_are_hub_repos_or_paths_with_a_scale() {
+        let hub = |spec: &str| match resolve_adapter(spec).unwrap() {
+            (AdapterRef::Hub { repo, revision }, scale) => (repo, revision, scale),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hub("hf:a/b"), ("a/b".into(), "main".into(), 1.0));
+        assert_eq!(hub("hf:a/b@v1:0.5"), ("a/b".into(), "v1".into(), 0.5));
+        assert_eq!(hub("hf:a/b:-1"), ("a/b".into(), "main".into(), -1.0));
+        for bad in ["hf:a/b:q4_k_m", "hf:a", "hf:a/b@../x", "hf:a/b:inf"] {
+            assert!(resolve_adapter(bad).is_err(), "{bad}");
+        }
+        match resolve_adapter("dir/x.gguf:2").unwrap() {
+            (AdapterRef::Local { path }, scale) => {
+                assert_eq!((path, scale), (PathBuf::from("dir/x.gguf"), 2.0))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            AdapterRef::Hub {
+                repo: "a/b".into(),
+                revision: "v1".into()
+            }
+            .display_name(),
+            "hf:a/b@v1"
+        );
     }
 
     #[test]

@@ -134,6 +134,12 @@ impl RepoStore {
             .filter(|s| !gguf_files_in(&s.dir, tag).is_empty())
     }
 
+    /// The snapshot of `revision` if it holds a whole LoRA adapter (see [`adapter_in`]).
+    pub fn complete_adapter_snapshot(&self, revision: &str) -> Option<Snapshot> {
+        self.snapshot(revision)
+            .filter(|s| adapter_in(&s.dir).is_some())
+    }
+
     /// The snapshot of `revision` if every file a model needs is in it.
     pub fn complete_snapshot(&self, revision: &str) -> Option<Snapshot> {
         self.snapshot(revision)
@@ -278,6 +284,14 @@ fn shard_total(name: &str) -> Option<usize> {
 
 /// The files of GGUF quantization `tag` in a model folder (first shard first).
 pub fn gguf_files_in(dir: &Path, tag: &str) -> Vec<PathBuf> {
+    gguf_files_for(&files_under(dir), tag)
+        .into_iter()
+        .map(|n| dir.join(n))
+        .collect()
+}
+
+/// The files below `dir`, by their paths relative to it (`a/b.gguf`).
+fn files_under(dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, prefix)) = stack.pop() {
@@ -290,10 +304,7 @@ pub fn gguf_files_in(dir: &Path, tag: &str) -> Vec<PathBuf> {
             }
         }
     }
-    gguf_files_for(&names, tag)
-        .into_iter()
-        .map(|n| dir.join(n))
-        .collect()
+    names
 }
 
 /// What a GGUF repo offers, for an error message: its .gguf file names.
@@ -362,6 +373,82 @@ pub fn plan_files(repo: &str, names: &[String], gguf: Option<&str>) -> Result<Fi
         Weights::Files(others)
     };
     Ok(FilePlan { meta, weights })
+}
+
+/// The files of a PEFT adapter.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+/// The model card and license files among [`META_FILES`]: what an adapter repo gives beside
+/// its weights.
+fn card_files() -> &'static [&'static str] {
+    let first = META_FILES
+        .iter()
+        .position(|f| *f == "README.md")
+        .expect("README.md is a meta file");
+    &META_FILES[first..]
+}
+
+/// Choose the files to fetch from a LoRA adapter's repo: a PEFT adapter (adapter_config.json
+/// and adapter_model.safetensors), else its one GGUF file; with the model card and licenses.
+pub fn plan_adapter_files(repo: &str, names: &[String]) -> Result<FilePlan> {
+    let has = |n: &str| names.iter().any(|x| x == n);
+    let mut meta: Vec<String> = Vec::new();
+    let weights = if has(ADAPTER_CONFIG) {
+        if !has(ADAPTER_WEIGHTS) {
+            bail!(
+                "{repo} has adapter_config.json but no {ADAPTER_WEIGHTS}{}",
+                if has("adapter_model.bin") {
+                    " (only a pickled adapter_model.bin, which owrun does not read)"
+                } else {
+                    ""
+                }
+            );
+        }
+        meta.push(ADAPTER_CONFIG.to_string());
+        vec![ADAPTER_WEIGHTS.to_string()]
+    } else {
+        let ggufs = gguf_names(names);
+        match ggufs.as_slice() {
+            [one] => vec![one.clone()],
+            [] => bail!(
+                "{repo} is not a LoRA adapter: it has neither adapter_config.json (a PEFT \
+                 adapter) nor a GGUF adapter file"
+            ),
+            several => bail!(
+                "{repo} holds {} GGUF files ({}): owrun takes a GGUF adapter from a repo that \
+                 holds one; download the one you want and give its path to --lora",
+                several.len(),
+                several.join(", ")
+            ),
+        }
+    };
+    meta.extend(
+        card_files()
+            .iter()
+            .filter(|n| has(n))
+            .map(|n| n.to_string()),
+    );
+    Ok(FilePlan {
+        meta,
+        weights: Weights::Files(weights),
+    })
+}
+
+/// The LoRA adapter a snapshot holds, as `--lora` takes it: the folder when it has
+/// adapter_config.json and adapter_model.safetensors, else its one GGUF file when that is an
+/// adapter (its general.type says so).
+pub fn adapter_in(dir: &Path) -> Option<PathBuf> {
+    if dir.join(ADAPTER_CONFIG).is_file() {
+        return dir
+            .join(ADAPTER_WEIGHTS)
+            .is_file()
+            .then(|| dir.to_path_buf());
+    }
+    match gguf_names(&files_under(dir)).as_slice() {
+        [one] => Some(dir.join(one)).filter(|p| crate::engine::format::lora::is_adapter(p)),
+        _ => None,
+    }
 }
 
 /// The shard files a `model.safetensors.index.json` names, sorted and without duplicates.
@@ -534,6 +621,48 @@ mod tests {
             err.contains("no complete Q3_K_L") && err.contains("Llama-3-8B-Q4_K_M.gguf"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn adapter_repos_give_their_adapter_and_card_only() {
+        let plan = plan_adapter_files(
+            "a/b",
+            &names(&[
+                "README.md",
+                "adapter_config.json",
+                "adapter_model.safetensors",
+                "training_args.bin",
+                "optimizer.pt",
+                "LICENSE",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.meta,
+            names(&["adapter_config.json", "README.md", "LICENSE"])
+        );
+        assert_eq!(
+            plan.weights,
+            Weights::Files(names(&["adapter_model.safetensors"]))
+        );
+        let plan = plan_adapter_files("a/b", &names(&["README.md", "x-lora-f16.gguf"])).unwrap();
+        assert_eq!(plan.weights, Weights::Files(names(&["x-lora-f16.gguf"])));
+        for (files, needle) in [
+            (&["adapter_config.json", "adapter_model.bin"][..], "pickled"),
+            (
+                &["a.gguf", "b.gguf"][..],
+                "holds 2 GGUF files (a.gguf, b.gguf)",
+            ),
+            (
+                &["config.json", "model.safetensors"][..],
+                "not a LoRA adapter",
+            ),
+        ] {
+            let err = plan_adapter_files("a/b", &names(files))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! LoRA adapters at run time (`--lora`), merged at load (`--lora-merge`) and merged into a
-//! written model (`owrun quantize --lora`), against transformers + PEFT: the adapters in
-//! tests/fixtures/lora were trained-shaped by scripts/make_lora_fixtures.py (rank 4, alpha 8, on
+//! LoRA adapters at run time (`--lora`; in the server, per request), merged at load
+//! (`--lora-merge`) and merged into a written model (`owrun quantize --lora`), against
+//! transformers + PEFT; and adapters by name (Hub repos, registry entries) under their own
+//! licenses. The adapters in tests/fixtures/lora were trained-shaped by scripts/make_lora_fixtures.py (rank 4, alpha 8, on
 //! q/k/v/o and the MLP; one with rsLoRA) and converted to GGUF by llama.cpp's own
 //! convert_lora_to_gguf.py (scripts/convert_lora_fixtures_with_llamacpp.sh).
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use support::gguf::{Gguf, Val};
+use support::hub::{FakeHub, Faults, RepoFixture};
 use support::Sandbox;
 
 fn fixtures() -> PathBuf {
@@ -27,6 +30,11 @@ fn path(p: &Path) -> &str {
 
 /// (prompt ids, new token ids) of a greedy run of the plain prompt and of the chat.
 fn greedy(sb: &Sandbox, model: &Path, exp: &Value, extra: &[&str]) -> Vec<(Value, Value)> {
+    greedy_named(sb, path(model), exp, extra)
+}
+
+/// [`greedy`] of a model by name (a registry name, `hf:owner/name`, a path).
+fn greedy_named(sb: &Sandbox, model: &str, exp: &Value, extra: &[&str]) -> Vec<(Value, Value)> {
     let mut messages: Vec<Value> = serde_json::from_value(exp["chat_messages"].clone()).unwrap();
     if exp["system_folded"] == true {
         messages.remove(0);
@@ -38,10 +46,10 @@ fn greedy(sb: &Sandbox, model: &Path, exp: &Value, extra: &[&str]) -> Vec<(Value
         .as_str()
         .unwrap_or("The quick brown fox");
     let runs: [Vec<&str>; 2] = [
-        vec!["run", path(model), plain, "--raw"],
+        vec!["run", model, plain, "--raw"],
         vec![
             "run",
-            path(model),
+            model,
             last["content"].as_str().unwrap(),
             "--messages",
             path(&history),
@@ -723,4 +731,460 @@ fn merging_without_an_adapter_or_with_one_that_does_not_fit_is_refused() {
     .fails_with(2, "does not fit this model");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "old");
+}
+
+// --- adapters by name: from the Hub, in the registry, with their licenses -------------------
+
+/// A Hub repo of the fixture adapter `adapter`: its PEFT folder (with expected.json, which owrun
+/// must not fetch), or its GGUF file alone; with a model card under `license`.
+fn adapter_repo(id: &str, adapter: &str, gguf: bool, license: &str) -> RepoFixture {
+    let lora = fixtures().join("lora");
+    let repo = if gguf {
+        let file = format!("{adapter}.gguf");
+        RepoFixture::new(id).file(&file, std::fs::read(lora.join(&file)).unwrap())
+    } else {
+        RepoFixture::from_dir(id, &lora.join(adapter)).unwrap()
+    };
+    repo.file(
+        "README.md",
+        format!("---\nlicense: {license}\n---\n# {id}\n"),
+    )
+}
+
+/// The llama fixture model as the Hub repo `id`, under `license`.
+fn model_repo(id: &str, license: &str) -> RepoFixture {
+    RepoFixture::from_dir(id, &fixtures().join("models/llama"))
+        .unwrap()
+        .file(
+            "README.md",
+            format!("---\nlicense: {license}\n---\n# {id}\n"),
+        )
+}
+
+fn hub_with(repos: Vec<RepoFixture>) -> FakeHub {
+    let hub = FakeHub::start();
+    for r in repos {
+        hub.add_repo(r);
+    }
+    hub
+}
+
+/// The files of `repo` the hub was asked for.
+fn fetched(hub: &FakeHub, repo: &str) -> BTreeSet<String> {
+    hub.log()
+        .iter()
+        .filter(|l| !l.cdn && l.method == "GET")
+        .filter_map(|l| {
+            let rest = l.path.strip_prefix(&format!("/{repo}/resolve/"))?;
+            Some(rest.split_once('/')?.1.to_string())
+        })
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn hub_adapters_are_pulled_like_models_and_run_as_their_files() {
+    let peft = adapter_repo("acme/llama-lora", "llama", false, "mit");
+    let hub = hub_with(vec![
+        peft.clone(),
+        adapter_repo("acme/qwen2-lora-gguf", "qwen2", true, "mit"),
+        adapter_repo("acme/rslora-gguf", "llama_rslora", true, "mit"),
+    ]);
+    let sb = Sandbox::new(&hub.url);
+    let llama = fixtures().join("models/llama");
+    let exp = expected("llama");
+
+    // Downloads are verified as a model's are.
+    hub.set_faults(Faults {
+        corrupt: Some("adapter_model.safetensors".into()),
+        ..Faults::default()
+    });
+    let r = sb.run(&["run", path(&llama), "hi", "--lora", "hf:acme/llama-lora"]);
+    r.fails_with(1, "does not match the hub's checksum");
+    assert!(
+        r.stderr
+            .contains("the LoRA adapter hf:acme/llama-lora is not pulled yet"),
+        "{}",
+        r.stderr
+    );
+    hub.set_faults(Faults::default());
+
+    // Pulled on first use (only the adapter's files, into the HF cache), then run as
+    // transformers + PEFT ran it.
+    assert_eq!(
+        greedy(&sb, &llama, &exp, &["--lora", "hf:acme/llama-lora"]),
+        recorded(&exp)
+    );
+    assert_eq!(
+        fetched(&hub, "acme/llama-lora"),
+        set(&[
+            "README.md",
+            "adapter_config.json",
+            "adapter_model.safetensors"
+        ])
+    );
+    let snapshot = sb
+        .repo_dir("acme/llama-lora")
+        .join("snapshots")
+        .join(peft.commit());
+    assert!(snapshot.join("adapter_model.safetensors").is_symlink());
+    assert!(!snapshot.join("expected.json").exists());
+    // Once pulled, no network.
+    hub.clear_log();
+    assert_eq!(
+        greedy(&sb, &llama, &exp, &["--lora", "hf:acme/llama-lora"]),
+        recorded(&exp)
+    );
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+
+    // `owrun pull` knows an adapter repo from a model's.
+    let r = sb.run(&["pull", "hf:acme/llama-lora"]);
+    r.ok();
+    assert!(r.stderr.contains("is up to date (3 files"), "{}", r.stderr);
+
+    // A repo of one GGUF adapter: the file and its card are taken.
+    let exp = expected("qwen2");
+    assert_eq!(
+        greedy(
+            &sb,
+            &fixtures().join("models/qwen2"),
+            &exp,
+            &["--lora", "hf:acme/qwen2-lora-gguf"]
+        ),
+        recorded(&exp)
+    );
+    assert_eq!(
+        fetched(&hub, "acme/qwen2-lora-gguf"),
+        set(&["README.md", "qwen2.gguf"])
+    );
+
+    // A revision and a scale: the rsLoRA adapter's GGUF at twice its alpha / r is PEFT's.
+    let commit = adapter_repo("acme/rslora-gguf", "llama_rslora", true, "mit").commit();
+    let exp = expected("llama_rslora");
+    let spec = format!("hf:acme/rslora-gguf@{commit}:2");
+    assert_eq!(
+        greedy(
+            &sb,
+            &fixtures().join("gguf/llama.f32.gguf"),
+            &exp,
+            &["--lora", &spec]
+        ),
+        recorded(&exp)
+    );
+
+    // `show` describes a pulled adapter repo as an adapter.
+    let r = sb.run(&["show", "hf:acme/llama-lora"]);
+    r.ok();
+    for needle in [
+        "kind:         LoRA adapter (PEFT)",
+        "repo:         acme/llama-lora",
+        "(on disk)",
+        "base model:   owrun-fixtures/llama",
+        "MIT License (mit)",
+    ] {
+        assert!(r.stdout.contains(needle), "{needle:?}:\n{}", r.stdout);
+    }
+    // An adapter is no model; a scale must be a number; rm removes it.
+    sb.run(&["run", "hf:acme/llama-lora", "hi"]).fails_with(
+        2,
+        "is a LoRA adapter, not a model: run its base model with `--lora",
+    );
+    sb.run(&["run", path(&llama), "hi", "--lora", "hf:acme/llama-lora:x"])
+        .fails_with(2, "the adapter's scale");
+    sb.run(&["rm", "hf:acme/llama-lora"]).ok();
+    assert!(!sb.repo_dir("acme/llama-lora").exists());
+}
+
+#[test]
+fn an_adapters_license_applies_beside_its_bases() {
+    let hub = hub_with(vec![
+        model_repo("acme/llama", "apache-2.0"),
+        adapter_repo("acme/nc-lora", "llama", false, "cc-by-nc-4.0"),
+    ]);
+    let sb = Sandbox::new(&hub.url);
+    let commercial = [("OWRUN_USE", "commercial")];
+    let args = [
+        "run",
+        "hf:acme/llama",
+        "hi",
+        "-n",
+        "2",
+        "--lora",
+        "hf:acme/nc-lora",
+        "--accept-license",
+    ];
+    // Commercial use: an Apache base with a non-commercial adapter is refused, naming the
+    // adapter and its license, before anything is downloaded.
+    let r = sb.run_env(&args, &commercial);
+    r.fails_with(
+        4,
+        "the LoRA adapter hf:acme/nc-lora is under the Creative Commons \
+         Attribution-NonCommercial 4.0 (cc-by-nc-4.0), which does not allow commercial use",
+    );
+    assert!(
+        !hub.log().iter().any(|l| l.path.contains("/resolve/")),
+        "{:?}",
+        hub.log()
+    );
+    // Without a declared use, its license must be accepted as a model's is.
+    let r = sb.run(&args[..args.len() - 1]);
+    r.fails_with(3, "the LoRA adapter hf:acme/nc-lora is under");
+    assert!(
+        r.stderr.contains("owrun license accept hf:acme/nc-lora"),
+        "{}",
+        r.stderr
+    );
+    // As it says: `owrun license accept` (it reads the card on the Hub), then it runs.
+    sb.run(&["license", "accept", "hf:acme/nc-lora"]).ok();
+    assert!(
+        !hub.log().iter().any(|l| l.path.contains("/resolve/")),
+        "{:?}",
+        hub.log()
+    );
+    sb.run(&args[..args.len() - 1]).ok();
+    let text = std::fs::read_to_string(sb.owrun_home().join("accepted-licenses.json")).unwrap();
+    assert!(
+        text.contains("\"cc-by-nc-4.0\"") && text.contains("\"acme/nc-lora\""),
+        "{text}"
+    );
+    // Pulled, it is judged by its files, without network: still refused for commercial use;
+    // the base alone is not.
+    hub.clear_log();
+    sb.run_env(&args, &commercial)
+        .fails_with(4, "the LoRA adapter hf:acme/nc-lora");
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+    sb.run_env(&args[..5], &commercial).ok();
+    let r = sb.run(&["license", "show", "hf:acme/nc-lora"]);
+    r.ok();
+    assert!(r.stdout.contains("(cc-by-nc-4.0)"), "{}", r.stdout);
+
+    // An adapter folder of the user's is judged by its model card, as a local model is: only
+    // against a declared use.
+    let local = sb.dir.path().join("nc-adapter");
+    std::fs::create_dir_all(&local).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixtures().join("lora/llama").join(f), local.join(f)).unwrap();
+    }
+    std::fs::write(local.join("README.md"), "---\nlicense: cc-by-nc-4.0\n---\n").unwrap();
+    let llama = fixtures().join("models/llama");
+    let run = ["run", path(&llama), "hi", "-n", "2", "--lora", path(&local)];
+    sb.run_env(&run, &commercial).fails_with(4, "cc-by-nc-4.0");
+    sb.run(&run).ok();
+}
+
+#[test]
+fn show_describes_adapters_and_refuses_broken_ones() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let r = sb.run(&["show", path(&fixtures().join("lora/llama_rslora"))]);
+    r.ok();
+    for needle in [
+        "kind:         LoRA adapter (PEFT)",
+        "base model:   owrun-fixtures/llama (as the adapter names it)",
+        "rank:         4",
+        "alpha:        8",
+        "scale:        4 (alpha / sqrt(r), rsLoRA)",
+        "rsLoRA:       yes",
+        "targets:      q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (14 linear layers)",
+        "license:      MIT License (mit)",
+        "the license of the base model it runs on applies too",
+        "adapter_model.safetensors",
+    ] {
+        assert!(r.stdout.contains(needle), "{needle:?}:\n{}", r.stdout);
+    }
+    let r = sb.run(&["show", path(&fixtures().join("lora/qwen2.gguf"))]);
+    r.ok();
+    for needle in [
+        "kind:         LoRA adapter (GGUF",
+        "architecture: qwen2",
+        "scale:        2 (alpha / r, as llama.cpp scales a GGUF adapter)",
+        "rsLoRA:       not recorded",
+        "license:      MIT License (mit)",
+    ] {
+        assert!(r.stdout.contains(needle), "{needle:?}:\n{}", r.stdout);
+    }
+    let r = sb.run(&["show", path(&fixtures().join("lora/llama")), "--json"]);
+    r.ok();
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["kind"], "lora adapter");
+    assert_eq!(doc["format"], "peft");
+    assert_eq!(doc["rank"], 4);
+    assert_eq!(doc["alpha"], 8.0);
+    assert_eq!(doc["scale"], 2.0);
+    assert_eq!(doc["rslora"], false);
+    assert_eq!(doc["layers"], 14);
+    assert_eq!(doc["base_model"], "owrun-fixtures/llama");
+    assert_eq!(doc["licenses"][0]["id"], "mit");
+    let r = sb.run(&["show", path(&fixtures().join("lora/llama")), "--license"]);
+    r.ok();
+    assert!(r.stdout.starts_with("license:      MIT"), "{}", r.stdout);
+    assert!(!r.stdout.contains("rank:"), "{}", r.stdout);
+
+    // A broken adapter is the error `run` gives.
+    let bad = sb.dir.path().join("dora");
+    std::fs::create_dir_all(&bad).unwrap();
+    let src = fixtures().join("lora/llama");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config["use_dora"] = Value::Bool(true);
+    std::fs::write(bad.join("adapter_config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        bad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    sb.run(&["show", path(&bad)])
+        .fails_with(2, "DoRA adapters are not supported");
+}
+
+#[test]
+fn registry_entries_run_a_base_with_its_adapter_under_both_licenses() {
+    let hub = hub_with(vec![
+        model_repo("acme/llama", "apache-2.0"),
+        model_repo("acme/nc-llama", "cc-by-nc-4.0"),
+        adapter_repo("acme/llama-lora", "llama", false, "mit"),
+        adapter_repo("acme/nc-lora", "llama", false, "cc-by-nc-4.0"),
+    ]);
+    let sb = Sandbox::new(&hub.url);
+    let reg = sb.registry_file(
+        "tunes.toml",
+        r#"
+[models.llama-base]
+repo = "acme/llama"
+family = "llama"
+params = 100_000
+context = 2048
+license = "apache-2.0"
+description = "the llama fixture"
+
+[models.my-tune]
+adapter = "acme/llama-lora"
+base = "llama-base"
+license = "mit"
+description = "the llama fixture's adapter"
+
+[models.nc-tune]
+adapter = "acme/nc-lora"
+base = "llama-base"
+license = "cc-by-nc-4.0"
+description = "a non-commercial adapter"
+
+[models.on-nc-base]
+adapter = "acme/llama-lora"
+base = "hf:acme/nc-llama"
+license = "mit"
+description = "an MIT adapter on a non-commercial base"
+"#,
+    );
+    let reg = path(&reg);
+    // Non-commercial adapter, commercial use: refused on the registry's word, before any
+    // download.
+    sb.run_env(
+        &[
+            "--registry",
+            reg,
+            "run",
+            "nc-tune",
+            "hi",
+            "--accept-license",
+        ],
+        &[("OWRUN_USE", "commercial")],
+    )
+    .fails_with(4, "the LoRA adapter nc-tune is under");
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+
+    // The entry runs its base (pulled) with its adapter (pulled) as PEFT does.
+    let exp = expected("llama");
+    assert_eq!(
+        greedy_named(&sb, "my-tune", &exp, &["--registry", reg]),
+        recorded(&exp)
+    );
+
+    let list = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--registry", reg, "list", "--json"];
+        all.extend_from_slice(args);
+        let r = sb.run(&all);
+        r.ok();
+        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+        doc["models"].as_array().unwrap().clone()
+    };
+    let row = |rows: &[Value], name: &str| rows.iter().find(|m| m["name"] == name).cloned();
+    let all = list(&[]);
+    let tune = row(&all, "my-tune").unwrap();
+    assert_eq!(tune["licenses"], serde_json::json!(["mit", "apache-2.0"]));
+    assert_eq!(tune["commercial"], "allowed");
+    assert_eq!(tune["base"], "llama-base");
+    assert_eq!(tune["repo"], "acme/llama-lora");
+    assert_eq!(tune["family"], "llama");
+    assert_eq!(tune["params"], 100_000);
+    assert_eq!(tune["pulled"], true);
+    let nc = row(&all, "nc-tune").unwrap();
+    assert_eq!(nc["commercial"], "notallowed");
+    assert_eq!(nc["pulled"], false);
+    // A base outside the registry, not pulled: its license is not known yet, so not commercial.
+    let on_nc = row(&all, "on-nc-base").unwrap();
+    assert_eq!(on_nc["licenses"], serde_json::json!(["mit", "unknown"]));
+    // `--license commercial` takes an adapter entry only when both licenses allow it.
+    let commercial = list(&["--license", "commercial"]);
+    assert!(row(&commercial, "my-tune").is_some());
+    assert!(row(&commercial, "llama-base").is_some());
+    assert!(row(&commercial, "nc-tune").is_none());
+    assert!(row(&commercial, "on-nc-base").is_none());
+    // Pulled, the base's card says it: non-commercial.
+    sb.run(&["--registry", reg, "pull", "on-nc-base", "--accept-license"])
+        .ok();
+    let on_nc = row(&list(&[]), "on-nc-base").unwrap();
+    assert_eq!(
+        on_nc["licenses"],
+        serde_json::json!(["mit", "cc-by-nc-4.0"])
+    );
+    assert_eq!(on_nc["pulled"], true);
+    assert!(row(&list(&["--license", "noncommercial"]), "on-nc-base").is_some());
+    assert!(row(&list(&["--license", "commercial"]), "on-nc-base").is_none());
+    // The table marks adapters and says what that means.
+    let r = sb.run(&["--registry", reg, "list", "--license", "commercial"]);
+    r.ok();
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("my-tune "))
+        .unwrap();
+    assert!(
+        line.contains("llama+lora") && line.contains("mit+apache-2.0"),
+        "{line}"
+    );
+    assert!(
+        r.stdout.contains("the licenses of both apply"),
+        "{}",
+        r.stdout
+    );
+
+    // `show` says what it runs on and both terms.
+    let r = sb.run(&["--registry", reg, "show", "my-tune"]);
+    r.ok();
+    for needle in [
+        "kind:         LoRA adapter (PEFT)",
+        "description:  the llama fixture's adapter",
+        "runs on:      llama-base",
+        "license:      MIT License (mit)",
+        "base license: Apache License 2.0 (apache-2.0)",
+    ] {
+        assert!(r.stdout.contains(needle), "{needle:?}:\n{}", r.stdout);
+    }
+    // Commands that take a model say how an adapter entry runs; rm removes the adapter.
+    let out = sb.dir.path().join("q.gguf");
+    sb.run(&["--registry", reg, "quantize", "my-tune", "-o", path(&out)])
+        .fails_with(2, "my-tune is a LoRA adapter on llama-base");
+    let r = sb.run(&["--registry", reg, "rm", "my-tune"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("its base llama-base stays"),
+        "{}",
+        r.stderr
+    );
+    assert!(!sb.repo_dir("acme/llama-lora").exists());
+    assert!(sb.repo_dir("acme/llama").exists());
 }

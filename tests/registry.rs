@@ -412,3 +412,78 @@ description = "x"
     sb.run(&["--registry", reg.to_str().unwrap(), "list"])
         .fails_with(2, "not a model this owrun carries");
 }
+
+#[test]
+fn adapter_entries_name_an_adapter_and_a_model_as_base() {
+    let sb = sandbox();
+    let check = |toml: &str, needle: &str| {
+        let reg = sb.registry_file("adapters.toml", toml);
+        sb.run(&["--registry", reg.to_str().unwrap(), "list"])
+            .fails_with(2, needle);
+    };
+    let entry =
+        |extra: &str| format!("[models.tune]\nlicense = \"mit\"\ndescription = \"d\"\n{extra}");
+    check(&entry("adapter = \"acme/lora\"\n"), "adapter needs a base");
+    check(
+        &entry(
+            "base = \"qwen2.5-0.5b\"\nrepo = \"a/b\"\nfamily = \"f\"\nparams = 1\ncontext = 1\n",
+        ),
+        "base is for adapter entries",
+    );
+    check(
+        &entry("adapter = \"acme/lora\"\nbase = \"qwen2.5-0.5b\"\nrepo = \"a/b\"\n"),
+        "not a repo",
+    );
+    check(
+        &entry("adapter = \"lora\"\nbase = \"qwen2.5-0.5b\"\n"),
+        "adapter \"lora\" is not of the form owner/name",
+    );
+    check(
+        &entry("adapter = \"acme/lora\"\nbase = \"no-such-model\"\n"),
+        "base \"no-such-model\" is not a registry name or hf:owner/name",
+    );
+    check(
+        &entry("adapter = \"acme/lora\"\nbase = \"/tmp/model\"\n"),
+        "is not a registry name or hf:owner/name",
+    );
+    check(
+        &format!(
+            "{}\n[models.tune2]\nadapter = \"acme/lora2\"\nbase = \"tune\"\nlicense = \"mit\"\n\
+             description = \"d\"\n",
+            entry("adapter = \"acme/lora\"\nbase = \"qwen2.5-0.5b\"\n")
+        ),
+        "is an adapter entry itself",
+    );
+    check(
+        "[models.x]\nrepo = \"a/b\"\nlicense = \"mit\"\ndescription = \"d\"\n",
+        "family is missing",
+    );
+
+    // A good one takes its base's family, size and context; its base may come from a later
+    // file.
+    let base = sb.registry_file(
+        "base.toml",
+        "[models.mybase]\nrepo = \"a/b\"\nfamily = \"qwen2\"\nparams = 500\ncontext = 64\n\
+         license = \"apache-2.0\"\ndescription = \"d\"\n",
+    );
+    let tune = sb.registry_file(
+        "tune.toml",
+        &entry("adapter = \"acme/lora\"\nbase = \"mybase\"\n"),
+    );
+    let r = sb.run(&[
+        "--registry",
+        tune.to_str().unwrap(),
+        "--registry",
+        base.to_str().unwrap(),
+        "show",
+        "tune",
+        "--json",
+    ]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["registry"]["family"], "qwen2");
+    assert_eq!(v["registry"]["params"], 500);
+    assert_eq!(v["base"], "mybase");
+    assert_eq!(v["pulled"], false);
+    assert_eq!(v["repo"], "acme/lora");
+}

@@ -579,6 +579,13 @@ fn a_load_that_panics_fails_its_request_and_the_server_goes_on() {
         message,
         "loading stories260k failed: the server's log says why"
     );
+    // The log is read by a thread of its own: give the line a moment to arrive.
+    let logged = Instant::now();
+    while !server.stderr().contains("loading stories260k panicked")
+        && logged.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         server.stderr().contains("loading stories260k panicked"),
         "{}",

@@ -29,9 +29,11 @@ pub fn run(opener: &Opener, args: &KldArgs) -> Result<()> {
         None => DEFAULT_TEXT.to_string(),
     };
     let mut choices = args.load.choices()?;
-    args.adapters.choose(&mut choices)?;
+    args.adapters.choose(&mut choices);
+    let adapters = args.adapters.specs()?;
     let model = opener.resolve(&args.model)?;
-    let path = opener.ready(&model, args.accept_license)?;
+    let (path, adapters) = opener.ready_with_adapters(&model, &adapters, args.accept_license)?;
+    choices.adapters = adapters;
 
     // The reference: the same weights in f32, on the same device, run first and dropped; its
     // adapters run beside the weights, so what --lora-merge changes is measured too.

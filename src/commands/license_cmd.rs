@@ -6,8 +6,10 @@ use anyhow::Result;
 
 use super::print_table;
 use crate::cli::LicenseCommand;
+use crate::engine::format::lora;
 use crate::license::{self, wrap, Acceptances, License};
 use crate::open::{acceptance_key, Opener};
+use crate::registry::{AdapterRef, ModelRef};
 
 pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -38,8 +40,10 @@ pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
                 vec![license::lookup(&name)]
             } else {
                 let model = opener.resolve(&name)?;
-                let snapshot = opener.local_snapshot(&model);
-                opener.licenses(&model, snapshot.as_ref())
+                terms(opener, &model)?
+                    .into_iter()
+                    .flat_map(|(_, _, licenses)| licenses)
+                    .collect()
             };
             for l in licenses {
                 writeln!(out, "{} ({})", l.name, l.id)?;
@@ -52,20 +56,16 @@ pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
         }
         LicenseCommand::Accept { model } => {
             let model_ref = opener.resolve(&model)?;
-            let snapshot = opener.local_snapshot(&model_ref);
-            let key = acceptance_key(&model_ref);
             let mut acceptances = Acceptances::load(&opener.settings)?;
-            for l in opener.licenses(&model_ref, snapshot.as_ref()) {
-                eprintln!("{} ({}):\n{}", l.name, l.id, wrap(&l.summary, 78, "  "));
-                if !l.url.is_empty() {
-                    eprintln!("  Full terms: {}", l.url);
+            for (name, key, licenses) in terms(opener, &model_ref)? {
+                for l in licenses {
+                    eprintln!("{} ({}):\n{}", l.name, l.id, wrap(&l.summary, 78, "  "));
+                    if !l.url.is_empty() {
+                        eprintln!("  Full terms: {}", l.url);
+                    }
+                    acceptances.record(&l.id, &key)?;
+                    eprintln!("owrun: accepted the {} for {name}", l.name);
                 }
-                acceptances.record(&l.id, &key)?;
-                eprintln!(
-                    "owrun: accepted the {} for {}",
-                    l.name,
-                    model_ref.display_name()
-                );
             }
         }
         LicenseCommand::Accepted { json } => {
@@ -86,4 +86,46 @@ pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The terms that apply to running `model`, as (name, acceptance key, licenses): its own, and
+/// for an adapter entry its base's too. A LoRA adapter (a folder, a file, a pulled `hf:` repo)
+/// is judged by its own files; an `hf:` repo with nothing on disk by its model card on the Hub.
+fn terms(opener: &Opener, model: &ModelRef) -> Result<Vec<(String, String, Vec<License>)>> {
+    let adapter = match model {
+        ModelRef::Local { path } if lora::is_adapter(path) => {
+            Some(AdapterRef::Local { path: path.clone() })
+        }
+        ModelRef::Hub {
+            repo,
+            revision,
+            gguf: None,
+        } if opener
+            .store()
+            .repo(repo)
+            .complete_adapter_snapshot(revision)
+            .is_some() =>
+        {
+            Some(AdapterRef::Hub {
+                repo: repo.clone(),
+                revision: revision.clone(),
+            })
+        }
+        _ => None,
+    };
+    let own = match (adapter, model) {
+        (Some(a), _) => opener.adapter_licenses(&a, opener.adapter_on_disk(&a).as_deref()),
+        (None, ModelRef::Hub { repo, revision, .. })
+            if opener.store().repo(repo).snapshot(revision).is_none() =>
+        {
+            vec![opener.hub_card_license(repo, revision)?]
+        }
+        (None, _) => opener.licenses(model, opener.local_snapshot(model).as_ref()),
+    };
+    let mut all = vec![(model.display_name(), acceptance_key(model), own)];
+    if let Ok(base) = opener.base_of(model) {
+        let licenses = opener.licenses(&base, opener.local_snapshot(&base).as_ref());
+        all.push((base.display_name(), acceptance_key(&base), licenses));
+    }
+    Ok(all)
 }

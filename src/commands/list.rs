@@ -11,7 +11,7 @@ use crate::engine::format::json::read_json;
 use crate::error::usage;
 use crate::license::{self, Commercial, License};
 use crate::open::Opener;
-use crate::registry::{format_params, ModelRef};
+use crate::registry::{format_params, AdapterRef, ModelRef};
 use crate::store::{format_bytes, Snapshot};
 
 #[derive(Serialize)]
@@ -31,6 +31,10 @@ struct Row {
     pulled: bool,
     /// Shipped inside owrun (always available, never downloaded).
     builtin: bool,
+    /// A LoRA adapter (`repo` is the adapter's): run on `base` (an adapter entry's), and
+    /// pulled when both are on disk. Its licenses are the adapter's and the base's.
+    adapter: bool,
+    base: Option<String>,
     size_on_disk: u64,
     /// Estimated size of the weights in 16 bits and in each quantization.
     sizes: std::collections::BTreeMap<String, u64>,
@@ -85,9 +89,12 @@ pub fn run(opener: &Opener, args: &ListArgs) -> Result<()> {
             rows.push(make_row(opener, &model, snapshot.as_ref(), asset.size()));
             continue;
         }
-        let repo_store = store.repo(&entry.repo);
-        let snapshot = repo_store.complete_snapshot(&entry.revision);
-        seen.push((entry.repo.clone(), entry.revision.clone()));
+        let Some((repo, revision)) = model.hub_repo() else {
+            continue;
+        };
+        let repo_store = store.repo(repo);
+        let snapshot = opener.local_snapshot(&model);
+        seen.push((repo.to_string(), revision.to_string()));
         rows.push(make_row(
             opener,
             &model,
@@ -140,7 +147,11 @@ pub fn run(opener: &Opener, args: &ListArgs) -> Result<()> {
     for r in &rows {
         table.push(vec![
             r.name.clone(),
-            r.family.clone(),
+            match (r.adapter, r.family.as_str()) {
+                (true, "-") => "lora".to_string(),
+                (true, family) => format!("{family}+lora"),
+                (false, family) => family.to_string(),
+            },
             r.params.map(format_params).unwrap_or_else(|| "-".into()),
             r.licenses.join("+"),
             r.commercial.label().to_string(),
@@ -162,6 +173,13 @@ pub fn run(opener: &Opener, args: &ListArgs) -> Result<()> {
         ]);
     }
     print_table(&mut out, &table)?;
+    if rows.iter().any(|r| r.adapter) {
+        writeln!(
+            out,
+            "\n\"+lora\": a LoRA adapter, run on its base model; the licenses of both apply (`owrun \
+             show NAME`)."
+        )?;
+    }
     if rows.iter().any(|r| r.commercial == Commercial::Conditional) {
         writeln!(
             out,
@@ -185,16 +203,30 @@ fn make_row(
     snapshot: Option<&Snapshot>,
     size_on_disk: u64,
 ) -> Row {
-    let licenses = opener.licenses(model, snapshot);
+    // An adapter entry runs on its base: both licenses apply, and both must be on disk.
+    let base = opener.base_of(model).ok();
+    let licenses = match &base {
+        Some(_) => opener.all_licenses(model),
+        None => opener.licenses(model, snapshot),
+    };
+    let pulled = snapshot.is_some()
+        && base
+            .as_ref()
+            .is_none_or(|b| opener.local_snapshot(b).is_some());
     let (repo, revision) = model
         .hub_repo()
         .map(|(r, v)| (r.to_string(), v.to_string()))
         .unwrap_or_default();
     let (family, params, context, gated, description, tags) = match model {
+        // An adapter entry on an `hf:` base knows neither.
         ModelRef::Registry { entry, .. } => (
-            entry.family.clone(),
-            Some(entry.params),
-            Some(entry.context),
+            if entry.family.is_empty() {
+                "-".to_string()
+            } else {
+                entry.family.clone()
+            },
+            Some(entry.params).filter(|p| *p > 0),
+            Some(entry.context).filter(|c| *c > 0),
             entry.gated,
             entry.description.clone(),
             entry.tags.clone(),
@@ -223,8 +255,10 @@ fn make_row(
         gated,
         description,
         tags,
-        pulled: snapshot.is_some(),
+        pulled,
         builtin: matches!(model, ModelRef::Registry { entry, .. } if entry.builtin.is_some()),
+        adapter: base.is_some(),
+        base: base.map(|b| b.display_name()),
         size_on_disk,
         sizes: params
             .map(variant_sizes)
@@ -282,6 +316,27 @@ fn other_pulled_repos(opener: &Opener, seen: &[(String, String)]) -> Vec<Row> {
                     Some(&snapshot),
                     repo_store.size_on_disk(),
                 ));
+            } else if let Some(snapshot) = repo_store.complete_adapter_snapshot(&revision) {
+                // An adapter pulled by `--lora hf:…`: its own licenses (a base is named at
+                // run time).
+                let adapter = AdapterRef::Hub {
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                };
+                let model = ModelRef::Hub {
+                    repo: repo.clone(),
+                    revision,
+                    gguf: None,
+                };
+                let path = crate::store::adapter_in(&snapshot.dir);
+                let licenses = opener.adapter_licenses(&adapter, path.as_deref());
+                let mut row = make_row(opener, &model, Some(&snapshot), repo_store.size_on_disk());
+                row.adapter = true;
+                row.family = "-".into();
+                row.commercial = license::strictest(&licenses);
+                row.osi_approved = licenses.iter().all(|l| l.osi_approved);
+                row.licenses = licenses.into_iter().map(|l| l.id).collect();
+                rows.push(row);
             }
         }
     }

@@ -43,5 +43,11 @@ pub fn run(opener: &Opener, args: &RmArgs) -> Result<()> {
         model.display_name(),
         format_bytes(freed)
     );
+    if let Ok(base) = opener.base_of(&model) {
+        eprintln!(
+            "owrun: that was its LoRA adapter; its base {0} stays (`owrun rm {0}` removes it)",
+            base.display_name()
+        );
+    }
     Ok(())
 }

@@ -39,9 +39,11 @@ pub fn run(opener: &Opener, args: &RunArgs) -> Result<()> {
     }
 
     let mut choices = args.load.choices()?;
-    args.adapters.choose(&mut choices)?;
+    args.adapters.choose(&mut choices);
+    let adapters = args.adapters.specs()?;
     let model = opener.resolve(&args.model)?;
-    let path = opener.ready(&model, args.accept_license)?;
+    let (path, adapters) = opener.ready_with_adapters(&model, &adapters, args.accept_license)?;
+    choices.adapters = adapters;
     let mut engine = opener.load(&path, &choices)?;
     show_notes(&engine);
 

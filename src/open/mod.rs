@@ -9,13 +9,15 @@
 //! [`Opener`] holds what those steps read (owrun's settings and the registry). Each step is a
 //! method, so a front end walks as far as it needs: `list` and `show` stop at the files and
 //! their licenses, `pull` downloads ([`pull`]), `run`, `chat`, `bench`, `kld` and `quantize` go
-//! through [`Opener::ready`] and [`Opener::load`], and the server, which never downloads and
-//! never asks, through [`Opener::pulled`]. How to load is a value, [`LoadChoices`], not the
+//! through [`Opener::ready`] (the first four with their LoRA adapters:
+//! [`Opener::ready_with_adapters`]) and [`Opener::load`], and the server, which never downloads
+//! and never asks, through [`Opener::pulled`]. How to load is a value, [`LoadChoices`], not the
 //! process environment.
 //!
 //! It knows nothing of terminals or HTTP beyond what pulling and the license gate need (a
 //! progress bar, a question on a terminal): it returns engines, paths and errors.
 
+mod adapter;
 mod progress;
 pub mod pull;
 
@@ -91,6 +93,9 @@ impl Opener {
             _ => {
                 let (repo, revision) = model.hub_repo()?;
                 let repo = self.store().repo(repo);
+                if model.adapter_entry().is_some() {
+                    return repo.complete_adapter_snapshot(revision);
+                }
                 match model.gguf() {
                     Some(tag) => repo.complete_gguf_snapshot(revision, tag),
                     None => repo.complete_snapshot(revision),
@@ -101,38 +106,38 @@ impl Opener {
 
     /// The license terms that apply to a model: the registry's ids, plus the license its model
     /// card declares when the card is on disk and says something else, plus a GGUF file's own
-    /// `general.license`. A model with none of them is "unknown".
+    /// `general.license`. A model with none of them is "unknown". For an adapter entry, the
+    /// adapter's own terms (with its base's: [`Opener::all_licenses`]).
     pub fn licenses(&self, model: &ModelRef, snapshot: Option<&Snapshot>) -> Vec<License> {
-        let mut ids: Vec<String> = match model {
+        if let Some(adapter) = self.entry_adapter(model) {
+            let path = snapshot.and_then(|s| crate::store::adapter_in(&s.dir));
+            return self.adapter_licenses(&adapter, path.as_deref());
+        }
+        let ids: Vec<String> = match model {
             ModelRef::Registry { entry, .. } => entry.license_ids(),
             _ => Vec::new(),
         };
-        if let Some(card_id) = snapshot
-            .and_then(|s| std::fs::read_to_string(s.dir.join("README.md")).ok())
-            .and_then(|text| license::license_from_model_card(&text))
-        {
-            if !ids.contains(&card_id) {
-                ids.push(card_id);
-            }
+        let card = snapshot.map(|s| s.dir.as_path());
+        let gguf = snapshot
+            .map(|s| s.dir.as_path())
+            .filter(|p| is_gguf_file(p));
+        licenses_of(ids, card, gguf)
+    }
+
+    /// The license a Hub repo's model card declares, asked of the Hub: the terms to accept of
+    /// a repo not pulled yet (`owrun license accept hf:owner/name`, as the gate suggests).
+    pub fn hub_card_license(&self, repo: &str, revision: &str) -> Result<License> {
+        if self.settings.offline {
+            return Err(usage(format!(
+                "HF_HUB_OFFLINE is set and hf:{repo} is not pulled: its license is not known"
+            )));
         }
-        // A GGUF file says its license in its metadata (general.license), as converters copy it
-        // from the model card.
-        if let Some(id) = snapshot
-            .filter(|s| is_gguf_file(&s.dir))
-            .and_then(|s| GgufFile::open(&s.dir).ok())
-            .and_then(|g| match g.meta("general.license") {
-                Some(gguf::MetaValue::String(l)) => Some(l.to_lowercase()),
-                _ => None,
-            })
-        {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        if ids.is_empty() {
-            ids.push("unknown".into());
-        }
-        ids.iter().map(|id| license::lookup(id)).collect()
+        let info = crate::hub::Hub::new(&self.settings)
+            .model_info(repo, revision)
+            .with_context(|| format!("cannot read the model card of hf:{repo}"))?;
+        Ok(license::lookup(
+            info.card_license.as_deref().unwrap_or("unknown"),
+        ))
     }
 
     /// The license gate for a model on disk. Files the user already has (a local directory)
@@ -148,7 +153,7 @@ impl Opener {
         let licenses = self.licenses(model, Some(snapshot));
         match model {
             ModelRef::Local { .. } => {
-                license::check_declared_use(&self.settings, &model.display_name(), &licenses)
+                license::check_declared_use(&self.settings, &model.display_name(), &licenses, false)
             }
             _ => license::gate(
                 &self.settings,
@@ -159,6 +164,7 @@ impl Opener {
                     force_acceptance: Vec::new(),
                     accept_flag: accept_license,
                     may_ask,
+                    adapter: model.adapter_entry().is_some(),
                 },
             ),
         }
@@ -168,6 +174,8 @@ impl Opener {
     /// first through the license gate when it is not complete. A pulled model still passes the
     /// gate.
     pub fn ready(&self, model: &ModelRef, accept_license: bool) -> Result<PathBuf> {
+        self.refuse_adapter_entry(model, "takes a model")?;
+        self.refuse_adapter(model, None)?;
         if let Some(snapshot) = self.local_snapshot(model) {
             let missing = if is_gguf_file(&snapshot.dir) || model.gguf().is_some() {
                 Vec::new()
@@ -189,12 +197,36 @@ impl Opener {
             model.display_name()
         );
         let dir = pull::pull(self, model, accept_license)?;
+        self.refuse_adapter(model, Some(&dir))?;
         gguf_or_folder(model, dir)
+    }
+
+    /// A LoRA adapter given where a model is meant (a folder, a GGUF file, a pulled Hub repo,
+    /// or the `dir` a pull just filled) is refused, saying how adapters run.
+    fn refuse_adapter(&self, model: &ModelRef, dir: Option<&Path>) -> Result<()> {
+        let is_adapter = match (model, dir) {
+            (_, Some(dir)) => crate::store::adapter_in(dir).is_some(),
+            (ModelRef::Local { path }, None) => crate::engine::format::lora::is_adapter(path),
+            (ModelRef::Hub { gguf: None, .. }, None) => model
+                .hub_repo()
+                .and_then(|(r, rev)| self.store().repo(r).complete_adapter_snapshot(rev))
+                .is_some(),
+            _ => false,
+        };
+        if !is_adapter {
+            return Ok(());
+        }
+        let name = model.display_name();
+        Err(usage(format!(
+            "{name} is a LoRA adapter, not a model: run its base model with `--lora {name}` \
+             (`owrun show {name}` says which base it was trained on)"
+        )))
     }
 
     /// The path to load `model` from when it is already on disk and its license lets it be
     /// served without asking anyone (the server: it never downloads, and has no one to ask).
     pub fn pulled(&self, model: &ModelRef) -> Result<PathBuf> {
+        self.refuse_adapter_entry(model, "(the server's) does not run adapters yet")?;
         let Some(snapshot) = self.local_snapshot(model) else {
             return Err(usage(format!(
                 "{} is not pulled: run `owrun pull {}` first (the server never downloads)",
@@ -322,6 +354,39 @@ pub fn acceptance_key(model: &ModelRef) -> String {
             .hub_repo()
             .map(|(r, _)| r.to_string())
             .unwrap_or_default(),
+    }
+}
+
+/// The licenses named by `ids` (a registry's), plus the one the model card in the folder `card`
+/// declares (README.md front matter) and a GGUF file's `general.license`, each once; "unknown"
+/// when there are none.
+fn licenses_of(mut ids: Vec<String>, card: Option<&Path>, gguf: Option<&Path>) -> Vec<License> {
+    if let Some(card_id) = card
+        .and_then(|dir| std::fs::read_to_string(dir.join("README.md")).ok())
+        .and_then(|text| license::license_from_model_card(&text))
+    {
+        if !ids.contains(&card_id) {
+            ids.push(card_id);
+        }
+    }
+    // A GGUF file says its license in its metadata (general.license), as converters copy it
+    // from the model card.
+    if let Some(id) = gguf.and_then(gguf_license) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        ids.push("unknown".into());
+    }
+    ids.iter().map(|id| license::lookup(id)).collect()
+}
+
+/// A GGUF file's `general.license`, as an id.
+fn gguf_license(path: &Path) -> Option<String> {
+    match GgufFile::open(path).ok()?.meta("general.license") {
+        Some(gguf::MetaValue::String(l)) => Some(l.trim().to_lowercase()),
+        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
-//! Pulling a model: the license gate (on the registry's license first, then on the model card's),
-//! then the model's files into the store, each verified, with progress on stderr.
+//! Pulling a model or a LoRA adapter: the license gate (on the registry's license first, then on
+//! the model card's), then its files into the store, each verified, with progress on stderr.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -9,14 +10,67 @@ use super::progress::{Bars, FileProgress};
 use super::{acceptance_key, Opener};
 use crate::error::usage;
 use crate::hub::{Hub, HubError, RemoteFile};
-use crate::license::{self, GateRequest};
-use crate::registry::ModelRef;
-use crate::store::{format_bytes, plan_files, shards_in_index, RepoStore, Weights, WEIGHTS_INDEX};
+use crate::license::{self, GateRequest, License};
+use crate::registry::{AdapterRef, ModelRef};
+use crate::store::{
+    format_bytes, plan_adapter_files, plan_files, shards_in_index, FilePlan, RepoStore, Snapshot,
+    Weights, ADAPTER_CONFIG, WEIGHTS_INDEX,
+};
+
+/// One repo to pull: how owrun names it, the terms the registry gives it, and which of its
+/// files it takes.
+struct Pullable<'a> {
+    name: String,
+    repo: &'a str,
+    revision: &'a str,
+    /// Acceptances are recorded under this key.
+    key: String,
+    registry_licenses: Vec<License>,
+    /// The registry says the repo is gated.
+    registry_gated: bool,
+    kind: Kind<'a>,
+}
+
+enum Kind<'a> {
+    /// A model: config, tokenizer and safetensors weights, or one GGUF quantization's files.
+    Model { gguf: Option<&'a str> },
+    /// A LoRA adapter: a PEFT adapter's two files, or its one GGUF file.
+    Adapter,
+}
+
+impl Pullable<'_> {
+    fn is_adapter(&self) -> bool {
+        matches!(self.kind, Kind::Adapter)
+    }
+
+    fn plan(&self, names: &[String]) -> Result<FilePlan> {
+        let has = |n: &str| names.iter().any(|x| x == n);
+        match self.kind {
+            // `owrun pull hf:owner/adapter` pulls an adapter as `--lora` would.
+            Kind::Model { gguf: None } if has(ADAPTER_CONFIG) && !has("config.json") => {
+                plan_adapter_files(self.repo, names)
+            }
+            Kind::Model { gguf } => plan_files(self.repo, names, gguf),
+            Kind::Adapter => plan_adapter_files(self.repo, names),
+        }
+    }
+
+    fn complete(&self, store: &RepoStore) -> Option<Snapshot> {
+        match self.kind {
+            Kind::Model { gguf: Some(tag) } => store.complete_gguf_snapshot(self.revision, tag),
+            Kind::Model { gguf: None } => store
+                .complete_snapshot(self.revision)
+                .or_else(|| store.complete_adapter_snapshot(self.revision)),
+            Kind::Adapter => store.complete_adapter_snapshot(self.revision),
+        }
+    }
+}
 
 /// Make sure `model` is complete on disk, downloading what is missing. Returns the snapshot
 /// directory. Used by `owrun pull` and, for models not yet pulled, by the commands that run
-/// models.
-pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<std::path::PathBuf> {
+/// models. An adapter entry of the registry pulls its base, then its adapter (whose snapshot
+/// it returns).
+pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<PathBuf> {
     let name = model.display_name();
     let Some((repo, revision)) = model.hub_repo() else {
         return Err(usage(format!(
@@ -28,8 +82,14 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
             "{name} is built into owrun: there is nothing to pull"
         )));
     }
-    let key = acceptance_key(model);
-    let registry_licenses: Vec<license::License> = match model {
+    if let Some(adapter) = opener.entry_adapter(model) {
+        let base = opener.base_of(model)?;
+        if opener.local_snapshot(&base).is_none() {
+            pull(opener, &base, accept_license)?;
+        }
+        return pull_adapter(opener, &adapter, accept_license).map(|(dir, _)| dir);
+    }
+    let registry_licenses: Vec<License> = match model {
         ModelRef::Registry { entry, .. } => entry
             .license_ids()
             .iter()
@@ -37,6 +97,76 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
             .collect(),
         _ => Vec::new(),
     };
+    // The registry's gated flag is about the original repo, not a GGUF repo of it.
+    let registry_gated =
+        matches!(model, ModelRef::Registry { entry, .. } if entry.gated && model.gguf().is_none());
+    pull_repo(
+        opener,
+        &Pullable {
+            key: acceptance_key(model),
+            name,
+            repo,
+            revision,
+            registry_licenses,
+            registry_gated,
+            kind: Kind::Model { gguf: model.gguf() },
+        },
+        accept_license,
+    )
+}
+
+/// Make sure the Hub adapter `adapter` is complete on disk, downloading what is missing.
+/// Returns its snapshot directory and the path `--lora` takes (the folder, or its GGUF file).
+pub fn pull_adapter(
+    opener: &Opener,
+    adapter: &AdapterRef,
+    accept_license: bool,
+) -> Result<(PathBuf, PathBuf)> {
+    let Some((repo, revision)) = adapter.hub_repo() else {
+        return Err(usage(format!(
+            "{} is a local adapter: there is nothing to pull",
+            adapter.display_name()
+        )));
+    };
+    let registry_gated = matches!(adapter, AdapterRef::Registry { entry, .. } if entry.gated);
+    let pullable = Pullable {
+        name: adapter.display_name(),
+        repo,
+        revision,
+        key: repo.to_string(),
+        registry_licenses: adapter
+            .registry_license_ids()
+            .iter()
+            .map(|id| license::lookup(id))
+            .collect(),
+        registry_gated,
+        kind: Kind::Adapter,
+    };
+    let dir = pull_repo(opener, &pullable, accept_license)?;
+    // The file the plan took: what `adapter_in` finds in a whole snapshot, else (a GGUF model
+    // where an adapter was meant) that file, for the loader to say what it is.
+    let path = crate::store::adapter_in(&dir)
+        .or_else(|| {
+            std::fs::read_dir(&dir)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| crate::engine::format::gguf::is_gguf_file(p))
+        })
+        .unwrap_or_else(|| dir.clone());
+    Ok((dir, path))
+}
+
+fn pull_repo(opener: &Opener, what: &Pullable, accept_license: bool) -> Result<PathBuf> {
+    let Pullable {
+        name,
+        repo,
+        revision,
+        key,
+        registry_licenses,
+        ..
+    } = what;
+    let (name, repo, revision, key) = (name.as_str(), *repo, *revision, key.as_str());
 
     // The gate runs before anything is fetched: registry models are judged on the registry's
     // license right away.
@@ -44,19 +174,20 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
         license::gate(
             &opener.settings,
             &GateRequest {
-                display_name: &name,
-                model_key: &key,
+                display_name: name,
+                model_key: key,
                 licenses: registry_licenses.clone(),
                 force_acceptance: Vec::new(),
                 accept_flag: accept_license,
                 may_ask: true,
+                adapter: what.is_adapter(),
             },
         )?;
     }
 
     let repo_store = opener.store().repo(repo);
     if opener.settings.offline {
-        return match repo_store.complete_snapshot(revision) {
+        return match what.complete(&repo_store) {
             Some(s) => {
                 eprintln!("owrun: {name} is already pulled (offline mode)");
                 Ok(s.dir)
@@ -67,15 +198,12 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
             ),
         };
     }
-    if let ModelRef::Registry { entry, .. } = model {
-        // The registry's gated flag is about the original repo, not a GGUF repo of it.
-        if entry.gated && model.gguf().is_none() && opener.settings.token.is_none() {
-            return Err(HubError::GatedNoToken {
-                repo: repo.to_string(),
-                page: format!("{}/{repo}", opener.settings.endpoint),
-            }
-            .into());
+    if what.registry_gated && opener.settings.token.is_none() {
+        return Err(HubError::GatedNoToken {
+            repo: repo.to_string(),
+            page: format!("{}/{repo}", opener.settings.endpoint),
         }
+        .into());
     }
 
     let hub = Hub::new(&opener.settings);
@@ -107,8 +235,8 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
         license::gate(
             &opener.settings,
             &GateRequest {
-                display_name: &name,
-                model_key: &key,
+                display_name: name,
+                model_key: key,
                 licenses,
                 force_acceptance: if mismatch {
                     vec![card.clone()]
@@ -117,6 +245,7 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
                 },
                 accept_flag: accept_license,
                 may_ask: true,
+                adapter: what.is_adapter(),
             },
         )?;
     }
@@ -130,7 +259,7 @@ pub fn pull(opener: &Opener, model: &ModelRef, accept_license: bool) -> Result<s
     }
 
     let names: Vec<String> = info.files.iter().map(|f| f.name.clone()).collect();
-    let plan = plan_files(repo, &names, model.gguf())?;
+    let plan = what.plan(&names)?;
     let mut wanted: Vec<&RemoteFile> = Vec::new();
     let find = |n: &str| info.files.iter().find(|f| f.name == n);
     for m in &plan.meta {

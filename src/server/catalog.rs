@@ -161,6 +161,8 @@ impl Catalog {
             .opener
             .registry
             .iter()
+            // Adapter entries are not served (yet).
+            .filter(|(_, entry)| entry.adapter.is_none())
             .map(|(name, entry)| ModelRef::Registry {
                 name: name.clone(),
                 entry: entry.clone(),

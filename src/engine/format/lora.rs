@@ -35,6 +35,11 @@ pub struct Adapter {
     pub architecture: Option<String>,
     /// The license its own files state (a GGUF's general.license, a PEFT README's front matter).
     pub license: Option<String>,
+    /// Its alpha (PEFT's lora_alpha, a GGUF's adapter.lora.alpha), when it states one.
+    pub alpha: Option<f64>,
+    /// Whether it scales by alpha / sqrt(r) (PEFT's use_rslora); None for a GGUF adapter, whose
+    /// converter does not record it (llama.cpp scales by alpha / r).
+    pub rslora: Option<bool>,
     /// By the Hugging Face name of the linear layer ("model.layers.0.self_attn.q_proj").
     pub layers: BTreeMap<String, LoraPair>,
 }
@@ -73,6 +78,18 @@ impl Adapter {
     }
 }
 
+/// Whether `path` is a LoRA adapter as `--lora` takes one: a folder with adapter_config.json, or
+/// a GGUF file whose general.type is "adapter". Reads only a GGUF's header.
+pub fn is_adapter(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join("adapter_config.json").is_file();
+    }
+    gguf::is_gguf_file(path)
+        && GgufFile::open(path).is_ok_and(
+            |g| matches!(g.meta("general.type"), Some(GValue::String(t)) if t == "adapter"),
+        )
+}
+
 fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
     let config = read_json(&dir.join("adapter_config.json"))?.context("no adapter_config.json")?;
     let kind = config["peft_type"].as_str().unwrap_or("LORA");
@@ -106,7 +123,8 @@ fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
         bail!("adapter_config.json sets use_dora: DoRA adapters are not supported");
     }
     // rsLoRA scales by alpha / sqrt(r), plain LoRA by alpha / r.
-    let factor = if config["use_rslora"] == true {
+    let rslora = config["use_rslora"] == true;
+    let factor = if rslora {
         alpha / rank.sqrt()
     } else {
         alpha / rank
@@ -175,6 +193,8 @@ fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
             .map(str::to_string),
         architecture: None,
         license: readme_license(dir),
+        alpha: Some(alpha),
+        rslora: Some(rslora),
         layers,
     })
 }
@@ -290,6 +310,8 @@ fn open_gguf(path: &Path, user_scale: f32, heads: BaseHeads) -> Result<Adapter> 
         base_model,
         architecture,
         license,
+        alpha,
+        rslora: None,
         layers,
     })
 }
