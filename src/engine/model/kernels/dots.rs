@@ -38,7 +38,7 @@ pub fn dots_fma(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let chunks = a.len() / LANES;

@@ -70,3 +70,38 @@ pub unsafe fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
 pub unsafe fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
     super::super::dots::dots_fma(x, k, w, out)
 }
+
+/// One row of a LoRA adapter's term (`low_rank::row`), compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn low_rank_row(y: &mut [f32], x: &[f32], f: super::super::low_rank::Factors, s: f32) {
+    super::super::low_rank::row(y, x, f, s, super::super::dots::dot_fma, |acc, l, w| {
+        l.mul_add(w, acc)
+    })
+}
+
+/// A dot product of `low_rank`'s, compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn low_rank_dot(x: &[f32], a: &[f32]) -> f32 {
+    super::super::dots::dot_fma(x, a)
+}
+
+/// `low_rank::spread`, compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn low_rank_spread(
+    y: &mut [f32],
+    first: usize,
+    outputs: usize,
+    low: &[f32],
+    bt: &[f32],
+) {
+    super::super::low_rank::spread(y, first, outputs, low, bt, |acc, l, w| l.mul_add(w, acc))
+}
