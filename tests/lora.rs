@@ -1188,3 +1188,24 @@ description = "an MIT adapter on a non-commercial base"
     assert!(!sb.repo_dir("acme/llama-lora").exists());
     assert!(sb.repo_dir("acme/llama").exists());
 }
+
+/// Several adapters add up: the same adapter twice at half strength is the adapter once, and an
+/// adapter with its negative cancels (the base's tokens).
+#[test]
+fn several_adapters_add_up() {
+    let sb = Sandbox::new("http://127.0.0.1:9");
+    let model = fixtures().join("models/llama");
+    let exp = expected("llama");
+    let lora = fixtures().join("lora/llama");
+    let half = format!("{}:0.5", path(&lora));
+    let halves = greedy(&sb, &model, &exp, &["--lora", &half, "--lora", &half]);
+    assert_eq!(halves, recorded(&exp));
+    let minus = format!("{}:-1", path(&lora));
+    let cancelled = greedy(
+        &sb,
+        &model,
+        &exp,
+        &["--lora", path(&lora), "--lora", &minus],
+    );
+    assert_eq!(cancelled, greedy(&sb, &model, &exp, &[]));
+}
