@@ -5,9 +5,9 @@
 //!
 //! | room | owns |
 //! |---|---|
-//! | [`format`] | the files: GGUF (read), safetensors, config.json, the tokenizer a GGUF carries |
+//! | [`format`] | the files: GGUF (read), safetensors, config.json, the tokenizer a GGUF carries, LoRA adapters (PEFT folders, GGUF adapters) |
 //! | [`quantize`] | quantization schemes (llama-quantize's choices), the quantizer, its cache |
-//! | [`model`] | the numerics: families as data, weights, decoder, attention, rope, KV cache, and the CPU kernels private below it |
+//! | [`model`] | the numerics: families as data, weights, decoder, attention, rope, KV cache, LoRA adapters beside or merged into the weights (per sequence), and the CPU kernels private below it |
 //! | [`text`] | the tokenizer side: chat templates, prompts, detokenizer, reasoning split |
 //! | [`generate`] | decoding policy: sampler, stop strings, constraints, the per-sequence decoding state, conversations |
 //! | [`quality`], [`export`] | uses of a whole model: drift from f32 (KLD), writing it as a GGUF file |
