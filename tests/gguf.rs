@@ -25,34 +25,7 @@ fn greedy_cases(
     family: &str,
     extra: &[&str],
 ) -> Vec<(serde_json::Value, serde_json::Value)> {
-    let exp = expected(family);
-    let mut messages: Vec<serde_json::Value> =
-        serde_json::from_value(exp["chat_messages"].clone()).unwrap();
-    if exp["system_folded"] == true {
-        messages.remove(0);
-    }
-    let last = messages.pop().unwrap();
-    let history = sb.dir.path().join("history.json");
-    std::fs::write(&history, serde_json::to_string(&messages).unwrap()).unwrap();
-    let m = model.to_str().unwrap();
-    let plain = exp["plain"]["prompt"].as_str().unwrap();
-    let chat = last["content"].as_str().unwrap();
-    let h = history.to_str().unwrap();
-    let runs: [Vec<&str>; 2] = [
-        vec!["run", m, plain, "--raw"],
-        vec!["run", m, chat, "--messages", h],
-    ];
-    runs.iter()
-        .map(|args| {
-            let mut args = args.clone();
-            args.extend_from_slice(&["-t", "0", "-n", "12", "--json"]);
-            args.extend_from_slice(extra);
-            let r = sb.run(&args);
-            r.ok();
-            let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-            (doc["prompt_tokens"].clone(), doc["tokens"].clone())
-        })
-        .collect()
+    sb.greedy_runs(model.to_str().unwrap(), &expected(family), extra)
 }
 
 #[test]

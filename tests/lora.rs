@@ -15,6 +15,14 @@ use support::gguf::{Gguf, Val};
 use support::hub::{FakeHub, Faults, RepoFixture};
 use support::Sandbox;
 
+/// The adapter fixtures, each with its base fixture.
+const ADAPTERS: [(&str, &str); 4] = [
+    ("llama", "llama"),
+    ("qwen2", "qwen2"),
+    ("gemma2", "gemma2"),
+    ("llama_rslora", "llama"),
+];
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -30,42 +38,7 @@ fn path(p: &Path) -> &str {
 
 /// (prompt ids, new token ids) of a greedy run of the plain prompt and of the chat.
 fn greedy(sb: &Sandbox, model: &Path, exp: &Value, extra: &[&str]) -> Vec<(Value, Value)> {
-    greedy_named(sb, path(model), exp, extra)
-}
-
-/// [`greedy`] of a model by name (a registry name, `hf:owner/name`, a path).
-fn greedy_named(sb: &Sandbox, model: &str, exp: &Value, extra: &[&str]) -> Vec<(Value, Value)> {
-    let mut messages: Vec<Value> = serde_json::from_value(exp["chat_messages"].clone()).unwrap();
-    if exp["system_folded"] == true {
-        messages.remove(0);
-    }
-    let last = messages.pop().unwrap();
-    let history = sb.dir.path().join("history.json");
-    std::fs::write(&history, serde_json::to_string(&messages).unwrap()).unwrap();
-    let plain = exp["plain"]["prompt"]
-        .as_str()
-        .unwrap_or("The quick brown fox");
-    let runs: [Vec<&str>; 2] = [
-        vec!["run", model, plain, "--raw"],
-        vec![
-            "run",
-            model,
-            last["content"].as_str().unwrap(),
-            "--messages",
-            path(&history),
-        ],
-    ];
-    runs.iter()
-        .map(|args| {
-            let mut args = args.clone();
-            args.extend_from_slice(&["-t", "0", "-n", "12", "--json"]);
-            args.extend_from_slice(extra);
-            let r = sb.run(&args);
-            r.ok();
-            let doc: Value = serde_json::from_str(&r.stdout).unwrap();
-            (doc["prompt_tokens"].clone(), doc["tokens"].clone())
-        })
-        .collect()
+    sb.greedy_runs(path(model), exp, extra)
 }
 
 fn recorded(exp: &Value) -> Vec<(Value, Value)> {
@@ -83,12 +56,7 @@ fn recorded(exp: &Value) -> Vec<(Value, Value)> {
 #[test]
 fn peft_adapters_run_as_transformers_and_peft_run_them() {
     let sb = Sandbox::new("http://127.0.0.1:9");
-    for (adapter, base) in [
-        ("llama", "llama"),
-        ("qwen2", "qwen2"),
-        ("gemma2", "gemma2"),
-        ("llama_rslora", "llama"),
-    ] {
+    for (adapter, base) in ADAPTERS {
         let exp = expected(adapter);
         let model = fixtures().join("models").join(base);
         let lora = fixtures().join("lora").join(adapter);
@@ -459,12 +427,7 @@ fn serve_refuses_adapters_it_cannot_place() {
 #[test]
 fn merged_adapters_run_as_transformers_and_peft_run_them() {
     let sb = Sandbox::new("http://127.0.0.1:9");
-    for (adapter, base) in [
-        ("llama", "llama"),
-        ("qwen2", "qwen2"),
-        ("gemma2", "gemma2"),
-        ("llama_rslora", "llama"),
-    ] {
+    for (adapter, base) in ADAPTERS {
         let exp = expected(adapter);
         let model = fixtures().join("models").join(base);
         let lora = fixtures().join("lora").join(adapter);
@@ -1099,7 +1062,7 @@ description = "an MIT adapter on a non-commercial base"
     // The entry runs its base (pulled) with its adapter (pulled) as PEFT does.
     let exp = expected("llama");
     assert_eq!(
-        greedy_named(&sb, "my-tune", &exp, &["--registry", reg]),
+        sb.greedy_runs("my-tune", &exp, &["--registry", reg]),
         recorded(&exp)
     );
 

@@ -6,10 +6,9 @@ use anyhow::Result;
 
 use super::print_table;
 use crate::cli::LicenseCommand;
-use crate::engine::format::lora;
 use crate::license::{self, wrap, Acceptances, License};
 use crate::open::{acceptance_key, Opener};
-use crate::registry::{AdapterRef, ModelRef};
+use crate::registry::ModelRef;
 
 pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -92,27 +91,7 @@ pub fn run(opener: &Opener, cmd: LicenseCommand) -> Result<()> {
 /// for an adapter entry its base's too. A LoRA adapter (a folder, a file, a pulled `hf:` repo)
 /// is judged by its own files; an `hf:` repo with nothing on disk by its model card on the Hub.
 fn terms(opener: &Opener, model: &ModelRef) -> Result<Vec<(String, String, Vec<License>)>> {
-    let adapter = match model {
-        ModelRef::Local { path } if lora::is_adapter(path) => {
-            Some(AdapterRef::Local { path: path.clone() })
-        }
-        ModelRef::Hub {
-            repo,
-            revision,
-            gguf: None,
-        } if opener
-            .store()
-            .repo(repo)
-            .complete_adapter_snapshot(revision)
-            .is_some() =>
-        {
-            Some(AdapterRef::Hub {
-                repo: repo.clone(),
-                revision: revision.clone(),
-            })
-        }
-        _ => None,
-    };
+    let adapter = opener.adapter_on_disk_named(model);
     let own = match (adapter, model) {
         (Some(a), _) => opener.adapter_licenses(&a, opener.adapter_on_disk(&a).as_deref()),
         (None, ModelRef::Hub { repo, revision, .. })

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::variant_sizes;
 use crate::cli::ShowArgs;
 use crate::engine::format::gguf::is_gguf_file;
-use crate::engine::format::lora::{self, Adapter, BaseHeads};
+use crate::engine::format::lora::{Adapter, BaseHeads};
 use crate::engine::KvType;
 use crate::error::usage;
 use crate::license::{wrap, Acceptances, License};
@@ -244,27 +244,9 @@ fn write_licenses(
 /// The LoRA adapter `model` names, if it is one: an adapter entry of the registry, a PEFT
 /// folder or GGUF adapter file, or a Hub repo pulled as an adapter.
 fn adapter_of(opener: &Opener, model: &ModelRef) -> Option<AdapterRef> {
-    if let Some(adapter) = opener.entry_adapter(model) {
-        return Some(adapter);
-    }
-    match model {
-        ModelRef::Local { path } if lora::is_adapter(path) => {
-            Some(AdapterRef::Local { path: path.clone() })
-        }
-        ModelRef::Hub {
-            repo,
-            revision,
-            gguf: None,
-        } => {
-            let snapshot = opener.store().repo(repo).snapshot(revision)?;
-            crate::store::adapter_in(&snapshot.dir)?;
-            Some(AdapterRef::Hub {
-                repo: repo.clone(),
-                revision: revision.clone(),
-            })
-        }
-        _ => None,
-    }
+    opener
+        .entry_adapter(model)
+        .or_else(|| opener.adapter_on_disk_named(model))
 }
 
 /// `owrun show` of a LoRA adapter: what it is, what it adapts, what it was trained on and the

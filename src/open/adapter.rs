@@ -43,6 +43,32 @@ impl Opener {
         }
     }
 
+    /// The adapter `model` is when it names one on disk by itself: a PEFT folder or GGUF
+    /// adapter file, or a Hub repo pulled as an adapter (an adapter entry: `entry_adapter`).
+    pub fn adapter_on_disk_named(&self, model: &ModelRef) -> Option<AdapterRef> {
+        match model {
+            ModelRef::Local { path } if crate::engine::format::lora::is_adapter(path) => {
+                Some(AdapterRef::Local { path: path.clone() })
+            }
+            ModelRef::Hub {
+                repo,
+                revision,
+                gguf: None,
+            } if self
+                .store()
+                .repo(repo)
+                .complete_adapter_snapshot(revision)
+                .is_some() =>
+            {
+                Some(AdapterRef::Hub {
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// An adapter entry is not a model: `doing` says what the command does instead.
     pub(super) fn refuse_adapter_entry(&self, model: &ModelRef, doing: &str) -> Result<()> {
         if model.adapter_entry().is_none() {

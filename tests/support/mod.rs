@@ -117,6 +117,45 @@ impl Sandbox {
         std::fs::write(self.repo_dir(repo).join("refs/main"), "0123abcd").unwrap();
     }
 
+    /// Greedy runs of `model` (a path or a name) on a fixture's two prompts, as its
+    /// expected.json `exp` records them: the plain prompt raw, and the chat conversation.
+    /// Returns (prompt ids, new token ids) of each.
+    pub fn greedy_runs(
+        &self,
+        model: &str,
+        exp: &serde_json::Value,
+        extra: &[&str],
+    ) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let mut messages: Vec<serde_json::Value> =
+            serde_json::from_value(exp["chat_messages"].clone()).unwrap();
+        if exp["system_folded"] == true {
+            messages.remove(0);
+        }
+        let last = messages.pop().unwrap();
+        let history = self.dir.path().join("history.json");
+        std::fs::write(&history, serde_json::to_string(&messages).unwrap()).unwrap();
+        let plain = exp["plain"]["prompt"]
+            .as_str()
+            .unwrap_or("The quick brown fox");
+        let h = history.to_str().unwrap();
+        let chat = last["content"].as_str().unwrap();
+        let runs: [Vec<&str>; 2] = [
+            vec!["run", model, plain, "--raw"],
+            vec!["run", model, chat, "--messages", h],
+        ];
+        runs.iter()
+            .map(|args| {
+                let mut args = args.clone();
+                args.extend_from_slice(&["-t", "0", "-n", "12", "--json"]);
+                args.extend_from_slice(extra);
+                let r = self.run(&args);
+                r.ok();
+                let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+                (doc["prompt_tokens"].clone(), doc["tokens"].clone())
+            })
+            .collect()
+    }
+
     /// A copy of the fixture model folder `family` (tests/fixtures/models) as `name` in the
     /// sandbox, for tests that change its files.
     pub fn fixture_copy(&self, family: &str, name: &str) -> PathBuf {

@@ -394,25 +394,7 @@ impl GgufFile {
     /// A 1-D float tensor's values as f32 (rope factors and the like).
     pub fn vector_f32(&mut self, name: &str) -> Result<Vec<f32>> {
         let t = self.raw(name, None)?;
-        let f32s = match t.ty {
-            GgmlType::F32 => t
-                .bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            GgmlType::F16 => t
-                .bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            GgmlType::BF16 => t
-                .bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => bail!("{name} is {}, not a float vector", other.name()),
-        };
-        Ok(f32s)
+        floats(&t).with_context(|| format!("{name} is {}, not a float vector", t.ty.name()))
     }
 
     /// The GGUF tensor behind a Hugging Face tensor name, as stored (with the converter's
@@ -513,27 +495,12 @@ impl GgufFile {
     /// A float tensor (F32, F16, BF16) as stored: its dimensions (rows first) and values.
     pub fn tensor_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let t = self.raw(name, None)?;
-        let values: Vec<f32> = match t.ty {
-            GgmlType::F32 => t
-                .bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            GgmlType::F16 => t
-                .bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            GgmlType::BF16 => t
-                .bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => bail!(
+        let values = floats(&t).with_context(|| {
+            format!(
                 "tensor {name} is {}: only F32, F16 and BF16 are read here",
-                other.name()
-            ),
-        };
+                t.ty.name()
+            )
+        })?;
         Ok((t.dims, values))
     }
 
@@ -546,6 +513,26 @@ impl GgufFile {
     pub fn norms_include_one(&self) -> bool {
         self.arch.starts_with("gemma")
     }
+}
+
+/// The values of a float tensor (F32, F16, BF16) as f32; None for any other type.
+fn floats(t: &RawTensor) -> Option<Vec<f32>> {
+    let halves = |wide: fn([u8; 2]) -> f32| {
+        t.bytes
+            .chunks_exact(2)
+            .map(|b| wide([b[0], b[1]]))
+            .collect()
+    };
+    Some(match t.ty {
+        GgmlType::F32 => t
+            .bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        GgmlType::F16 => halves(|b| half::f16::from_le_bytes(b).to_f32()),
+        GgmlType::BF16 => halves(|b| half::bf16::from_le_bytes(b).to_f32()),
+        _ => return None,
+    })
 }
 
 /// The linear layers of a block: Hugging Face's name (after `model.layers.N.`), llama.cpp's
