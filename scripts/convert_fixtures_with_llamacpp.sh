@@ -17,15 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-DIR=${OWRUN_BENCH_DIR:-$HOME/.cache/owrun-bench}
-LLAMA=$DIR/llama.cpp
-if [ ! -f "$LLAMA/convert_hf_to_gguf.py" ]; then
-  mkdir -p "$DIR"
-  ( cd "$DIR" && "$PYTHON" -m pip download -q --no-deps --no-build-isolation --no-binary \
-      llama-cpp-python llama-cpp-python==0.3.36 -d sdist \
-      && tar xzf sdist/llama_cpp_python-0.3.36.tar.gz \
-      && rm -rf "$LLAMA" && mv llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA" && rm -f "$LLAMA/.git" )
-fi
+source scripts/llamacpp_sdist.sh
 # family  converter's outtype  pre-tokenizer ("-": the converter's own recognition)
 ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- phi3:q8_0:- mixtral:q8_0:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2"
 for spec in $ALL; do

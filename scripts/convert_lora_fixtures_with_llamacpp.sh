@@ -20,15 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-DIR=${OWRUN_BENCH_DIR:-$HOME/.cache/owrun-bench}
-LLAMA=$DIR/llama.cpp
-if [ ! -f "$LLAMA/convert_lora_to_gguf.py" ]; then
-  mkdir -p "$DIR"
-  ( cd "$DIR" && "$PYTHON" -m pip download -q --no-deps --no-build-isolation --no-binary \
-      llama-cpp-python llama-cpp-python==0.3.36 -d sdist \
-      && tar xzf sdist/llama_cpp_python-0.3.36.tar.gz \
-      && rm -rf "$LLAMA" && mv llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA" && rm -f "$LLAMA/.git" )
-fi
+source scripts/llamacpp_sdist.sh
 # adapter  base fixture (tests/fixtures/models/...)
 ALL="llama:llama qwen2:qwen2 gemma2:gemma2 llama_rslora:llama"
 for spec in $ALL; do
