@@ -282,12 +282,14 @@ impl Worker {
         let why = format!("the model's thread failed: {}", panic_message(&*panic));
         eprintln!("owrun: {why}");
         *lock(&self.shared.failure) = Some(why.clone());
+        // The slots are counted free before their clients hear, so that a client that asks
+        // for health after its answer sees its slot free.
+        self.shared.active.store(0, Ordering::SeqCst);
         for slot in &mut slots {
             if let Some(busy) = slot.busy.take() {
                 busy.send(Event::Failed(why.clone()));
             }
         }
-        self.shared.active.store(0, Ordering::SeqCst);
         while let Ok(job) = jobs.try_recv() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             let _ = job.events.send((job.index, Event::Failed(why.clone())));
@@ -506,8 +508,10 @@ impl Worker {
                 cached_tokens: busy.cached_tokens,
             });
             if busy.decoding.is_exhausted() {
-                busy.done(Finish::Length);
-                return self.release(slot);
+                if let Some(busy) = self.release(slot) {
+                    busy.done(Finish::Length);
+                }
+                return;
             }
         }
         let logprobs = busy.job.logprobs.map(|k| top_logprobs(&logits, k));
@@ -526,14 +530,16 @@ impl Worker {
                 match (step.finish, step.token) {
                     (None, Some(t)) => busy.pending.push(t),
                     (finish, _) => {
-                        busy.done(finish.unwrap_or(Finish::Stop));
-                        self.release(slot);
+                        if let Some(busy) = self.release(slot) {
+                            busy.done(finish.unwrap_or(Finish::Stop));
+                        }
                     }
                 }
             }
             Err(e) => {
-                busy.send(Event::Failed(format!("cannot decode the output: {e:#}")));
-                self.release(slot);
+                if let Some(busy) = self.release(slot) {
+                    busy.send(Event::Failed(format!("cannot decode the output: {e:#}")));
+                }
             }
         }
     }
@@ -567,20 +573,21 @@ impl Worker {
         }
     }
 
-    /// The slot's job is over (done, failed or abandoned): it keeps its cache for reuse.
-    fn release(&self, slot: &mut Slot) {
-        if slot.busy.take().is_some() {
-            self.shared.active.fetch_sub(1, Ordering::SeqCst);
-            *lock(&self.shared.last_active) = Instant::now();
-        }
+    /// The slot's job is over (done, failed or abandoned): it keeps its cache for reuse. The
+    /// job comes back for its last event, sent after the slot is counted free (a client that
+    /// asks for health once answered sees its slot free).
+    fn release<'t>(&self, slot: &mut Slot<'t>) -> Option<Busy<'t>> {
+        let busy = slot.busy.take()?;
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        *lock(&self.shared.last_active) = Instant::now();
+        Some(busy)
     }
 
     /// Fail the slot's job alone; its cache, which the failure left unknown, is emptied.
     fn fail(&mut self, slot: &mut Slot, why: &str) {
-        if let Some(b) = &slot.busy {
-            b.send(Event::Failed(why.to_string()));
+        if let Some(busy) = self.release(slot) {
+            busy.send(Event::Failed(why.to_string()));
         }
-        self.release(slot);
         if slot.cache.clear(&mut self.model).is_err() {
             slot.cache = CachedSequence::new(&mut self.model);
         }
@@ -589,9 +596,8 @@ impl Worker {
     /// Fail every busy slot (the server is stopping).
     fn fail_all(&mut self, slots: &mut [Slot], why: &str) {
         for slot in slots.iter_mut() {
-            if let Some(b) = &slot.busy {
-                b.send(Event::Failed(why.to_string()));
-                self.release(slot);
+            if let Some(busy) = self.release(slot) {
+                busy.send(Event::Failed(why.to_string()));
             }
         }
     }
