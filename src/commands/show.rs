@@ -8,7 +8,7 @@ use serde_json::json;
 use super::variant_sizes;
 use crate::cli::ShowArgs;
 use crate::engine::format::gguf::is_gguf_file;
-use crate::engine::format::lora::{Adapter, BaseHeads};
+use crate::engine::format::lora::{Adapter, BaseHeads, Stored};
 use crate::engine::KvType;
 use crate::error::usage;
 use crate::license::{wrap, Acceptances, License};
@@ -335,6 +335,7 @@ fn show_adapter(
             "rslora": read.as_ref().and_then(|a| a.rslora),
             "target_modules": summary.as_ref().map(|s| s.targets.clone()),
             "layers": summary.as_ref().map(|s| s.layers),
+            "precision": summary.as_ref().map(|s| s.precision),
             "licenses": license_json(&licenses, &accepted),
             "base_licenses": base.as_ref().map(|_| license_json(&base_licenses, &base_accepted)),
         });
@@ -407,6 +408,11 @@ fn show_adapter(
                 s.targets.join(", "),
                 s.layers
             )?;
+            let kept = match s.precision {
+                "f32" => "kept in f32",
+                _ => "kept 16-bit at run time",
+            };
+            writeln!(out, "precision:    {} ({kept})", s.precision)?;
         }
     }
     write_licenses(&mut out, "license:     ", &licenses, &accepted)?;
@@ -455,6 +461,8 @@ struct AdapterSummary {
     /// The adapted modules' names (q_proj, ...), each once, and how many layers are adapted.
     targets: Vec<String>,
     layers: usize,
+    /// How its matrices are stored ("f32", "f16", "bf16", or "mixed" where layers differ).
+    precision: &'static str,
 }
 
 impl AdapterSummary {
@@ -489,7 +497,24 @@ impl AdapterSummary {
             scale: a.layers.values().next().map_or(0.0, |p| p.scale),
             targets,
             layers: a.layers.len(),
+            precision: precision(a),
         }
+    }
+}
+
+/// An adapter's matrices' precision, as `show` says it.
+fn precision(a: &Adapter) -> &'static str {
+    let name = |s: Stored| match s {
+        Stored::F32 => "f32",
+        Stored::F16 => "f16",
+        Stored::Bf16 => "bf16",
+    };
+    let mut kinds = a.layers.values().map(|p| name(p.stored));
+    let first = kinds.next().unwrap_or("f32");
+    if kinds.all(|k| k == first) {
+        first
+    } else {
+        "mixed"
     }
 }
 

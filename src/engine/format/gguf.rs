@@ -142,6 +142,11 @@ impl GgufFile {
         self.info("token_embd.weight").map(|t| t.dims[0])
     }
 
+    /// A tensor's stored type.
+    pub fn tensor_type(&self, name: &str) -> Option<GgmlType> {
+        self.info(name).map(|t| t.ty)
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.info(name).is_some()
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
+use super::ggml::GgmlType;
 use super::gguf::{self, GgufFile, MetaValue as GValue};
 use super::json::read_json;
 use super::safetensors::SafetensorsFiles;
@@ -24,6 +25,44 @@ pub struct LoraPair {
     pub inputs: usize,
     pub outputs: usize,
     pub scale: f32,
+    /// How A and B were stored: 16-bit matrices are kept 16-bit at run time (half the bytes a
+    /// token reads), their values exactly as `a` and `b` hold them.
+    pub stored: Stored,
+}
+
+/// The precision an adapter's two matrices were stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Stored {
+    /// Both matrices' precision: 16-bit where both are the same 16-bit type, else f32.
+    fn of(a: Stored, b: Stored) -> Stored {
+        if a == b {
+            a
+        } else {
+            Stored::F32
+        }
+    }
+
+    fn of_dtype(dtype: DType) -> Stored {
+        match dtype {
+            DType::F16 => Stored::F16,
+            DType::BF16 => Stored::Bf16,
+            _ => Stored::F32,
+        }
+    }
+
+    fn of_ggml(ty: Option<GgmlType>) -> Stored {
+        match ty {
+            Some(GgmlType::F16) => Stored::F16,
+            Some(GgmlType::BF16) => Stored::Bf16,
+            _ => Stored::F32,
+        }
+    }
 }
 
 pub struct Adapter {
@@ -143,7 +182,7 @@ fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
     }
     let files = SafetensorsFiles::open(std::slice::from_ref(&weights))?;
     // Per layer: A and B, each (dims, values), as they are met.
-    type Matrix = (Vec<usize>, Vec<f32>);
+    type Matrix = (Vec<usize>, Vec<f32>, Stored);
     let mut found: BTreeMap<String, (Option<Matrix>, Option<Matrix>)> = BTreeMap::new();
     for name in files.names() {
         // base_model.model.<the model's own name>.lora_A.weight (PEFT may add the adapter's
@@ -161,13 +200,14 @@ fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
         };
         let t = files
             .load(&name, &Device::Cpu)?
-            .with_context(|| format!("tensor {name}"))?
-            .to_dtype(DType::F32)?;
+            .with_context(|| format!("tensor {name}"))?;
+        let stored = Stored::of_dtype(t.dtype());
+        let t = t.to_dtype(DType::F32)?;
         let dims = t.dims().to_vec();
         if dims.len() != 2 {
             bail!("tensor {name} has shape {dims:?}, not a matrix");
         }
-        let matrix = (dims, t.flatten_all()?.to_vec1::<f32>()?);
+        let matrix = (dims, t.flatten_all()?.to_vec1::<f32>()?, stored);
         let entry = found.entry(layer.to_string()).or_default();
         if is_a {
             entry.0 = Some(matrix);
@@ -177,10 +217,12 @@ fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
     }
     let mut layers = BTreeMap::new();
     for (layer, (a, b)) in found {
-        let (Some((a_dims, a)), Some((b_dims, b))) = (a, b) else {
+        let (Some((a_dims, a, a_stored)), Some((b_dims, b, b_stored))) = (a, b) else {
             bail!("{layer} has only one of lora_A and lora_B");
         };
-        let pair = pair(&layer, a, &a_dims, b, &b_dims, (factor as f32) * user_scale)?;
+        let scale = (factor as f32) * user_scale;
+        let stored = Stored::of(a_stored, b_stored);
+        let pair = pair(&layer, (a, &a_dims), (b, &b_dims), scale, stored)?;
         layers.insert(layer, pair);
     }
     if layers.is_empty() {
@@ -202,11 +244,10 @@ fn open_peft(dir: &Path, user_scale: f32) -> Result<Adapter> {
 /// A's and B's shapes agree (rank × in and out × rank).
 fn pair(
     layer: &str,
-    a: Vec<f32>,
-    a_dims: &[usize],
-    b: Vec<f32>,
-    b_dims: &[usize],
+    (a, a_dims): (Vec<f32>, &[usize]),
+    (b, b_dims): (Vec<f32>, &[usize]),
     scale: f32,
+    stored: Stored,
 ) -> Result<LoraPair> {
     let (rank, inputs) = (a_dims[0], a_dims[1]);
     let (outputs, b_rank) = (b_dims[0], b_dims[1]);
@@ -220,6 +261,7 @@ fn pair(
         inputs,
         outputs,
         scale,
+        stored,
     })
 }
 
@@ -274,6 +316,10 @@ fn open_gguf(path: &Path, user_scale: f32, heads: BaseHeads) -> Result<Adapter> 
         let hf = gguf::hf_linear_name(base, architecture.as_deref()).with_context(|| {
             format!("tensor {name}: no linear layer owrun adapts is named {base}")
         })?;
+        let stored = Stored::of(
+            Stored::of_ggml(file.tensor_type(name)),
+            Stored::of_ggml(file.tensor_type(&b_name)),
+        );
         let (a_dims, a) = file.tensor_f32(name)?;
         let (b_dims, mut b) = file.tensor_f32(&b_name)?;
         if a_dims.len() != 2 || b_dims.len() != 2 {
@@ -299,7 +345,7 @@ fn open_gguf(path: &Path, user_scale: f32, heads: BaseHeads) -> Result<Adapter> 
         }
         layers.insert(
             hf.clone(),
-            pair(&hf, a, &a_dims, b, &b_dims, factor * user_scale)?,
+            pair(&hf, (a, &a_dims), (b, &b_dims), factor * user_scale, stored)?,
         );
     }
     if layers.is_empty() {

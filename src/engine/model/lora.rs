@@ -1,7 +1,8 @@
 //! LoRA adapters applied at run time, beside the base weights: a linear layer computes
 //! W·x + Σ scale · B·(A·x) over its adapters. The base matrix is neither copied nor changed, so
 //! it keeps its type (16-bit, GGML blocks) and its kernels; the adapters' matrices are small
-//! (rank × in and out × rank) and kept in f32.
+//! (rank × in and out × rank) and kept as stored: f32, or 16-bit (f16, bf16), which halves the
+//! bytes a decode step reads for them.
 //!
 //! Or merged (`--lora-merge`, `owrun quantize --lora`): folded into the weights as they are
 //! loaded, W' = W + Σ scale · B·A (see [`Adapters::delta`] and [`merge`]), after which the layer
@@ -12,11 +13,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
 
 use super::arch::Arch;
 use super::kernels;
 use crate::engine::format::gguf;
-use crate::engine::format::lora::{Adapter, BaseHeads, LoraPair};
+use crate::engine::format::lora::{Adapter, BaseHeads, LoraPair, Stored};
 
 /// An adapter that does not fit the model (or cannot be read): the user's to change.
 #[derive(Debug, thiserror::Error)]
@@ -28,18 +30,29 @@ pub struct Lora {
     /// Which of the model's adapters this is part of.
     adapter: usize,
     rank: usize,
-    /// rank × in (A), times the adapter's scale.
-    a: Vec<f32>,
-    /// rank × out (Bᵀ).
-    bt: Vec<f32>,
-    /// Aᵀ (in × rank, scaled) and Bᵀ as tensors, where candle computes the term (a GPU).
+    /// The adapter's scale (alpha / r and the user's multiplier).
+    scale: f32,
+    /// Its matrices in the precision they were stored in, where owrun's kernels compute the
+    /// term (the CPU).
+    factors: Factors,
+    /// Aᵀ (in × rank, scaled) and Bᵀ as f32 tensors, where candle computes the term (a GPU).
     tensors: Option<(Tensor, Tensor)>,
+}
+
+/// A (rank × in) and Bᵀ (rank × out).
+struct Pair<W> {
+    a: Vec<W>,
+    bt: Vec<W>,
+}
+
+enum Factors {
+    F32(Pair<f32>),
+    F16(Pair<f16>),
+    Bf16(Pair<bf16>),
 }
 
 impl Lora {
     fn new(adapter: usize, p: &LoraPair, device: &Device) -> Result<Lora> {
-        // The scale folded into A once, rather than into every output.
-        let a: Vec<f32> = p.a.iter().map(|v| v * p.scale).collect();
         let mut bt = vec![0f32; p.rank * p.outputs];
         for o in 0..p.outputs {
             for r in 0..p.rank {
@@ -49,48 +62,98 @@ impl Lora {
         let tensors = if device.is_cpu() {
             None
         } else {
-            let a_t = Tensor::from_slice(&a, (p.rank, p.inputs), device)?
+            let a: Vec<f32> = p.a.iter().map(|v| v * p.scale).collect();
+            let a_t = Tensor::from_vec(a, (p.rank, p.inputs), device)?
                 .t()?
                 .contiguous()?;
             Some((a_t, Tensor::from_slice(&bt, (p.rank, p.outputs), device)?))
         };
+        // 16-bit values, widened when they were read, narrow back exactly.
+        fn narrow<T>(v: &[f32], to: fn(f32) -> T) -> Vec<T> {
+            v.iter().map(|&v| to(v)).collect()
+        }
+        let factors = match p.stored {
+            Stored::F32 => Factors::F32(Pair { a: p.a.clone(), bt }),
+            Stored::F16 => Factors::F16(Pair {
+                a: narrow(&p.a, f16::from_f32),
+                bt: narrow(&bt, f16::from_f32),
+            }),
+            Stored::Bf16 => Factors::Bf16(Pair {
+                a: narrow(&p.a, bf16::from_f32),
+                bt: narrow(&bt, bf16::from_f32),
+            }),
+        };
         Ok(Lora {
             adapter,
             rank: p.rank,
-            a,
-            bt,
+            scale: p.scale,
+            factors,
             tensors,
         })
     }
 
     /// `y` (rows × out, the base layer's output for `x`, rows × in) plus this adapter's term,
-    /// on the rows `selection` gives it. On the CPU, added into `y` in place by owrun's kernel.
+    /// on the rows `selection` gives it. On the CPU, a few rows (decoding) are added into `y` in
+    /// place by owrun's kernel; more (a prompt) go through two f32 matrix products, which
+    /// reach several times the kernel's arithmetic rate on these thin shapes.
     pub fn add_to(&self, x: &Tensor, y: Tensor, selection: &Selection) -> Result<Tensor> {
         let rows = selection.of(self.adapter);
         if let Rows::Skip = rows {
             return Ok(y);
         }
-        let Some((a_t, bt)) = &self.tensors else {
-            let (x, y) = (x.contiguous()?, y.contiguous()?);
-            if x.dtype() == DType::F32 && y.dtype() == DType::F32 {
-                y.inplace_op2(&x, &AddTerm { lora: self, rows })?;
-                return Ok(y);
+        let widened;
+        let (a_t, bt, scale) = match &self.tensors {
+            Some((a_t, bt)) => (a_t, bt, 1.0),
+            None if x.dim(0)? < PRODUCT_ROWS => {
+                let (x, y) = (x.contiguous()?, y.contiguous()?);
+                if x.dtype() == DType::F32 && y.dtype() == DType::F32 {
+                    y.inplace_op2(&x, &AddTerm { lora: self, rows })?;
+                    return Ok(y);
+                }
+                let term = AddTerm { lora: self, rows };
+                let wide = y.to_dtype(DType::F32)?;
+                wide.inplace_op2(&x.to_dtype(DType::F32)?, &term)?;
+                return Ok(wide.to_dtype(y.dtype())?);
             }
-            let term = AddTerm { lora: self, rows };
-            let wide = y.to_dtype(DType::F32)?;
-            wide.inplace_op2(&x.to_dtype(DType::F32)?, &term)?;
-            return Ok(wide.to_dtype(y.dtype())?);
+            // Widened for this call: a few hundred kilobytes, against a prompt's worth of work.
+            None => {
+                widened = self.factors.widened(self.rank, x.device())?;
+                (&widened.0, &widened.1, self.scale as f64)
+            }
         };
         let low = x.to_dtype(DType::F32)?.matmul(a_t)?;
-        let delta = match rows {
-            Rows::Uniform(m) => (low.matmul(bt)? * *m)?,
+        let low = match rows {
+            Rows::Uniform(m) => (low * (m * scale))?,
             Rows::PerRow(m) => {
-                let m = Tensor::from_slice(m, (m.len(), 1), x.device())?;
-                low.matmul(bt)?.broadcast_mul(&m)?
+                let m: Vec<f32> = m.iter().map(|m| m * scale as f32).collect();
+                low.broadcast_mul(&Tensor::from_vec(m, (low.dim(0)?, 1), x.device())?)?
             }
             Rows::Skip => return Ok(y),
         };
-        Ok((y + delta.to_dtype(x.dtype())?)?)
+        Ok((y + low.matmul(bt)?.to_dtype(x.dtype())?)?)
+    }
+}
+
+/// Rows from which the CPU computes the term as two matrix products rather than row by row.
+const PRODUCT_ROWS: usize = 16;
+
+impl Factors {
+    /// Aᵀ (in × rank) and Bᵀ (rank × out) in f32, on `device`.
+    fn widened(&self, rank: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        fn wide<W: Copy + Into<f32>>(p: &Pair<W>) -> (Vec<f32>, Vec<f32>) {
+            let f32s = |v: &[W]| v.iter().map(|&v| v.into()).collect();
+            (f32s(&p.a), f32s(&p.bt))
+        }
+        let (a, bt) = match self {
+            Factors::F32(p) => (p.a.clone(), p.bt.clone()),
+            Factors::F16(p) => wide(p),
+            Factors::Bf16(p) => wide(p),
+        };
+        let (inputs, outputs) = (a.len() / rank, bt.len() / rank);
+        Ok((
+            Tensor::from_vec(a, (rank, inputs), device)?.t()?,
+            Tensor::from_vec(bt, (rank, outputs), device)?,
+        ))
     }
 }
 
@@ -123,16 +186,20 @@ impl candle_core::InplaceOp2 for AddTerm<'_> {
         };
         let (y, x) = (&mut y[y0..y1], &x[x0..x1]);
         let n = y_layout.dims()[0];
-        let scales = match self.rows {
-            Rows::PerRow(m) => m.clone(),
-            Rows::Uniform(m) => vec![*m as f32; n],
+        let l = self.lora;
+        let scales: Vec<f32> = match self.rows {
+            Rows::PerRow(m) => m.iter().map(|m| m * l.scale).collect(),
+            Rows::Uniform(m) => vec![(*m * l.scale as f64) as f32; n],
             Rows::Skip => return Ok(()),
         };
         if scales.len() != n {
             candle_core::bail!("{} row multipliers for {n} rows", scales.len());
         }
-        let l = self.lora;
-        kernels::add_low_rank(y, x, &l.a, &l.bt, l.rank, &scales);
+        match &l.factors {
+            Factors::F32(p) => kernels::add_low_rank(y, x, &p.a, &p.bt, l.rank, &scales),
+            Factors::F16(p) => kernels::add_low_rank(y, x, &p.a, &p.bt, l.rank, &scales),
+            Factors::Bf16(p) => kernels::add_low_rank(y, x, &p.a, &p.bt, l.rank, &scales),
+        }
         Ok(())
     }
 }
@@ -318,7 +385,7 @@ impl Adapters {
         let device = self.device.clone();
         self.fitting(name, outputs, inputs)
             .into_iter()
-            .map(|(i, p)| Lora::new(i, p, &device))
+            .map(|(i, p)| Lora::new(i, &p, &device))
             .collect()
     }
 
@@ -339,11 +406,13 @@ impl Adapters {
         Ok(sum)
     }
 
-    /// The adapters' parts of layer `name` that fit `outputs` × `inputs`, marked used; a part of
+    /// The adapters' parts of layer `name` that fit `outputs` × `inputs`, marked used and taken
+    /// out of the adapters as read (a layer takes its part once; the f32 copy read from the
+    /// file goes as the layer's own is made, so the two are not all held at once). A part of
     /// another shape is left out and named by `check_all_used`.
-    fn fitting(&mut self, name: &str, outputs: usize, inputs: usize) -> Vec<(usize, &LoraPair)> {
+    fn fitting(&mut self, name: &str, outputs: usize, inputs: usize) -> Vec<(usize, LoraPair)> {
         let mut parts = Vec::new();
-        for (i, adapter) in self.list.iter().enumerate() {
+        for (i, adapter) in self.list.iter_mut().enumerate() {
             let Some(p) = adapter.layers.get(name) else {
                 continue;
             };
@@ -358,7 +427,9 @@ impl Adapters {
                 ));
                 continue;
             }
-            parts.push((i, p));
+            if let Some(p) = adapter.layers.remove(name) {
+                parts.push((i, p));
+            }
             self.used.insert((i, name.to_string()));
         }
         parts

@@ -16,6 +16,18 @@ pub unsafe fn hsum(v: __m256) -> f32 {
 /// Eight weights as f32 from 16-bit storage at `p`.
 type Load = unsafe fn(*const u16) -> __m256;
 
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn load_f16(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// bf16 is the top half of an f32: widened by a shift.
+#[target_feature(enable = "avx2")]
+unsafe fn load_bf16(p: *const u16) -> __m256 {
+    let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+    _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+}
+
 #[inline(always)]
 unsafe fn dot_with(x: &[f32], w: *const u16, load: Load, tail: impl Fn(usize) -> f32) -> f32 {
     let n = x.len();
@@ -43,21 +55,12 @@ unsafe fn dot_with(x: &[f32], w: *const u16, load: Load, tail: impl Fn(usize) ->
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f16(x: &[f32], w: &[half::f16]) -> f32 {
-    #[target_feature(enable = "avx2,f16c")]
-    unsafe fn load(p: *const u16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
-    dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+    dot_with(x, w.as_ptr() as *const u16, load_f16, |j| w[j].to_f32())
 }
 
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(p: *const u16) -> __m256 {
-        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-        _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
-    }
-    dot_with(x, w.as_ptr() as *const u16, load, |j| w[j].to_f32())
+    dot_with(x, w.as_ptr() as *const u16, load_bf16, |j| w[j].to_f32())
 }
 
 /// `half`'s portable dot products of every activation row with one widened weight row,
@@ -71,37 +74,65 @@ pub unsafe fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
     super::super::dots::dots_fma(x, k, w, out)
 }
 
-/// One row of a LoRA adapter's term (`low_rank::row`), compiled for AVX2 + FMA.
+/// An f32 dot product (a LoRA adapter's), compiled for AVX2 + FMA.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn low_rank_row(y: &mut [f32], x: &[f32], f: super::super::low_rank::Factors, s: f32) {
-    super::super::low_rank::row(y, x, f, s, super::super::dots::dot_fma, |acc, l, w| {
-        l.mul_add(w, acc)
-    })
-}
-
-/// A dot product of `low_rank`'s, compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn low_rank_dot(x: &[f32], a: &[f32]) -> f32 {
+pub unsafe fn dot_f32(x: &[f32], a: &[f32]) -> f32 {
     super::super::dots::dot_fma(x, a)
 }
 
-/// `low_rank::spread`, compiled for AVX2 + FMA.
+/// y += l · w, eight at a time, with `load` widening w's values.
+#[inline(always)]
+unsafe fn spread_with(
+    y: &mut [f32],
+    l: f32,
+    w: *const u16,
+    load: Load,
+    tail: impl Fn(usize) -> f32,
+) {
+    let (n, yp, lv) = (y.len(), y.as_mut_ptr(), _mm256_set1_ps(l));
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(
+            yp.add(i),
+            _mm256_fmadd_ps(lv, load(w.add(i)), _mm256_loadu_ps(yp.add(i))),
+        );
+        i += 8;
+    }
+    for (j, y) in y.iter_mut().enumerate().skip(i) {
+        *y += l * tail(j);
+    }
+}
+
+/// y += l · w for f32 `w` (a LoRA adapter's Bᵀ row).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn low_rank_spread(
-    y: &mut [f32],
-    first: usize,
-    outputs: usize,
-    low: &[f32],
-    bt: &[f32],
-) {
-    super::super::low_rank::spread(y, first, outputs, low, bt, |acc, l, w| l.mul_add(w, acc))
+pub unsafe fn spread_f32(y: &mut [f32], l: f32, w: &[f32]) {
+    for (y, &w) in y.iter_mut().zip(w) {
+        *y = l.mul_add(w, *y);
+    }
+}
+
+/// y += l · w for f16 `w`, converted in the loop.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` is at least as long as `y`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn spread_f16(y: &mut [f32], l: f32, w: &[half::f16]) {
+    let w = &w[..y.len()];
+    spread_with(y, l, w.as_ptr() as *const u16, load_f16, |j| w[j].to_f32())
+}
+
+/// y += l · w for bf16 `w`, widened in the loop.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `w` is at least as long as `y`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn spread_bf16(y: &mut [f32], l: f32, w: &[half::bf16]) {
+    let w = &w[..y.len()];
+    spread_with(y, l, w.as_ptr() as *const u16, load_bf16, |j| w[j].to_f32())
 }
