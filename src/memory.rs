@@ -1,5 +1,9 @@
 //! This process's resident memory, for `owrun bench`'s memory line. Linux reports it in
-//! /proc/self/status; elsewhere it is unknown (None).
+//! /proc/self/status; elsewhere it is unknown (None). And how owrun's allocator keeps or returns
+//! freed memory.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Resident set size now, in bytes.
 pub fn resident_bytes() -> Option<u64> {
@@ -82,13 +86,63 @@ mod tests {
 /// 9,400 page faults over six TinyLlama prefills against 1,600 when kept, and 145 against
 /// 160 tokens/s. Keeping the load's temporaries instead would add ~150 MB to a TinyLlama
 /// Q4_K_M (1.29x the weights where 1.13x is the rest).
+///
+/// A server (`serve_returns_idle_memory`) keeps freed memory for a second instead of for good,
+/// and hands it back when it is idle (`trim`): its threads are many and its clients' buffers
+/// come and go, and a storm of them would otherwise leave tens of megabytes behind for good.
 pub fn keep_freed_memory() {
-    // mimalloc.h's `mi_option_purge_delay` (the Rust bindings leave it out; mimalloc keeps its
-    // option numbers stable, with placeholders for deprecated ones). -1: never purge.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    let delay = if SERVING.load(Ordering::Relaxed) {
+        SERVER_PURGE_DELAY_MS
+    } else {
+        -1
+    };
     // SAFETY: collecting and setting an option are allowed at any time from any thread.
     unsafe {
         libmimalloc_sys::mi_collect(true);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay);
     }
+}
+
+/// mimalloc.h's `mi_option_purge_delay` (the Rust bindings leave it out; mimalloc keeps its
+/// option numbers stable, with placeholders for deprecated ones). -1: never purge.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long a server keeps freed memory (ms): longer than the gap between a sequence's forward
+/// passes, so that decoding reuses its buffers rather than faulting them in again. mimalloc
+/// decides at a memory segment's creation whether it may ever be purged, so "never" (-1) must
+/// not be set in a server even for a moment.
+const SERVER_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// Trims asked for so far (`trim`); each thread trims once per request (`trim_if_asked`).
+static TRIMS: AtomicU64 = AtomicU64::new(0);
+
+/// This process is a server: see `keep_freed_memory`. Before any model is loaded.
+pub fn serve_returns_idle_memory() {
+    SERVING.store(true, Ordering::Relaxed);
+    // SAFETY: as in keep_freed_memory.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, SERVER_PURGE_DELAY_MS) };
+}
+
+/// Ask every thread to hand its freed memory back (each does at its next `trim_if_asked`), and
+/// do it for this one. mimalloc's memory is per thread: only its owner can return it.
+pub fn trim() {
+    TRIMS.fetch_add(1, Ordering::Relaxed);
+    let _ = trim_if_asked();
+}
+
+/// Where a thread goes idle: return its freed memory if a trim was asked since it last did
+/// (true when it did).
+pub fn trim_if_asked() -> bool {
+    thread_local! {
+        static DONE: Cell<u64> = const { Cell::new(0) };
+    }
+    let asked = TRIMS.load(Ordering::Relaxed);
+    if DONE.with(|d| d.replace(asked)) == asked {
+        return false;
+    }
+    // SAFETY: collecting is allowed at any time from any thread.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    true
 }

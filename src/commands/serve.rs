@@ -13,6 +13,8 @@ use crate::server::models::{Models, Options};
 use crate::server::{Limits, ServeOptions};
 
 pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
+    // Before any model loads: see `memory::keep_freed_memory`.
+    crate::memory::serve_returns_idle_memory();
     if args.parallel == Some(0) || args.parallel.is_some_and(|p| p > 256) {
         return Err(usage("--parallel must be between 1 and 256"));
     }

@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -55,15 +56,23 @@ pub struct Limits {
 /// 400 KB per connection.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
+/// How long the server is without connections before it calls its `idle` (and hands back the
+/// memory its clients' requests used).
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Accept connections and serve `router` on each until `shutdown` completes; then let the open
 /// connections finish their request in flight and close (the caller bounds how long it waits).
+/// `idle` runs once the last connection has been closed for a second (and none came since).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    idle: Arc<dyn Fn() + Send + Sync>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections accepted so far: an idle check that sees it unchanged saw no new one.
+    let accepted_count = Arc::new(AtomicU64::new(0));
     let (closing, _) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -87,9 +96,21 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let (router, closing) = (router.clone(), closing.subscribe());
+        accepted_count.fetch_add(1, Ordering::SeqCst);
+        let (permits, accepted_count, idle) =
+            (permits.clone(), accepted_count.clone(), idle.clone());
         tokio::spawn(async move {
             connection(tcp, router, limits, closing).await;
             drop(permit);
+            if permits.available_permits() == limits.max_connections {
+                // The last one closed: idle if no other comes within the second.
+                let seen = accepted_count.load(Ordering::SeqCst);
+                tokio::time::sleep(IDLE_AFTER).await;
+                let none_since = accepted_count.load(Ordering::SeqCst) == seen;
+                if none_since && permits.available_permits() == limits.max_connections {
+                    idle();
+                }
+            }
         });
     }
     let _ = closing.send(true);

@@ -78,6 +78,10 @@ struct App {
 pub fn serve(models: Models, opts: ServeOptions) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // A worker going idle hands back its freed memory when the server has asked for it.
+        .on_thread_park(|| {
+            crate::memory::trim_if_asked();
+        })
         .enable_all()
         .build()
         .context("cannot start the server's runtime")?;
@@ -131,7 +135,13 @@ async fn run(models: Models, opts: ServeOptions) -> Result<()> {
         eprintln!("owrun: shutting down: ending the streams in flight");
         stop.store(true, Ordering::SeqCst);
     };
-    let server = conn::serve(listener, router, opts.limits, shutdown);
+    // Without clients for a second: every thread hands back the memory their requests freed.
+    let trimmer = app.clone();
+    let idle = Arc::new(move || {
+        crate::memory::trim();
+        trimmer.work.trim();
+    });
+    let server = conn::serve(listener, router, opts.limits, idle, shutdown);
     // Streams end within a step of the stop; connections that linger are not waited for long.
     let stopped = app.models.stop.clone();
     tokio::select! {

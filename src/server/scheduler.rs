@@ -324,7 +324,16 @@ impl Worker {
                 let job = if idle {
                     match jobs.recv_timeout(Duration::from_millis(100)) {
                         Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Timeout) => {
+                            // Idle: hand back what the forward passes freed, here and on the
+                            // kernels' threads, when the server has asked (`memory::trim`).
+                            if crate::memory::trim_if_asked() {
+                                rayon::spawn_broadcast(|_| {
+                                    crate::memory::trim_if_asked();
+                                });
+                            }
+                            break;
+                        }
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 } else {

@@ -30,6 +30,13 @@ impl Work {
         Ok(Work { pool })
     }
 
+    /// Each of the pool's threads hands back the memory it freed (see `memory::trim`).
+    pub fn trim(&self) {
+        self.pool.spawn_broadcast(|_| {
+            crate::memory::trim_if_asked();
+        });
+    }
+
     /// Run `work` on the pool and wait for it; a panic in it is this request's 500 (`what`
     /// names the work).
     pub async fn run<T: Send + 'static>(
