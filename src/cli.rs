@@ -358,12 +358,14 @@ pub struct ServeArgs {
     /// Models to load at start and keep loaded (others load on their first request)
     #[arg(value_name = "MODEL")]
     pub models: Vec<String>,
-    /// Register a LoRA adapter for the model named on the command line (repeatable): PATH is a
-    /// PEFT folder or a GGUF adapter, SCALE multiplies its scale. The model loads once with all
-    /// of them; a request applies one by naming the model `MODEL+NAME`, or any mix with its
-    /// `lora` field (`[{"id": NAME or number, "scale": 0.5}]`, as llama-server's). Requests
-    /// with different adapters are batched together
-    #[arg(long = "lora", value_name = "NAME=PATH[:SCALE]")]
+    /// Register a LoRA adapter for the model named on the command line (repeatable): a PEFT
+    /// folder, a GGUF adapter or hf:owner/name[@revision] already pulled (the server never
+    /// downloads), SCALE multiplying its scale. The model loads once with all of them; a
+    /// request applies one by naming the model `MODEL+NAME`, or any mix with its `lora` field
+    /// (`[{"id": NAME or number, "scale": 0.5}]`, as llama-server's). Requests with different
+    /// adapters are batched together. A registry adapter entry given as the MODEL is served
+    /// the same way: its base with its adapter, by its own name
+    #[arg(long = "lora", value_name = "NAME=PATH|hf:REPO[:SCALE]")]
     pub lora: Vec<String>,
     /// Address to listen on. Anything but a loopback address makes the server reachable from
     /// other machines: set --api-key

@@ -1159,6 +1159,93 @@ description = "an MIT adapter on a non-commercial base"
     ] {
         assert!(r.stdout.contains(needle), "{needle:?}:\n{}", r.stdout);
     }
+    // The server: the entry by its own name (its base with its adapter), and the same adapter
+    // from the Hub under another name at half strength, each as `owrun run` answers; listed
+    // with both licenses. An adapter not pulled stops the start (the server never downloads).
+    let prompt = exp["plain"]["prompt"].as_str().unwrap();
+    let run_text = |model: &str, extra: &[&str]| -> String {
+        let mut args = vec![
+            "--registry",
+            reg,
+            "run",
+            model,
+            prompt,
+            "--raw",
+            "-t",
+            "0",
+            "-n",
+            "12",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = sb.run(&args);
+        r.ok();
+        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+        doc["text"].as_str().unwrap().to_string()
+    };
+    let want = [
+        ("llama-base", run_text("llama-base", &[])),
+        ("my-tune", run_text("my-tune", &[])),
+        (
+            "llama-base+half",
+            run_text("llama-base", &["--lora", "hf:acme/llama-lora:0.5"]),
+        ),
+    ];
+    assert!(want[0].1 != want[1].1 && want[1].1 != want[2].1, "{want:?}");
+    let server = support::server::Server::start(
+        &sb,
+        &[
+            "--registry",
+            reg,
+            "my-tune",
+            "--lora",
+            "half=hf:acme/llama-lora:0.5",
+        ],
+        &[],
+    );
+    server.wait_healthy();
+    let cards = server.get("/v1/models").json();
+    let card = |id: &str| {
+        cards["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {cards}"))
+    };
+    assert_eq!(
+        card("my-tune")["licenses"],
+        serde_json::json!(["apache-2.0", "mit"])
+    );
+    assert_eq!(
+        card("llama-base+half")["licenses"],
+        serde_json::json!(["apache-2.0", "mit"])
+    );
+    assert_eq!(
+        card("llama-base")["licenses"],
+        serde_json::json!(["apache-2.0"])
+    );
+    for (model, text) in &want {
+        let r = server.post(
+            "/v1/completions",
+            &serde_json::json!({"model": model, "prompt": prompt, "max_tokens": 12,
+                                "temperature": 0}),
+        );
+        assert_eq!(r.status, 200, "{model}: {}", r.body);
+        assert_eq!(r.json()["choices"][0]["text"], text.as_str(), "{model}");
+    }
+    drop(server);
+    sb.run(&[
+        "--registry",
+        reg,
+        "serve",
+        "llama-base",
+        "--lora",
+        "nc=hf:acme/nc-lora",
+    ])
+    .fails_with(2, "is not pulled: run `owrun pull hf:acme/nc-lora` first");
+
     // Commands that take a model say how an adapter entry runs; rm removes the adapter.
     let out = sb.dir.path().join("q.gguf");
     sb.run(&["--registry", reg, "quantize", "my-tune", "-o", path(&out)])

@@ -8,7 +8,8 @@ use anyhow::Result;
 use crate::cli::ServeArgs;
 use crate::error::usage;
 use crate::open::Opener;
-use crate::server::catalog::Catalog;
+use crate::registry::AdapterRef;
+use crate::server::catalog::{Catalog, ServedAdapter};
 use crate::server::models::{Models, Options};
 use crate::server::{Limits, ServeOptions};
 
@@ -55,18 +56,47 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     let mut catalog = Catalog::new(opener.clone(), choices, args.models.clone());
     // Models named on the command line are checked now, so a typo or a license stops the
     // start with the usual exit code instead of a server that answers 404.
+    // An adapter entry of the registry is served as its base with its adapter, by its own name.
     let mut served_as = Vec::new();
+    let mut adapters = Vec::new();
     for name in &args.models {
-        served_as.push(catalog.check(name)?.0.display_name());
+        let model = opener.resolve(name)?;
+        let Some(adapter) = opener.entry_adapter(&model) else {
+            served_as.push(catalog.check(name)?.0.display_name());
+            continue;
+        };
+        let base = opener.base_of(&model)?.display_name();
+        served_as.push(catalog.check(&base)?.0.display_name());
+        let (path, licenses) = opener.pulled_adapter(&adapter)?;
+        adapters.push(ServedAdapter {
+            name: model.display_name(),
+            path,
+            scale: 1.0,
+            licenses,
+            entry: true,
+        });
     }
-    if !args.lora.is_empty() {
+    for (name, adapter, scale) in adapter_specs(&args.lora)? {
+        if adapters.iter().any(|a| a.name == name) {
+            return Err(usage(format!("--lora: the name {name:?} is taken")));
+        }
+        let (path, licenses) = opener.pulled_adapter(&adapter)?;
+        adapters.push(ServedAdapter {
+            name,
+            path,
+            scale,
+            licenses,
+            entry: false,
+        });
+    }
+    if !adapters.is_empty() {
         let [model] = &served_as[..] else {
             return Err(usage(format!(
-                "--lora adapters are for one model named on the command line ({} named)",
+                "LoRA adapters (--lora, or an adapter entry) are for one model named on the \
+                 command line ({} named)",
                 served_as.len()
             )));
         };
-        let adapters = adapter_specs(&args.lora)?;
         catalog = catalog.with_adapters(model.clone(), adapters);
     }
     let hooks = opener.settings.test_hooks;
@@ -96,9 +126,10 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
 }
 
 /// `30s`, `5m`, `1h`, a number of seconds, `0`; `-1` or `forever`: None (never unloaded).
-/// `--lora NAME=PATH[:SCALE]`, each: names unique, usable in `MODEL+NAME`.
-fn adapter_specs(specs: &[String]) -> Result<Vec<(String, std::path::PathBuf, f32)>> {
-    let mut out: Vec<(String, std::path::PathBuf, f32)> = Vec::new();
+/// `--lora NAME=SPEC`, each: SPEC as `run --lora` takes it (a path or `hf:owner/name`, with
+/// `:SCALE`); names unique, usable in `MODEL+NAME`.
+fn adapter_specs(specs: &[String]) -> Result<Vec<(String, AdapterRef, f32)>> {
+    let mut out: Vec<(String, AdapterRef, f32)> = Vec::new();
     for spec in specs {
         let Some((name, rest)) = spec.split_once('=') else {
             return Err(usage(format!(
@@ -118,9 +149,8 @@ fn adapter_specs(specs: &[String]) -> Result<Vec<(String, std::path::PathBuf, f3
         if out.iter().any(|(n, ..)| n == name) {
             return Err(usage(format!("--lora: the name {name:?} is given twice")));
         }
-        let (path, scale) =
-            crate::engine::format::lora::parse_spec(rest).map_err(|e| usage(e.to_string()))?;
-        out.push((name.to_string(), path, scale));
+        let (adapter, scale) = crate::registry::resolve_adapter(rest)?;
+        out.push((name.to_string(), adapter, scale));
     }
     Ok(out)
 }

@@ -153,6 +153,32 @@ impl Opener {
         Ok(path)
     }
 
+    /// The path the server loads `adapter` from: on disk already (the server never downloads),
+    /// its license accepted (the server never asks). With its license ids, for /v1/models.
+    pub fn pulled_adapter(&self, adapter: &AdapterRef) -> Result<(PathBuf, Vec<String>)> {
+        let Some(path) = self.adapter_on_disk(adapter).filter(|p| p.exists()) else {
+            let name = adapter.display_name();
+            return Err(usage(match adapter {
+                AdapterRef::Local { .. } => format!("--lora {name}: no such file or folder"),
+                _ => format!(
+                    "the LoRA adapter {name} is not pulled: run `owrun pull {name}` first (the \
+                     server never downloads)"
+                ),
+            }));
+        };
+        let licenses = self.adapter_licenses(adapter, Some(&path));
+        match adapter {
+            AdapterRef::Local { .. } => license::check_declared_use(
+                &self.settings,
+                &adapter.display_name(),
+                &licenses,
+                true,
+            )?,
+            _ => self.gate_adapter_as(adapter, licenses.clone(), false, false)?,
+        }
+        Ok((path, licenses.into_iter().map(|l| l.id).collect()))
+    }
+
     /// A Hub adapter whole in the store (or a local one): the path `--lora` loads.
     pub fn adapter_on_disk(&self, adapter: &AdapterRef) -> Option<PathBuf> {
         if let AdapterRef::Local { path } = adapter {
@@ -203,6 +229,17 @@ impl Opener {
         licenses: Vec<License>,
         accept_license: bool,
     ) -> Result<()> {
+        self.gate_adapter_as(adapter, licenses, accept_license, true)
+    }
+
+    /// `gate_adapter`, asking the user (`may_ask`) or not (the server).
+    fn gate_adapter_as(
+        &self,
+        adapter: &AdapterRef,
+        licenses: Vec<License>,
+        accept_license: bool,
+        may_ask: bool,
+    ) -> Result<()> {
         let key = adapter
             .hub_repo()
             .map(|(r, _)| r.to_string())
@@ -215,7 +252,7 @@ impl Opener {
                 licenses,
                 force_acceptance: Vec::new(),
                 accept_flag: accept_license,
-                may_ask: true,
+                may_ask,
                 adapter: true,
             },
         )

@@ -226,7 +226,11 @@ impl Opener {
     /// The path to load `model` from when it is already on disk and its license lets it be
     /// served without asking anyone (the server: it never downloads, and has no one to ask).
     pub fn pulled(&self, model: &ModelRef) -> Result<PathBuf> {
-        self.refuse_adapter_entry(model, "(the server's) does not run adapters yet")?;
+        self.refuse_adapter_entry(
+            model,
+            "(the server's) serves an adapter entry only when named on its command line \
+             (`owrun serve NAME`)",
+        )?;
         let Some(snapshot) = self.local_snapshot(model) else {
             return Err(usage(format!(
                 "{} is not pulled: run `owrun pull {}` first (the server never downloads)",

@@ -42,10 +42,24 @@ pub struct Catalog {
     choices: LoadChoices,
     /// Named on the command line (listed by /v1/models even when they are local paths).
     named: Vec<String>,
-    /// LoRA adapters (`--lora NAME=PATH[:SCALE]`) and the model they are for (its name as
-    /// served): that model loads with all of them; a request picks among them.
-    adapters: Vec<(String, PathBuf, f32)>,
+    /// LoRA adapters (`--lora NAME=SPEC`, or an adapter entry named on the command line) and
+    /// the model they are for (its name as served): that model loads with all of them; a
+    /// request picks among them.
+    adapters: Vec<ServedAdapter>,
     adapted: Option<String>,
+}
+
+/// A LoRA adapter the server loads with its model.
+pub struct ServedAdapter {
+    /// What requests call it (`base+NAME`, the `lora` field's "id").
+    pub name: String,
+    pub path: PathBuf,
+    pub scale: f32,
+    /// Its own license ids (the base's apply too).
+    pub licenses: Vec<String>,
+    /// An adapter entry of the registry named on the command line: also served by its own
+    /// name, as `owrun run NAME` runs it.
+    pub entry: bool,
 }
 
 /// Longest model name a client may send: a longer one is unknown, without suggestions (which
@@ -72,19 +86,27 @@ impl Catalog {
         }
     }
 
-    /// Load the model served as `model` with these adapters (name, file, multiplier).
-    pub fn with_adapters(mut self, model: String, adapters: Vec<(String, PathBuf, f32)>) -> Self {
+    /// Load the model served as `model` with these adapters.
+    pub fn with_adapters(mut self, model: String, adapters: Vec<ServedAdapter>) -> Self {
         self.adapted = Some(model);
         self.adapters = adapters;
         self
     }
 
-    /// `base+adapter` as (base, adapter) when `adapter` is one of the server's adapters; any
-    /// other name as it is.
-    pub fn split_adapter<'n>(&self, name: &'n str) -> (&'n str, Option<&'n str>) {
+    /// `base+adapter` as (base, adapter) when `adapter` is one of the server's adapters, an
+    /// adapter entry's own name as (its base, it); any other name as it is.
+    pub fn split_adapter(&self, name: &str) -> (String, Option<String>) {
+        if let (Some(base), true) = (
+            &self.adapted,
+            self.adapters.iter().any(|a| a.entry && a.name == name),
+        ) {
+            return (base.clone(), Some(name.to_string()));
+        }
         match name.rsplit_once('+') {
-            Some((base, a)) if self.adapters.iter().any(|(n, ..)| n == a) => (base, Some(a)),
-            _ => (name, None),
+            Some((base, a)) if self.adapters.iter().any(|s| s.name == a) => {
+                (base.to_string(), Some(a.to_string()))
+            }
+            _ => (name.to_string(), None),
         }
     }
 
@@ -143,9 +165,9 @@ impl Catalog {
             choices.adapters = self
                 .adapters
                 .iter()
-                .map(|(_, p, m)| (p.clone(), *m))
+                .map(|a| (a.path.clone(), a.scale))
                 .collect();
-            adapters = self.adapters.iter().map(|(n, ..)| n.clone()).collect();
+            adapters = self.adapters.iter().map(|a| a.name.clone()).collect();
         }
         Ok(Opened {
             id,
@@ -161,7 +183,7 @@ impl Catalog {
             .opener
             .registry
             .iter()
-            // Adapter entries are not served (yet).
+            // Adapter entries are served only when named on the command line (below).
             .filter(|(_, entry)| entry.adapter.is_none())
             .map(|(name, entry)| ModelRef::Registry {
                 name: name.clone(),
@@ -171,7 +193,9 @@ impl Catalog {
             .collect();
         for name in &self.named {
             if let Ok(m) = self.opener.resolve(name) {
-                if !models.iter().any(|x| x.display_name() == m.display_name()) {
+                let new = !models.iter().any(|x| x.display_name() == m.display_name());
+                // An adapter entry is listed with its base's variants (below).
+                if new && m.adapter_entry().is_none() {
                     models.push(m);
                 }
             }
@@ -192,13 +216,33 @@ impl Catalog {
                 }
             })
             .flat_map(|card| {
-                // The adapted model once more per adapter, as `base+adapter`.
+                // The adapted model once more per adapter, as `base+adapter` (an adapter entry
+                // also by its own name), under its licenses and the base's.
                 let adapted = self.adapted.as_deref() == Some(card.id.as_str());
                 let variants: Vec<Card> = if adapted { &self.adapters[..] } else { &[] }
                     .iter()
-                    .map(|(a, ..)| Card {
-                        id: format!("{}+{a}", card.id),
-                        ..card.clone()
+                    .flat_map(|a| {
+                        let mut ids = card.licenses.clone();
+                        for l in &a.licenses {
+                            if !ids.contains(l) {
+                                ids.push(l.clone());
+                            }
+                        }
+                        let licenses: Vec<_> = ids.iter().map(|id| license::lookup(id)).collect();
+                        let variant = Card {
+                            id: format!("{}+{}", card.id, a.name),
+                            commercial: serde_json::to_value(license::strictest(&licenses))
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                            licenses: ids,
+                            pulled: card.pulled,
+                        };
+                        let own = a.entry.then(|| Card {
+                            id: a.name.clone(),
+                            ..variant.clone()
+                        });
+                        std::iter::once(variant).chain(own)
                     })
                     .collect();
                 std::iter::once(card).chain(variants)

@@ -429,11 +429,11 @@ async fn model_and_adapters(
     common: &Common,
 ) -> Result<(Arc<Served>, Vec<f32>), ApiError> {
     let (base, adapter) = app.models.split_adapter(&common.model);
-    let served = app.models.get(base, false).await?;
+    let served = app.models.get(&base, false).await?;
     let mut lora = vec![0.0; served.adapters.len()];
     let position = |name: &str| served.adapters.iter().position(|a| a == name);
     if let Some(a) = adapter {
-        match position(a) {
+        match position(&a) {
             Some(i) => lora[i] = 1.0,
             None => {
                 return Err(ApiError::model_not_found(format!(

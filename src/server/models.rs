@@ -120,7 +120,7 @@ impl Models {
     /// The model `name`, loaded first if it is not (or if its thread failed). `pinned`: kept
     /// until the server stops.
     /// `base+adapter` as (base, adapter) for one of the server's adapters; else (name, None).
-    pub fn split_adapter<'n>(&self, name: &'n str) -> (&'n str, Option<&'n str>) {
+    pub fn split_adapter(&self, name: &str) -> (String, Option<String>) {
         self.catalog.split_adapter(name)
     }
 
