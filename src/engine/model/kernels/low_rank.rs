@@ -91,6 +91,10 @@ impl Element for bf16 {
     }
 }
 
+/// Values of Bᵀ from which a decode row's columns are shared by the threads: below, handing
+/// them out costs more than reading them (SmolLM2-135M's largest, 16 × 1536, stays on one).
+const SHARED_MIN: usize = 1 << 16;
+
 /// `y` (rows × out) += scales[row] · B·(A·x[row]) for every row of `x` (rows × in), with A
 /// rank × in and `bt` = Bᵀ, rank × out.
 pub fn add<W: Element>(y: &mut [f32], x: &[f32], a: &[W], bt: &[W], rank: usize, scales: &[f32]) {
@@ -101,7 +105,7 @@ pub fn add<W: Element>(y: &mut [f32], x: &[f32], a: &[W], bt: &[W], rank: usize,
     let (inputs, outputs) = (x.len() / rows, y.len() / rows);
     let a_row = |r: usize| &a[r * inputs..(r + 1) * inputs];
     let threads = rayon::current_num_threads();
-    if rows == 1 && threads > 1 {
+    if rows == 1 && threads > 1 && rank * outputs >= SHARED_MIN {
         // One row (a decode step): its dot products on this thread (A is small, and a hand-off
         // to the pool costs about as much as reading it), then its columns shared by the
         // threads, so Bᵀ is read on every core as the base's matrices are.
@@ -194,10 +198,12 @@ mod tests {
     /// Against the sum written out term by term, for each element type.
     #[test]
     fn the_low_rank_term_is_added_row_by_row() {
-        // Rows in parallel; and one row (a decode step), its columns shared by the threads.
+        // Rows in parallel; and one row (a decode step), on one thread or (a large Bᵀ) its
+        // columns shared by the threads.
         for (scales, inputs, outputs, rank) in [
             (&[1.0, 0.0, -2.0, 0.5, 3.0][..], 37, 23, 3),
             (&[0.7], 37, 300, 5),
+            (&[0.7], 37, 4200, 16),
             (&[0.0], 37, 300, 5),
             (&[1.5], 64, 576, 16),
         ] {
