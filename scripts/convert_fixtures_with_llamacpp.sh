@@ -19,14 +19,29 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 source scripts/llamacpp_sdist.sh
 # family  converter's outtype  pre-tokenizer ("-": the converter's own recognition)
-ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- phi3:q8_0:- mixtral:q8_0:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2"
+# A name of tests/fixtures/long/ (qwen2_yarn) is that fixture's model with its config changes.
+ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- phi3:q8_0:- mixtral:q8_0:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2 qwen2_yarn:f32:qwen2"
 for spec in $ALL; do
   IFS=: read -r fam outtype pre <<<"$spec"
   if [ $# -gt 0 ] && [[ " $* " != *" $fam "* ]]; then continue; fi
   # Q8_0 files are named after the family alone, as the tests expect.
   out=tests/fixtures/gguf/$fam.gguf
   [ "$outtype" = q8_0 ] || out=tests/fixtures/gguf/$fam.$outtype.gguf
-  "$PYTHON" scripts/llamacpp_convert.py "$LLAMA" "$pre" "tests/fixtures/models/$fam" \
+  src=tests/fixtures/models/$fam
+  if [ ! -d "$src" ]; then
+    src=$DIR/variant-$fam
+    rm -rf "$src"
+    "$PYTHON" - "$fam" "$src" <<'PY'
+import json, shutil, sys
+fam, out = sys.argv[1], sys.argv[2]
+spec = json.load(open(f"tests/fixtures/long/{fam}.json"))
+shutil.copytree(f"tests/fixtures/models/{spec['model']}", out)
+cfg = json.load(open(f"{out}/config.json"))
+cfg.update(spec["config_changes"])
+json.dump(cfg, open(f"{out}/config.json", "w"))
+PY
+  fi
+  "$PYTHON" scripts/llamacpp_convert.py "$LLAMA" "$pre" "$src" \
     --outtype "$outtype" --outfile "$out" >"$DIR/convert-$fam.log" 2>&1 \
     || { tail -20 "$DIR/convert-$fam.log" >&2; exit 1; }
   echo "$fam ($outtype): $out ($(stat -c %s "$out") bytes)"

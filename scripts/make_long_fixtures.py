@@ -25,13 +25,26 @@ import torch
 import transformers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
-FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "gemma3", "phi3_longrope", "phi3_longrope_1000"]
+FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "gemma3", "phi3_longrope", "phi3_longrope_1000",
+            "qwen2_yarn", "llama_yarn_mscale"]
 # A fixture model with its config.json changed (at the top level and in rope_parameters): Phi-3
 # LongRoPE whose original context (1000) ends inside the prompt, past owrun's first prefill chunk
 # (512), as Phi-3.5's 4096 does for a longer prompt: transformers' single forward uses the long
 # factors for every position, so owrun's chunks must decide on the whole prompt, not each chunk.
+# YaRN as Qwen2.5 / Qwen3 turn it on past 32k (factor 4 over an original context, here 1024, that
+# the prompt passes), and as DeepSeek V2/V3 set it (mscale and mscale_all_dim, their own betas).
 VARIANTS = {"phi3_longrope_1000": ("phi3_longrope", {"max_position_embeddings": 4096,
-                                                       "original_max_position_embeddings": 1000})}
+                                                       "original_max_position_embeddings": 1000}),
+            "qwen2_yarn": ("qwen2", {"max_position_embeddings": 4096,
+                                     "rope_parameters": {"rope_type": "yarn", "rope_theta": 1000000.0,
+                                                         "factor": 4.0,
+                                                         "original_max_position_embeddings": 1024}}),
+            "llama_yarn_mscale": ("llama", {"max_position_embeddings": 4096,
+                                            "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0,
+                                                                "factor": 8.0, "mscale": 0.707,
+                                                                "mscale_all_dim": 1.0, "beta_fast": 16,
+                                                                "beta_slow": 2,
+                                                                "original_max_position_embeddings": 512}})}
 PROMPT_TOKENS = 3000
 LAST = 4
 NEW_TOKENS = 8

@@ -277,6 +277,8 @@ fn long_prompts_match_transformers() {
         "gemma3",
         "phi3_longrope",
         "phi3_longrope_1000",
+        "qwen2_yarn",
+        "llama_yarn_mscale",
     ] {
         let exp: Value = serde_json::from_str(
             &std::fs::read_to_string(root.join("long").join(format!("{family}.json"))).unwrap(),
@@ -303,60 +305,78 @@ fn long_prompts_match_transformers() {
             std::fs::write(&path, cfg.to_string()).unwrap();
             copy.path().to_path_buf()
         };
-        let prompt = ids(&exp["prompt_ids"]);
-        let want_tokens = ids(&exp["new_token_ids"]);
-        let want: Vec<Vec<f64>> = exp["last_logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap())
-                    .collect()
-            })
-            .collect();
         for (kv, tolerance) in [(KvType::F32, 1e-3), (KvType::F16, 5e-2)] {
-            let mut engine = Engine::load(
-                &dir,
-                &[dir.join("model.safetensors")],
-                &LoadOptions {
-                    threads: None,
-                    device: DeviceChoice::Cpu,
-                    dtype: DTypeChoice::F32,
-                    quant: None,
-                    quant_cache: None,
-                    kv_type: kv,
-                    context: Some(4096),
-                    adapters: Vec::new(),
-                    merge_adapters: false,
-                },
-            )
-            .unwrap();
-            let seq = engine.model.new_sequence();
-            let split = prompt.len() - want.len();
-            // The prompt in one call, as `run` feeds it (the model cuts it into chunks), with
-            // logits after each of its last positions.
-            let mut got = engine.model.forward_all(seq, &prompt).unwrap();
-            let got = got.split_off(split);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let d = g
-                    .iter()
-                    .zip(w)
-                    .map(|(a, b)| (*a as f64 - b).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    d < tolerance,
-                    "{family} {kv:?}: logits at position {} differ by {d}",
-                    split + i
-                );
-            }
-            engine.model.truncate(seq, 0).unwrap();
-            let tokens = greedy(&mut engine, seq, &prompt, want_tokens.len());
-            assert_eq!(tokens, want_tokens, "{family} {kv:?}: greedy tokens");
+            let mut engine =
+                Engine::load(&dir, &[dir.join("model.safetensors")], &long_options(kv)).unwrap();
+            assert_long_prompt(&mut engine, &exp, tolerance, &format!("{family} {kv:?}"));
         }
     }
+}
+
+/// YaRN from a GGUF file, as llama.cpp's converter writes its scaling (type, factor, original
+/// context): the long prompt of qwen2_yarn as transformers computes it.
+#[test]
+fn yarn_from_a_converted_gguf_matches_transformers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("long/qwen2_yarn.json")).unwrap())
+            .unwrap();
+    let file = root.join("gguf/qwen2_yarn.f32.gguf");
+    let mut engine = Engine::load_gguf(&file, &long_options(KvType::F32)).unwrap();
+    assert_long_prompt(&mut engine, &exp, 1e-3, "qwen2_yarn.f32.gguf");
+}
+
+fn long_options(kv_type: KvType) -> LoadOptions {
+    LoadOptions {
+        threads: None,
+        device: DeviceChoice::Cpu,
+        dtype: DTypeChoice::F32,
+        quant: None,
+        quant_cache: None,
+        kv_type,
+        context: Some(4096),
+        adapters: Vec::new(),
+        merge_adapters: false,
+    }
+}
+
+/// A long-prompt fixture's last logits (within `tolerance`) and greedy tokens.
+fn assert_long_prompt(engine: &mut Engine, exp: &Value, tolerance: f64, what: &str) {
+    let prompt = ids(&exp["prompt_ids"]);
+    let want_tokens = ids(&exp["new_token_ids"]);
+    let want: Vec<Vec<f64>> = exp["last_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let seq = engine.model.new_sequence();
+    let split = prompt.len() - want.len();
+    // The prompt in one call, as `run` feeds it (the model cuts it into chunks), with logits
+    // after each of its last positions.
+    let mut got = engine.model.forward_all(seq, &prompt).unwrap();
+    let got = got.split_off(split);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let d = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < tolerance,
+            "{what}: logits at position {} differ by {d}",
+            split + i
+        );
+    }
+    engine.model.truncate(seq, 0).unwrap();
+    let tokens = greedy(engine, seq, &prompt, want_tokens.len());
+    assert_eq!(tokens, want_tokens, "{what}: greedy tokens");
 }
 
 /// Greedy decoding of several sequences in lockstep: each entry's tokens are appended to its

@@ -300,6 +300,27 @@ impl GgufFile {
                     json!({"rope_type": "linear", "factor": self.num("rope.scaling.factor").unwrap_or(1.0)}),
                 );
             }
+            // As llama.cpp's converter writes YaRN (from transformers' rope_parameters).
+            Some(GValue::String(t)) if t == "yarn" => {
+                let original = self.num("rope.scaling.original_context_length").context(
+                    "the GGUF has YaRN rope scaling but no rope.scaling.original_context_length",
+                )?;
+                let mut s = json!({
+                    "rope_type": "yarn",
+                    "factor": self.num("rope.scaling.factor").unwrap_or(1.0),
+                    "original_max_position_embeddings": original as u64,
+                });
+                for (key, hf) in [
+                    ("rope.scaling.yarn_attn_factor", "attention_factor"),
+                    ("rope.scaling.yarn_beta_fast", "beta_fast"),
+                    ("rope.scaling.yarn_beta_slow", "beta_slow"),
+                ] {
+                    if let Some(v) = self.num(key) {
+                        s[hf] = json!(v);
+                    }
+                }
+                c.insert("rope_scaling".into(), s);
+            }
             Some(GValue::String(t)) if t != "none" => {
                 bail!("GGUF rope scaling {t:?} is not supported yet")
             }

@@ -183,6 +183,11 @@ impl Arch {
                 .with_context(|| format!("in {}", f.name("rope_scaling")))?,
         ];
 
+        // YaRN reaches past the stated context (Qwen2.5/3 with it added for 128k).
+        let context = ropes[0]
+            .extended_context
+            .map_or(context, |c| c.min(limits::CONTEXT));
+
         // Which layers attend through a sliding window.
         let window = f.count("sliding_window", usize::MAX)?;
         let layer_types: Option<Vec<bool>> = get(raw, "layer_types")

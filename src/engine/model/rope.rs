@@ -1,6 +1,7 @@
 //! Rotary position embeddings, computed for the positions a forward needs (no table sized to
-//! the whole context): default, linear, llama3 and LongRoPE (Phi-3.5 / Phi-4, "su" in early
-//! files), over all of a head or its first part (partial rotary). Frequencies follow
+//! the whole context): default, linear, llama3, LongRoPE (Phi-3.5 / Phi-4, "su" in early
+//! files) and YaRN (Qwen2.5 / Qwen3 past 32k, DeepSeek V2/V3, gpt-oss), over all of a head or
+//! its first part (partial rotary). Frequencies follow
 //! transformers' `modeling_rope_utils` in f32, so logits agree to rounding.
 
 use anyhow::{bail, Result};
@@ -14,14 +15,54 @@ pub struct Rope {
     inv_freq: Vec<f32>,
     /// LongRoPE: these frequencies once a sequence is longer than `original` positions.
     long: Option<(Vec<f32>, usize)>,
-    /// Multiplies cos and sin (LongRoPE's attention factor; 1 elsewhere).
+    /// Multiplies cos and sin (LongRoPE's and YaRN's attention factor; 1 elsewhere).
     scale: f32,
+    /// The context the scaling is for (YaRN: its original context times its factor), when it
+    /// reaches past the model's `max_position_embeddings` (Qwen2.5 and Qwen3 state 32k and are
+    /// told to add YaRN for 128k).
+    pub extended_context: Option<usize>,
 }
 
 fn base_freqs(theta: f64, dim: usize) -> Vec<f32> {
     (0..dim)
         .step_by(2)
         .map(|i| 1.0 / (theta as f32).powf(i as f32 / dim as f32))
+        .collect()
+}
+
+/// YaRN's frequencies, as transformers' `_compute_yarn_parameters` makes them: the base
+/// frequencies where a dimension turns more than `beta_fast` times over the original context
+/// (kept: extrapolated), divided by `factor` where it turns fewer than `beta_slow` times
+/// (interpolated), and a linear ramp between.
+fn yarn_freqs(
+    theta: f64,
+    dim: usize,
+    factor: f64,
+    (beta_fast, beta_slow): (f64, f64),
+    original: usize,
+    truncate: bool,
+) -> Vec<f32> {
+    let correction = |rotations: f64| {
+        (dim as f64 * (original as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln())
+            / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, high) = (low.max(0.0), high.min(dim as f64 - 1.0));
+    let span = if low == high { 0.001 } else { high - low } as f32;
+    (0..dim)
+        .step_by(2)
+        .enumerate()
+        .map(|(i, d)| {
+            // In f32, in transformers' order of operations.
+            let pos = (theta as f32).powf(d as f32 / dim as f32);
+            let (extrapolated, interpolated) = (1.0 / pos, 1.0 / (factor as f32 * pos));
+            let ramp = ((i as f32 - low as f32) / span).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            interpolated * (1.0 - keep) + extrapolated * keep
+        })
         .collect()
 }
 
@@ -55,6 +96,7 @@ impl Rope {
             inv_freq: base_freqs(theta, rot_dim),
             long: None,
             scale: 1.0,
+            extended_context: None,
         };
         let Some(s) = scaling.filter(|s| !s.is_null()) else {
             return Ok(rope);
@@ -121,6 +163,44 @@ impl Rope {
                     }
                 }
             }
+            "yarn" => {
+                let original = num("original_max_position_embeddings")?
+                    .map(|v| v as usize)
+                    .or(original_max_pos)
+                    .unwrap_or(max_pos)
+                    .max(1);
+                // DeepSeek V3 states no factor: the ratio of its context to the original.
+                let factor = num("factor")?.unwrap_or(max_pos as f64 / original as f64);
+                let mscale = |m: f64| {
+                    if factor <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * factor.ln() + 1.0
+                    }
+                };
+                rope.scale = match (
+                    num("attention_factor")?,
+                    num("mscale")?,
+                    num("mscale_all_dim")?,
+                ) {
+                    (Some(a), ..) => a as f32,
+                    (None, Some(m), Some(all)) => (mscale(m) / mscale(all)) as f32,
+                    _ => mscale(1.0) as f32,
+                };
+                let beta_fast = num("beta_fast")?.unwrap_or(32.0);
+                let beta_slow = num("beta_slow")?.unwrap_or(1.0);
+                let truncate = s.get("truncate").and_then(Value::as_bool).unwrap_or(true);
+                let reach = (original as f64 * factor) as usize;
+                rope.extended_context = (reach > max_pos).then_some(reach);
+                rope.inv_freq = yarn_freqs(
+                    theta,
+                    rot_dim,
+                    factor,
+                    (beta_fast, beta_slow),
+                    original,
+                    truncate,
+                );
+            }
             "longrope" | "su" => {
                 let factors = |k: &str| -> Result<Vec<f32>> {
                     let v = positive_list(k)?;
@@ -153,7 +233,8 @@ impl Rope {
                 rope.long = Some((apply(&long), original));
             }
             other => bail!(
-                "rope scaling {other:?} is not supported (supported: linear, llama3, longrope)"
+                "rope scaling {other:?} is not supported (supported: linear, llama3, longrope, \
+                 yarn)"
             ),
         }
         Ok(rope)
@@ -226,6 +307,22 @@ mod tests {
         assert_eq!(l3.inv_freq[0], plain.inv_freq[0]);
         let last = plain.inv_freq.len() - 1;
         assert!((l3.inv_freq[last] - plain.inv_freq[last] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn yarn_keeps_fast_dimensions_divides_slow_ones_and_extends_the_context() {
+        let plain = Rope::new(128, 1.0, 1e6, None, 32768, None).unwrap();
+        let s = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+            "original_max_position_embeddings": 32768});
+        let y = Rope::new(128, 1.0, 1e6, Some(&s), 32768, None).unwrap();
+        assert_eq!(y.inv_freq[0], plain.inv_freq[0]);
+        let last = y.inv_freq.len() - 1;
+        assert!((y.inv_freq[last] - plain.inv_freq[last] / 4.0).abs() < 1e-12);
+        assert!((y.scale - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        assert_eq!(y.extended_context, Some(131072));
+        // A context that already holds it (DeepSeek V3 states its 160k) is left as it is.
+        let y = Rope::new(128, 1.0, 1e6, Some(&s), 131072, None).unwrap();
+        assert_eq!(y.extended_context, None);
     }
 
     #[test]
