@@ -26,7 +26,7 @@ import transformers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "gemma3", "phi3_longrope", "phi3_longrope_1000",
-            "qwen2_yarn", "llama_yarn_mscale"]
+            "qwen2_yarn", "llama_yarn_mscale", "llama_dynamic"]
 # A fixture model with its config.json changed (at the top level and in rope_parameters): Phi-3
 # LongRoPE whose original context (1000) ends inside the prompt, past owrun's first prefill chunk
 # (512), as Phi-3.5's 4096 does for a longer prompt: transformers' single forward uses the long
@@ -44,7 +44,11 @@ VARIANTS = {"phi3_longrope_1000": ("phi3_longrope", {"max_position_embeddings": 
                                                                 "factor": 8.0, "mscale": 0.707,
                                                                 "mscale_all_dim": 1.0, "beta_fast": 16,
                                                                 "beta_slow": 2,
-                                                                "original_max_position_embeddings": 512}})}
+                                                                "original_max_position_embeddings": 512}}),
+            # Dynamic NTK: past the stated context (1024), the base grows with the sequence.
+            "llama_dynamic": ("llama", {"max_position_embeddings": 1024,
+                                        "rope_parameters": {"rope_type": "dynamic", "rope_theta": 500000.0,
+                                                            "factor": 2.0}})}
 PROMPT_TOKENS = 3000
 LAST = 4
 NEW_TOKENS = 8

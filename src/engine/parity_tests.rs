@@ -279,6 +279,7 @@ fn long_prompts_match_transformers() {
         "phi3_longrope_1000",
         "qwen2_yarn",
         "llama_yarn_mscale",
+        "llama_dynamic",
     ] {
         let exp: Value = serde_json::from_str(
             &std::fs::read_to_string(root.join("long").join(format!("{family}.json"))).unwrap(),

@@ -15,6 +15,9 @@ pub struct Rope {
     inv_freq: Vec<f32>,
     /// LongRoPE: these frequencies once a sequence is longer than `original` positions.
     long: Option<(Vec<f32>, usize)>,
+    /// Dynamic NTK: past the model's context, the base grows with the sequence (theta, factor,
+    /// the context).
+    dynamic: Option<(f64, f64, usize)>,
     /// Multiplies cos and sin (LongRoPE's and YaRN's attention factor; 1 elsewhere).
     scale: f32,
     /// The context the scaling is for (YaRN: its original context times its factor), when it
@@ -66,6 +69,19 @@ fn yarn_freqs(
         .collect()
 }
 
+/// Dynamic NTK's frequencies for a sequence of `len` positions past `context`, as transformers'
+/// `_compute_dynamic_ntk_parameters`: the base times ((factor · len / context) − (factor − 1))
+/// to the power dim / (dim − 2).
+fn ntk_freqs(theta: f64, factor: f64, len: usize, context: usize, dim: usize) -> Vec<f32> {
+    let grown = theta
+        * ((factor * len as f64 / context as f64) - (factor - 1.0))
+            .powf(dim as f64 / (dim as f64 - 2.0));
+    (0..dim)
+        .step_by(2)
+        .map(|d| 1.0 / (grown as f32).powf(d as f32 / dim as f32))
+        .collect()
+}
+
 /// A JSON array of numbers as f32s (empty when it is not one).
 pub fn f32_list(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -95,6 +111,7 @@ impl Rope {
             rot_dim,
             inv_freq: base_freqs(theta, rot_dim),
             long: None,
+            dynamic: None,
             scale: 1.0,
             extended_context: None,
         };
@@ -162,6 +179,12 @@ impl Rope {
                         *f = (1.0 - smooth) * *f / factor + smooth * *f;
                     }
                 }
+            }
+            "dynamic" => {
+                let factor = num("factor")?.unwrap_or(1.0);
+                rope.dynamic = Some((theta, factor, max_pos.max(1)));
+                let reach = (max_pos as f64 * factor) as usize;
+                rope.extended_context = (reach > max_pos).then_some(reach);
             }
             "yarn" => {
                 let original = num("original_max_position_embeddings")?
@@ -234,7 +257,7 @@ impl Rope {
             }
             other => bail!(
                 "rope scaling {other:?} is not supported (supported: linear, llama3, longrope, \
-                 yarn)"
+                 yarn, dynamic)"
             ),
         }
         Ok(rope)
@@ -246,9 +269,10 @@ impl Rope {
     }
 
     /// cos and sin for positions `first..first + n`, each n × rot_dim/2. LongRoPE switches to
-    /// its long factors when the sequence reaches past the original context, as transformers
-    /// does for the forward that crosses it: `reach` is where the caller's whole forward ends
-    /// (a prompt fed in chunks decides once, for all of its chunks).
+    /// its long factors when the sequence reaches past the original context, and dynamic NTK
+    /// grows its base with the sequence past the model's context, as transformers does for the
+    /// forward that crosses it: `reach` is where the caller's whole forward ends (a prompt fed
+    /// in chunks decides once, for all of its chunks; cached keys keep the rotation they had).
     pub fn tables(
         &self,
         first: usize,
@@ -257,8 +281,14 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let inv = match &self.long {
-            Some((long, original)) if reach.max(first + n) > *original => long,
+        let reach = reach.max(first + n);
+        let grown;
+        let inv = match (&self.long, self.dynamic) {
+            (Some((long, original)), _) if reach > *original => long,
+            (_, Some((theta, factor, context))) if reach > context => {
+                grown = ntk_freqs(theta, factor, reach, context, self.rot_dim);
+                &grown
+            }
             _ => &self.inv_freq,
         };
         let half = inv.len();
@@ -327,9 +357,9 @@ mod tests {
 
     #[test]
     fn unknown_scaling_is_refused_by_name() {
-        let s = serde_json::json!({"rope_type": "dynamic", "factor": 2.0});
+        let s = serde_json::json!({"rope_type": "ntk-by-parts", "factor": 2.0});
         let err = Rope::new(64, 1.0, 1e4, Some(&s), 4096, None).unwrap_err();
-        assert!(err.to_string().contains("dynamic"), "{err}");
+        assert!(err.to_string().contains("ntk-by-parts"), "{err}");
     }
 
     #[test]
