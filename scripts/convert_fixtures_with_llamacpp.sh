@@ -20,7 +20,7 @@ PYTHON=${PYTHON:-python3}
 source scripts/llamacpp_sdist.sh
 # family  converter's outtype  pre-tokenizer ("-": the converter's own recognition)
 # A name of tests/fixtures/long/ (qwen2_yarn) is that fixture's model with its config changes.
-ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- phi3:q8_0:- mixtral:q8_0:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2 qwen2_yarn:f32:qwen2"
+ALL="gemma2:q8_0:- gemma3:q8_0:- gemma2_27b:f32:- phi3:q8_0:- mixtral:q8_0:- llama:q8_0:llama-bpe llama:f32:llama-bpe qwen2:q8_0:qwen2 qwen2:f32:qwen2 qwen3:q8_0:qwen2 qwen3_moe:q8_0:qwen2 qwen2_yarn:f32:qwen2"
 for spec in $ALL; do
   IFS=: read -r fam outtype pre <<<"$spec"
   if [ $# -gt 0 ] && [[ " $* " != *" $fam "* ]]; then continue; fi

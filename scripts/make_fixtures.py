@@ -224,6 +224,17 @@ FAMILIES = {
               "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
     "qwen3": ("Qwen3Config", dict(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=True),
               "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
+    # Qwen3-30B-A3B's shape: every layer routed, experts narrower than the dense MLP, the chosen
+    # weights renormalised (norm_topk_prob), as llama.cpp runs qwen3moe. qwen3_moe_mixed: a dense
+    # layer among routed ones (mlp_only_layers) and the weights left as the softmax gave them.
+    "qwen3_moe": ("Qwen3MoeConfig", dict(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=False,
+                                         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                         norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]),
+                  "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
+    "qwen3_moe_mixed": ("Qwen3MoeConfig", dict(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=False,
+                                               num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                               norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1]),
+                        "byte", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, ["<|im_end|>", "<|endoftext|>"], CHATML_TEMPLATE),
 }
 
 PLAIN_PROMPT = "The quick brown fox"

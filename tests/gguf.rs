@@ -143,7 +143,14 @@ fn gemma3_27b_without_an_attention_scale_scales_by_hidden_over_heads() {
 fn q8_0_gguf_files_agree_with_owrun_s_own_q8_0() {
     let sb = Sandbox::new("http://127.0.0.1:9");
     for family in [
-        "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "mixtral",
+        "qwen3_moe",
     ] {
         let exp = expected(family);
         let file = root().join("gguf").join(format!("{family}.gguf"));
@@ -215,6 +222,7 @@ fn owrun_quantize_writes_gguf_files_that_load_and_agree() {
         "phi3",
         "mixtral",
         "phi3_longrope",
+        "qwen3_moe",
     ] {
         let dir = root().join("models").join(family);
         let out = sb.dir.path().join(format!("{family}.q8_0.gguf"));
@@ -234,6 +242,18 @@ fn owrun_quantize_writes_gguf_files_that_load_and_agree() {
         let own = greedy_cases(&sb, &dir, family, &["--quant", "q8_0"]);
         assert_eq!(from_file, own, "{family}");
     }
+    // Qwen3-MoE with a dense layer among routed ones: GGUF's qwen3moe routes every layer.
+    let mixed = root().join("models/qwen3_moe_mixed");
+    sb.run(&[
+        "quantize",
+        mixed.to_str().unwrap(),
+        "--quant",
+        "q8_0",
+        "-o",
+        sb.dir.path().join("mixed.gguf").to_str().unwrap(),
+    ])
+    .fails_with(2, "dense layers among its routed ones");
+    assert!(!sb.dir.path().join("mixed.gguf").exists());
     // Unquantized: the f32 fixture written as F32 GGUF matches transformers exactly.
     let out = sb.dir.path().join("llama.f32.gguf");
     let dir = root().join("models/llama");

@@ -33,7 +33,15 @@ fn the_builtin_registry_covers_every_family_owrun_runs() {
     let all = list_json(&sb, &[]);
     let families: BTreeSet<&str> = all.iter().map(|m| m["family"].as_str().unwrap()).collect();
     for f in [
-        "llama", "mistral", "mixtral", "phi3", "gemma", "gemma2", "gemma3", "qwen2",
+        "llama",
+        "mistral",
+        "mixtral",
+        "phi3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "qwen2",
+        "qwen3_moe",
     ] {
         assert!(families.contains(f), "no {f} model in the registry");
     }

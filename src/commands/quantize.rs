@@ -6,9 +6,9 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::cli::{lora_specs, QuantizeArgs};
-use crate::engine::export;
 use crate::engine::format::gguf::is_gguf_file;
 use crate::engine::model::lora::Unfit;
+use crate::engine::{export, LoadError};
 use crate::error::usage;
 use crate::open::Opener;
 use crate::store::{format_bytes, weight_files};
@@ -46,10 +46,14 @@ pub fn run(opener: &Opener, args: &QuantizeArgs) -> Result<()> {
         &adapters,
         &args.output,
     )
-    .map_err(|e| match e.downcast_ref::<Unfit>() {
-        // An adapter that does not fit this model: the user's to change.
-        Some(_) => usage(e.to_string()),
-        None => e,
+    .map_err(|e| {
+        // An adapter that does not fit this model, a model GGUF cannot hold: the user's to
+        // change.
+        if e.downcast_ref::<Unfit>().is_some() || e.downcast_ref::<LoadError>().is_some() {
+            usage(e.to_string())
+        } else {
+            e
+        }
     })?;
     for note in &written.notes {
         eprintln!("owrun: {note}");

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::format::config::ModelConfig;
-use super::format::gguf::{self, permute_rows_for_gguf};
+use super::format::gguf::{self, expert_part, permute_rows_for_gguf};
 use super::format::json::read_json;
 use super::format::safetensors::SafetensorsFiles;
 use super::model::arch::Arch;
@@ -96,6 +96,13 @@ pub fn write(
         "gemma3_text" => "gemma3",
         other => other,
     };
+    if arch.moe.as_ref().is_some_and(|m| m.sparse.contains(&false)) {
+        bail!(super::LoadError::Unsuitable(format!(
+            "this {family} model has dense layers among its routed ones (mlp_only_layers or \
+             decoder_sparse_step), which GGUF's {family} cannot say (llama.cpp routes every \
+             layer): it runs from its folder, not as GGUF"
+        )));
+    }
     let Some(name) = gguf::gguf_architecture(family) else {
         bail!("cannot write {family} models as GGUF")
     };
@@ -157,9 +164,12 @@ pub fn write(
     if name == "llama" {
         put(&a("vocab_size"), u32v(arch.vocab_size));
     }
-    if let Some((n, k)) = arch.moe {
-        put(&a("expert_count"), u32v(n));
-        put(&a("expert_used_count"), u32v(k));
+    if let Some(moe) = &arch.moe {
+        put(&a("expert_count"), u32v(moe.experts));
+        put(&a("expert_used_count"), u32v(moe.top_k));
+        if moe.qwen_names {
+            put(&a("expert_feed_forward_length"), u32v(moe.intermediate));
+        }
     }
     if let Some(w) = arch.layers.iter().find_map(|l| l.window) {
         put(&a("attention.sliding_window"), u32v(w));
@@ -401,15 +411,12 @@ fn gguf_name(
         "mlp.gate_proj" => ("ffn_gate".into(), Role::Other),
         "mlp.up_proj" | "mlp.gate_up_proj" => ("ffn_up".into(), Role::Other),
         "mlp.down_proj" => ("ffn_down".into(), Role::FfnDown { layer }),
-        "block_sparse_moe.gate" => ("ffn_gate_inp".into(), Role::Router),
+        "block_sparse_moe.gate" | "mlp.gate" => ("ffn_gate_inp".into(), Role::Router),
         other => {
-            let rest = other.strip_prefix("block_sparse_moe.experts.")?;
-            let (_, w) = rest.split_once('.')?;
-            let (part, role) = match w {
-                "w1" => ("gate", Role::Other),
-                "w2" => ("down", Role::FfnDown { layer }),
-                "w3" => ("up", Role::Other),
-                _ => return None,
+            let (_, part) = expert_part(other)?;
+            let role = match part {
+                "down" => Role::FfnDown { layer },
+                _ => Role::Other,
             };
             return Some((format!("blk.{layer}.ffn_{part}_exps.{kind}"), role, None));
         }
@@ -422,24 +429,13 @@ fn gguf_name(
     Some((format!("blk.{layer}.{base}.{kind}"), role, permute))
 }
 
-/// (stacked tensor name, expert index, expert count) for a Mixtral expert weight.
+/// (stacked tensor name, expert index, expert count) for an expert's weight.
 fn expert_slot(hf: &str, arch: &Arch) -> Option<(String, usize, usize)> {
-    let (n, _) = arch.moe?;
+    let n = arch.moe.as_ref()?.experts;
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
-    let rest = rest.strip_prefix("block_sparse_moe.experts.")?;
-    let (e, w) = rest.split_once('.')?;
-    let part = match w.strip_suffix(".weight")? {
-        "w1" => "gate",
-        "w2" => "down",
-        "w3" => "up",
-        _ => return None,
-    };
-    Some((
-        format!("blk.{layer}.ffn_{part}_exps.weight"),
-        e.parse().ok()?,
-        n,
-    ))
+    let (e, part) = expert_part(rest.strip_suffix(".weight")?)?;
+    Some((format!("blk.{layer}.ffn_{part}_exps.weight"), e, n))
 }
 
 /// One matrix in the type the scheme gives its role (16/32-bit as stored without a scheme).

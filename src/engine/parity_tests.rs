@@ -412,7 +412,14 @@ fn greedy_raw(engine: &mut Engine, start: &[(SeqId, Vec<u32>)], n: usize) -> Vec
 fn gguf_files_give_the_logits_of_owrun_s_own_q8_0() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     for family in [
-        "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "mixtral",
+        "qwen3_moe",
     ] {
         let dir = root.join("models").join(family);
         let exp: Value =

@@ -164,10 +164,11 @@ impl GgufFile {
         let model_type = match self.arch.as_str() {
             "llama" if experts > 0 => "mixtral",
             "llama" => "llama",
+            "qwen3moe" => "qwen3_moe",
             a @ ("qwen2" | "qwen3" | "phi3" | "gemma" | "gemma2" | "gemma3") => a,
             other => bail!(
                 "GGUF architecture {other:?} is not supported yet; supported: llama (Llama, \
-                 Mistral, Mixtral), qwen2, qwen3, phi3, gemma, gemma2, gemma3"
+                 Mistral, Mixtral), qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3"
             ),
         };
         let need = |k: &str| {
@@ -224,11 +225,26 @@ impl GgufFile {
             c.insert("sliding_window".into(), json!(w as u64));
         }
         if experts > 0 {
-            c.insert("num_local_experts".into(), json!(experts as u64));
+            // Qwen3-MoE as llama.cpp runs it: every layer routed, the chosen weights
+            // renormalised.
+            let qwen = model_type == "qwen3_moe";
+            let count = if qwen {
+                "num_experts"
+            } else {
+                "num_local_experts"
+            };
+            c.insert(count.into(), json!(experts as u64));
             c.insert(
                 "num_experts_per_tok".into(),
                 json!(self.num("expert_used_count").unwrap_or(2.0) as u64),
             );
+            if qwen {
+                c.insert(
+                    "moe_intermediate_size".into(),
+                    json!(need("expert_feed_forward_length")? as u64),
+                );
+                c.insert("norm_topk_prob".into(), json!(true));
+            }
         }
         for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
             if let Some(v) = self.num(k) {
@@ -373,6 +389,8 @@ impl GgufFile {
             ("sliding_window", "attention.sliding_window"),
             ("sliding_window_pattern", "attention.sliding_window_pattern"),
             ("num_local_experts", "expert_count"),
+            ("num_experts", "expert_count"),
+            ("moe_intermediate_size", "expert_feed_forward_length"),
             ("num_experts_per_tok", "expert_used_count"),
             ("attn_logit_softcapping", "attn_logit_softcapping"),
             ("final_logit_softcapping", "final_logit_softcapping"),
@@ -469,19 +487,10 @@ impl GgufFile {
             "post_feedforward_layernorm" => "post_ffw_norm".into(),
             "self_attn.q_norm" => "attn_q_norm".into(),
             "self_attn.k_norm" => "attn_k_norm".into(),
-            "block_sparse_moe.gate" => "ffn_gate_inp".into(),
+            "block_sparse_moe.gate" | "mlp.gate" => "ffn_gate_inp".into(),
             other if linear_gguf_name(other).is_some() => linear_gguf_name(other)?.into(),
             other => {
-                // block_sparse_moe.experts.E.w1 / w2 / w3
-                let rest = other.strip_prefix("block_sparse_moe.experts.")?;
-                let (e, w) = rest.split_once('.')?;
-                let e: usize = e.parse().ok()?;
-                let part = match w {
-                    "w1" => "gate",
-                    "w2" => "down",
-                    "w3" => "up",
-                    _ => return None,
-                };
+                let (e, part) = expert_part(other)?;
                 let merged = format!("blk.{layer}.ffn_{part}_exps.{kind}");
                 if self.has_tensor(&merged) {
                     return Some(Located {
@@ -612,12 +621,29 @@ pub fn permuted_heads(
     }
 }
 
+/// An expert's matrix by its name in a layer (Mixtral's `block_sparse_moe.experts.E.w1`, Qwen's
+/// `mlp.experts.E.gate_proj`): (E, "gate" | "up" | "down").
+pub fn expert_part(name: &str) -> Option<(usize, &'static str)> {
+    let rest = name
+        .strip_prefix("block_sparse_moe.experts.")
+        .or_else(|| name.strip_prefix("mlp.experts."))?;
+    let (e, w) = rest.split_once('.')?;
+    let part = match w {
+        "w1" | "gate_proj" => "gate",
+        "w2" | "down_proj" => "down",
+        "w3" | "up_proj" => "up",
+        _ => return None,
+    };
+    Some((e.parse().ok()?, part))
+}
+
 /// The GGUF architecture name llama.cpp's converter writes for a config.json model_type.
 pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
     Some(match model_type {
         "llama" | "mistral" | "mixtral" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
+        "qwen3_moe" => "qwen3moe",
         "phi3" => "phi3",
         "gemma" => "gemma",
         "gemma2" => "gemma2",

@@ -23,6 +23,25 @@ pub struct LayerAttention {
     pub rope: usize,
 }
 
+/// Mixture-of-experts feed-forward layers: a router picks `top_k` of `experts` MLPs per token.
+#[derive(Debug, Clone)]
+pub struct Moe {
+    pub experts: usize,
+    pub top_k: usize,
+    /// The chosen experts' weights renormalised to sum to one (Mixtral always; Qwen3-MoE's
+    /// norm_topk_prob).
+    pub normalize: bool,
+    /// Each expert's intermediate size (Qwen's moe_intermediate_size; Mixtral's is the MLP's).
+    pub intermediate: usize,
+    /// Which layers route to experts; the others have a dense MLP of `Arch::intermediate`
+    /// (Qwen's decoder_sparse_step and mlp_only_layers).
+    pub sparse: Vec<bool>,
+    /// Qwen's checkpoint names (`mlp.gate`, `mlp.experts.E.gate_proj` / `up_proj` /
+    /// `down_proj`), not Mixtral's (`block_sparse_moe.gate`, `block_sparse_moe.experts.E.w1` /
+    /// `w3` / `w2`).
+    pub qwen_names: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Arch {
     pub vocab_size: usize,
@@ -47,8 +66,8 @@ pub struct Arch {
     pub tied_embeddings: bool,
     /// Phi-3: q/k/v in one `qkv_proj`, gate and up in one `gate_up_proj`.
     pub fused_projections: bool,
-    /// Mixtral: (experts, experts per token).
-    pub moe: Option<(usize, usize)>,
+    /// Mixtral, Qwen3-MoE: experts instead of an MLP (on some layers).
+    pub moe: Option<Moe>,
     pub layers: Vec<LayerAttention>,
     /// Rotary embeddings: [global] or [global, local] (Gemma 3's sliding layers).
     pub ropes: Vec<Rope>,
@@ -116,7 +135,8 @@ impl Fields<'_> {
     }
 }
 
-pub const SUPPORTED: &str = "llama, mistral, mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3";
+pub const SUPPORTED: &str =
+    "llama, mistral, mixtral, phi3, gemma, gemma2, gemma3, qwen2, qwen3, qwen3_moe";
 
 impl Arch {
     /// Each layer's sliding window, if it has one.
@@ -130,7 +150,7 @@ impl Arch {
         let family = match mt {
             "gemma3_text" => "gemma3",
             "llama" | "mistral" | "mixtral" | "phi3" | "gemma" | "gemma2" | "gemma3" | "qwen2"
-            | "qwen3" => mt,
+            | "qwen3" | "qwen3_moe" => mt,
             other => bail!(
                 "architecture {other:?} ({}) is not supported yet; supported: {SUPPORTED}",
                 config.architecture
@@ -203,7 +223,7 @@ impl Arch {
                     .max(1);
                 (0..layers).map(|i| (i + 1) % pattern != 0).collect()
             }),
-            "qwen2" | "qwen3" => {
+            "qwen2" | "qwen3" | "qwen3_moe" => {
                 let on = get(raw, "use_sliding_window").and_then(Value::as_bool) == Some(true);
                 let from = usize_of(raw, "max_window_layers").unwrap_or(layers);
                 match layer_types {
@@ -246,12 +266,43 @@ impl Arch {
         } else {
             head_dim as f64
         };
-        let moe = (family == "mixtral")
-            .then(|| -> Result<(usize, usize)> {
+        let intermediate = f.need("intermediate_size", limits::INTERMEDIATE)?;
+        let moe = match family {
+            "mixtral" => {
                 let experts = f.need("num_local_experts", limits::EXPERTS)?;
-                Ok((experts, f.need("num_experts_per_tok", experts)?))
-            })
-            .transpose()?;
+                Some(Moe {
+                    experts,
+                    top_k: f.need("num_experts_per_tok", experts)?,
+                    normalize: true,
+                    intermediate,
+                    sparse: vec![true; sliding.len()],
+                    qwen_names: false,
+                })
+            }
+            "qwen3_moe" => {
+                // Qwen's own files say num_experts; transformers 5 writes num_local_experts.
+                let experts = match f.count("num_experts", limits::EXPERTS)? {
+                    Some(n) => n,
+                    None => f.need("num_local_experts", limits::EXPERTS)?,
+                };
+                let step = f.count("decoder_sparse_step", sliding.len())?.unwrap_or(1);
+                let dense: Vec<u64> = get(raw, "mlp_only_layers")
+                    .and_then(Value::as_array)
+                    .map(|l| l.iter().filter_map(Value::as_u64).collect())
+                    .unwrap_or_default();
+                Some(Moe {
+                    experts,
+                    top_k: f.need("num_experts_per_tok", experts)?,
+                    normalize: get(raw, "norm_topk_prob").and_then(Value::as_bool) == Some(true),
+                    intermediate: f.need("moe_intermediate_size", limits::INTERMEDIATE)?,
+                    sparse: (0..sliding.len())
+                        .map(|i| step > 0 && (i + 1) % step == 0 && !dense.contains(&(i as u64)))
+                        .collect(),
+                    qwen_names: true,
+                })
+            }
+            _ => None,
+        };
         let norm_eps = f.positive("rms_norm_eps")?.unwrap_or(1e-6);
         if norm_eps >= 1.0 {
             bail!(
@@ -262,7 +313,7 @@ impl Arch {
         Ok(Arch {
             vocab_size: f.need("vocab_size", limits::VOCAB)?,
             hidden,
-            intermediate: f.need("intermediate_size", limits::INTERMEDIATE)?,
+            intermediate,
             heads,
             kv_heads,
             head_dim,

@@ -39,11 +39,13 @@ struct Mlp {
 
 enum FeedForward {
     Dense(Mlp),
-    /// Mixtral: a router and experts, `top_k` of which see each token.
+    /// Mixtral, Qwen3-MoE: a router and experts, `top_k` of which see each token, their
+    /// weights renormalised to sum to one where `normalize`.
     Experts {
         router: Linear,
         experts: Vec<Mlp>,
         top_k: usize,
+        normalize: bool,
     },
 }
 
@@ -157,9 +159,15 @@ impl Decoder {
                     )?,
                 }
             };
-            let feed_forward = match a.moe {
-                Some((n, top_k)) => {
-                    let e = format!("{p}.block_sparse_moe");
+            let feed_forward = match &a.moe {
+                Some(moe) if moe.sparse[i] => {
+                    let (e, [gate, up, down_name]) = if moe.qwen_names {
+                        (format!("{p}.mlp"), ["gate_proj", "up_proj", "down_proj"])
+                    } else {
+                        (format!("{p}.block_sparse_moe"), ["w1", "w3", "w2"])
+                    };
+                    let n = moe.experts;
+                    let eim = moe.intermediate;
                     let router = linear(
                         w,
                         &mut weight_bytes,
@@ -175,25 +183,25 @@ impl Decoder {
                                 gate: Some(linear(
                                     w,
                                     &mut weight_bytes,
-                                    &format!("{e}.experts.{x}.w1"),
-                                    im,
+                                    &format!("{e}.experts.{x}.{gate}"),
+                                    eim,
                                     h,
                                     other,
                                 )?),
                                 up: Some(linear(
                                     w,
                                     &mut weight_bytes,
-                                    &format!("{e}.experts.{x}.w3"),
-                                    im,
+                                    &format!("{e}.experts.{x}.{up}"),
+                                    eim,
                                     h,
                                     other,
                                 )?),
                                 down: linear(
                                     w,
                                     &mut weight_bytes,
-                                    &format!("{e}.experts.{x}.w2"),
+                                    &format!("{e}.experts.{x}.{down_name}"),
                                     h,
-                                    im,
+                                    eim,
                                     down,
                                 )?,
                             })
@@ -202,10 +210,11 @@ impl Decoder {
                     FeedForward::Experts {
                         router,
                         experts,
-                        top_k,
+                        top_k: moe.top_k,
+                        normalize: moe.normalize,
                     }
                 }
-                None if a.fused_projections => FeedForward::Dense(Mlp {
+                _ if a.fused_projections => FeedForward::Dense(Mlp {
                     gate_up: Some(linear(
                         w,
                         &mut weight_bytes,
@@ -225,7 +234,7 @@ impl Decoder {
                         down,
                     )?,
                 }),
-                None => FeedForward::Dense(Mlp {
+                _ => FeedForward::Dense(Mlp {
                     gate_up: None,
                     gate: Some(linear(
                         w,
@@ -504,16 +513,17 @@ impl Decoder {
     }
 
     fn feed_forward(&self, ff: &FeedForward, x: &Tensor, sel: &Selection) -> Result<Tensor> {
-        let (router, experts, top_k) = match ff {
+        let (router, experts, top_k, normalize) = match ff {
             FeedForward::Dense(m) => return self.mlp(m, x, sel),
             FeedForward::Experts {
                 router,
                 experts,
                 top_k,
-            } => (router, experts, *top_k),
+                normalize,
+            } => (router, experts, *top_k, *normalize),
         };
-        // Routing as transformers' Mixtral: softmax over all experts, keep the top k,
-        // renormalise their weights to sum to one.
+        // Routing as transformers' Mixtral and Qwen3-MoE: softmax over all experts, keep the
+        // top k, renormalise their weights to sum to one (Mixtral; Qwen's norm_topk_prob).
         let logits = router.forward(x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
         let mut weights: Vec<Vec<f32>> = vec![Vec::new(); experts.len()];
@@ -523,7 +533,11 @@ impl Decoder {
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
             let chosen = &order[..top_k.min(order.len())];
-            let sum: f32 = chosen.iter().map(|&e| p[e]).sum();
+            let sum: f32 = if normalize {
+                chosen.iter().map(|&e| p[e]).sum()
+            } else {
+                p.iter().sum()
+            };
             for &e in chosen {
                 rows[e].push(r as u32);
                 weights[e].push(p[e] / sum);
