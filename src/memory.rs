@@ -115,7 +115,7 @@ const SERVER_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 
 static SERVING: AtomicBool = AtomicBool::new(false);
 
-/// Trims asked for so far (`trim`); each thread trims once per request (`trim_if_asked`).
+/// Trims asked for so far (`trim`); each thread does each of them once (`trim_if_asked`).
 static TRIMS: AtomicU64 = AtomicU64::new(0);
 
 /// This process is a server: see `keep_freed_memory`. Before any model is loaded.

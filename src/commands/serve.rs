@@ -125,7 +125,6 @@ pub fn run(opener: &Opener, args: &ServeArgs) -> Result<()> {
     )
 }
 
-/// `30s`, `5m`, `1h`, a number of seconds, `0`; `-1` or `forever`: None (never unloaded).
 /// `--lora NAME=SPEC`, each: SPEC as `run --lora` takes it (a path or `hf:owner/name`, with
 /// `:SCALE`); names unique, usable in `MODEL+NAME`.
 fn adapter_specs(specs: &[String]) -> Result<Vec<(String, AdapterRef, f32)>> {
@@ -155,6 +154,7 @@ fn adapter_specs(specs: &[String]) -> Result<Vec<(String, AdapterRef, f32)>> {
     Ok(out)
 }
 
+/// `30s`, `5m`, `1h`, a number of seconds, `0`; `-1` or `forever`: None (never unloaded).
 fn parse_keep_alive(s: &str) -> Result<Option<Duration>> {
     let s = s.trim();
     if s == "-1" || s.eq_ignore_ascii_case("forever") {
