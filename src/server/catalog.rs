@@ -207,10 +207,7 @@ impl Catalog {
                 let licenses = self.opener.licenses(m, snapshot.as_ref());
                 Card {
                     id: m.display_name(),
-                    commercial: serde_json::to_value(license::strictest(&licenses))
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    commercial: commercial(&licenses),
                     licenses: licenses.into_iter().map(|l| l.id).collect(),
                     pulled: snapshot.is_some(),
                 }
@@ -231,10 +228,7 @@ impl Catalog {
                         let licenses: Vec<_> = ids.iter().map(|id| license::lookup(id)).collect();
                         let variant = Card {
                             id: format!("{}+{}", card.id, a.name),
-                            commercial: serde_json::to_value(license::strictest(&licenses))
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default(),
+                            commercial: commercial(&licenses),
                             licenses: ids,
                             pulled: card.pulled,
                         };
@@ -249,4 +243,13 @@ impl Catalog {
             })
             .collect()
     }
+}
+
+/// What a card says of commercial use under `licenses`: the strictest of them, as the API
+/// spells it.
+fn commercial(licenses: &[license::License]) -> String {
+    serde_json::to_value(license::strictest(licenses))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
