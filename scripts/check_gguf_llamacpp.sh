@@ -5,6 +5,7 @@
 # computations give a KL divergence of 0 and 100 % same top token.
 #
 #   scripts/check_gguf_llamacpp.sh [DIR_WITH_llama-perplexity]   (default: the bench_cpu.sh build)
+#   (env FAMILIES: the fixtures to check, default all below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-${OWRUN_BENCH_DIR:-$HOME/.cache/owrun-bench}/llama.cpp/build/bin}
@@ -16,7 +17,7 @@ for i in 1 2 3 4; do cat assets/kld_text.txt; done >"$OUT/text.txt"
 failed=0
 # Not phi3: llama.cpp 0.3.36 cannot load the tiny phi3 fixture its own converter writes
 # ("error loading model vocabulary: unordered_map::at"), owrun's file or not.
-for fam in llama qwen2 qwen3 gemma2 gemma3 mixtral; do
+for fam in ${FAMILIES:-llama qwen2 qwen3 gemma2 gemma3 mixtral qwen3_moe}; do
   OWRUN_HOME=$OUT/home ./target/release/owrun quantize "tests/fixtures/models/$fam" --quant q8_0 -o "$OUT/$fam.gguf" >/dev/null 2>&1
   if ! "$BIN/llama-perplexity" -m "tests/fixtures/gguf/$fam.gguf" -f "$OUT/text.txt" -c 64 -b 64 -t 2 \
     --kl-divergence-base "$OUT/$fam.base" >"$OUT/$fam.base.log" 2>&1; then
