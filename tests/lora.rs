@@ -41,6 +41,20 @@ fn greedy(sb: &Sandbox, model: &Path, exp: &Value, extra: &[&str]) -> Vec<(Value
     sb.greedy_runs(path(model), exp, extra)
 }
 
+/// The text of a greedy 12-token `owrun run` of `prompt` (raw), after the global `lead`
+/// options, with `extra` options.
+fn run_text(sb: &Sandbox, lead: &[&str], model: &str, prompt: &str, extra: &[&str]) -> String {
+    let mut args = lead.to_vec();
+    args.extend_from_slice(&[
+        "run", model, prompt, "--raw", "-t", "0", "-n", "12", "--json",
+    ]);
+    args.extend_from_slice(extra);
+    let r = sb.run(&args);
+    r.ok();
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    doc["text"].as_str().unwrap().to_string()
+}
+
 fn recorded(exp: &Value) -> Vec<(Value, Value)> {
     ["plain", "chat"]
         .iter()
@@ -302,24 +316,7 @@ fn the_server_serves_each_request_its_adapters() {
     let exp = expected("llama");
     let prompt = exp["plain"]["prompt"].as_str().unwrap().to_string();
     // What `owrun run` says, alone: base, the adapter, the other adapter at half strength.
-    let run_text = |extra: &[&str]| -> String {
-        let mut args = vec![
-            "run",
-            path(&model),
-            &prompt,
-            "--raw",
-            "-t",
-            "0",
-            "-n",
-            "12",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let r = sb.run(&args);
-        r.ok();
-        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
-        doc["text"].as_str().unwrap().to_string()
-    };
+    let run_text = |extra: &[&str]| run_text(&sb, &[], path(&model), &prompt, extra);
     let half = format!("{}:0.5", path(&rs));
     let want = [
         run_text(&[]),
@@ -1163,26 +1160,8 @@ description = "an MIT adapter on a non-commercial base"
     // from the Hub under another name at half strength, each as `owrun run` answers; listed
     // with both licenses. An adapter not pulled stops the start (the server never downloads).
     let prompt = exp["plain"]["prompt"].as_str().unwrap();
-    let run_text = |model: &str, extra: &[&str]| -> String {
-        let mut args = vec![
-            "--registry",
-            reg,
-            "run",
-            model,
-            prompt,
-            "--raw",
-            "-t",
-            "0",
-            "-n",
-            "12",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let r = sb.run(&args);
-        r.ok();
-        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
-        doc["text"].as_str().unwrap().to_string()
-    };
+    let run_text =
+        |model: &str, extra: &[&str]| run_text(&sb, &["--registry", reg], model, prompt, extra);
     let want = [
         ("llama-base", run_text("llama-base", &[])),
         ("my-tune", run_text("my-tune", &[])),

@@ -141,6 +141,14 @@ impl Rope {
             }
             Ok(v)
         };
+        // The context the model was trained for before the scaling (YaRN, LongRoPE).
+        let original = || -> Result<usize> {
+            Ok(num("original_max_position_embeddings")?
+                .map(|v| v as usize)
+                .or(original_max_pos)
+                .unwrap_or(max_pos)
+                .max(1))
+        };
         match kind {
             "default" => {}
             "linear" => {
@@ -187,11 +195,7 @@ impl Rope {
                 rope.extended_context = (reach > max_pos).then_some(reach);
             }
             "yarn" => {
-                let original = num("original_max_position_embeddings")?
-                    .map(|v| v as usize)
-                    .or(original_max_pos)
-                    .unwrap_or(max_pos)
-                    .max(1);
+                let original = original()?;
                 // DeepSeek V3 states no factor: the ratio of its context to the original.
                 let factor = num("factor")?.unwrap_or(max_pos as f64 / original as f64);
                 let mscale = |m: f64| {
@@ -237,11 +241,7 @@ impl Rope {
                     Ok(v)
                 };
                 let (short, long) = (factors("short_factor")?, factors("long_factor")?);
-                let original = num("original_max_position_embeddings")?
-                    .map(|v| v as usize)
-                    .or(original_max_pos)
-                    .unwrap_or(max_pos)
-                    .max(1);
+                let original = original()?;
                 let factor = num("factor")?.unwrap_or(max_pos as f64 / original as f64);
                 rope.scale = match num("attention_factor")? {
                     Some(a) => a as f32,
